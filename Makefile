@@ -1,0 +1,42 @@
+# Two commands for a newcomer: `make serve` and `make test` (see README.md).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+# The model store lives inside the project unless you point BENTOML_HOME elsewhere.
+export BENTOML_HOME ?= $(CURDIR)/.bentoml
+export PYTHONPATH := $(CURDIR)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+MODEL ?= sound-resnet:latest
+PORT ?= 3000
+STAMP := $(VENV)/.installed
+
+.PHONY: install train serve test lint bench bento containerize clean
+
+install: $(STAMP)
+
+# Re-installs only when a requirements file changed; pip takes torch from this machine's disk.
+$(STAMP): requirements/serve.txt requirements/train.txt requirements/dev.txt
+	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements/dev.txt 2>&1 | grep -v "is ignored: it is neither" || true
+	$(PY) -m pip check
+	touch $(STAMP)
+
+data/synthetic/meta/esc50.csv: | $(STAMP)
+	$(PY) -m training.synthetic data/synthetic
+
+# The default model: synthetic data set, held-out fold 1.
+train: $(STAMP) data/synthetic/meta/esc50.csv
+	$(PY) -m training.train --dataset synthetic --data-dir data/synthetic --epochs 12
+
+serve: $(STAMP)
+	@$(VENV)/bin/bentoml models get $(MODEL) >/dev/null 2>&1 || $(MAKE) train
+	SOUND_MODEL_TAG=$(MODEL) $(VENV)/bin/bentoml serve service:SoundClassifier --port $(PORT)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache

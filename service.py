@@ -1,0 +1,1 @@
+# placeholder: the service arrives with the serving issue

@@ -1,0 +1,190 @@
+"""Decoding uploaded or stored audio into float32 samples, strictly.
+
+Every way a file can be unusable ends in one exception type, `AudioError`, whose `kind` says what
+went wrong and whose message is written for the person who sent the file. Front doors map the kind
+to a status code (see `AudioError.http_status`); nothing here knows about HTTP or gRPC.
+
+soundfile (libsndfile) decodes WAV, FLAC, OGG/Vorbis, OGG/Opus and MP3; torchaudio.load is not used
+because it needs FFmpeg.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+SUPPORTED_FORMATS = ("WAV", "WAVEX", "RF64", "W64", "FLAC", "OGG", "MP3", "AIFF")
+"""libsndfile container formats we accept. MP3 is reported by libsndfile as "MP3" or "MPEG"."""
+
+
+class ErrorKind(enum.StrEnum):
+    EMPTY = "empty"
+    NOT_AUDIO = "not_audio"
+    CORRUPT = "corrupt"
+    UNSUPPORTED = "unsupported"
+    TOO_LONG = "too_long"
+    TOO_LARGE = "too_large"
+    NON_FINITE = "non_finite"
+
+
+_HTTP_STATUS = {
+    ErrorKind.EMPTY: 400,
+    ErrorKind.NOT_AUDIO: 415,
+    ErrorKind.CORRUPT: 400,
+    ErrorKind.UNSUPPORTED: 415,
+    ErrorKind.TOO_LONG: 413,
+    ErrorKind.TOO_LARGE: 413,
+    ErrorKind.NON_FINITE: 422,
+}
+
+
+class AudioError(ValueError):
+    """An upload or file that cannot be classified, with a reason a user understands."""
+
+    def __init__(self, kind: ErrorKind, message: str):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+    @property
+    def http_status(self) -> int:
+        return _HTTP_STATUS[self.kind]
+
+    def to_dict(self) -> dict[str, str]:
+        return {"error": self.kind.value, "detail": self.message}
+
+
+@dataclass(frozen=True)
+class Audio:
+    """Decoded audio. `samples` is float32 of shape (channels, frames), values nominally in [-1, 1]."""
+
+    samples: np.ndarray
+    sample_rate: int
+    format: str
+
+    @property
+    def channels(self) -> int:
+        return self.samples.shape[0]
+
+    @property
+    def frames(self) -> int:
+        return self.samples.shape[1]
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the decoder refuses. None means no limit (training reads trusted local files)."""
+
+    max_bytes: int | None = None
+    max_seconds: float | None = None
+
+
+# libsndfile writes a parse log while opening a WAV; "data : 44100 (should be 22028)" means the header
+# promises more audio than the file holds, which libsndfile would otherwise quietly accept as a
+# shorter clip. Streaming writers (ffmpeg to a pipe) leave the size at 0xFFFFFFFF: not truncation.
+_DATA_SIZE_LOG = re.compile(r"^data : (\d+) \(should be (\d+)\)", re.M)
+_STREAMING_SIZE = 0xFFFFFFF0
+
+
+def decode(source: bytes | str | Path, limits: Limits = Limits()) -> Audio:
+    """Decode a whole file (bytes or a path) into `Audio`, or raise `AudioError`."""
+    data = Path(source).read_bytes() if isinstance(source, (str, Path)) else source
+    if len(data) == 0:
+        raise AudioError(ErrorKind.EMPTY, "The upload is empty (0 bytes).")
+    if limits.max_bytes is not None and len(data) > limits.max_bytes:
+        raise AudioError(
+            ErrorKind.TOO_LARGE,
+            f"The file is {len(data):,} bytes; the limit is {limits.max_bytes:,} bytes.",
+        )
+    with open_sound(data) as f:
+        _check_duration(f, limits)
+        try:
+            samples = f.read(dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as e:
+            raise AudioError(
+                ErrorKind.CORRUPT, f"The audio file is damaged or truncated ({e})."
+            ) from None
+        if len(samples) < f.frames and f.format != "MP3" and f.format != "MPEG":
+            raise AudioError(
+                ErrorKind.CORRUPT,
+                f"The file is truncated: its header announces {f.frames} frames "
+                f"but only {len(samples)} could be read.",
+            )
+        fmt, rate = f.format, f.samplerate
+    return _validated(samples.T, rate, fmt)
+
+
+def open_sound(data: bytes) -> sf.SoundFile:
+    """Open bytes as a seekable libsndfile handle, mapping every failure to `AudioError`."""
+    try:
+        f = sf.SoundFile(io.BytesIO(data))
+    except sf.LibsndfileError as e:
+        raise _error_from_libsndfile(str(e.error_string)) from None
+    except (RuntimeError, TypeError, ValueError) as e:  # soundfile raises these for odd headers
+        raise AudioError(ErrorKind.NOT_AUDIO, f"This is not a readable audio file ({e}).") from None
+    if f.format not in SUPPORTED_FORMATS and f.format != "MPEG":
+        f.close()
+        raise AudioError(
+            ErrorKind.UNSUPPORTED,
+            f"{f.format_info} files are not supported; send WAV, FLAC, OGG or MP3.",
+        )
+    if f.frames <= 0 or f.samplerate <= 0 or f.channels <= 0:
+        f.close()
+        raise AudioError(ErrorKind.EMPTY, "The file is valid audio but contains no samples.")
+    if _is_truncated_wav(f):
+        f.close()
+        raise AudioError(
+            ErrorKind.CORRUPT,
+            "The file is truncated: its header announces more audio data than the file contains.",
+        )
+    return f
+
+
+def _is_truncated_wav(f: sf.SoundFile) -> bool:
+    if f.format not in ("WAV", "WAVEX"):
+        return False
+    m = _DATA_SIZE_LOG.search(f.extra_info)
+    return bool(m) and _STREAMING_SIZE > int(m.group(1)) > int(m.group(2))
+
+
+def _check_duration(f: sf.SoundFile, limits: Limits) -> None:
+    seconds = f.frames / f.samplerate
+    if limits.max_seconds is not None and seconds > limits.max_seconds:
+        raise AudioError(
+            ErrorKind.TOO_LONG,
+            f"The audio is {seconds:.1f} s long; the limit is {limits.max_seconds:g} s.",
+        )
+
+
+def _validated(samples: np.ndarray, rate: int, fmt: str) -> Audio:
+    samples = np.ascontiguousarray(samples, dtype=np.float32)
+    if samples.shape[1] == 0:
+        raise AudioError(ErrorKind.EMPTY, "The file is valid audio but contains no samples.")
+    if not np.isfinite(samples).all():
+        raise AudioError(
+            ErrorKind.NON_FINITE,
+            "The audio contains NaN or infinite sample values; it cannot be classified.",
+        )
+    return Audio(samples=samples, sample_rate=int(rate), format=fmt)
+
+
+def _error_from_libsndfile(message: str) -> AudioError:
+    lowered = message.lower()
+    if "unsupported" in lowered or "not supported" in lowered or "codec" in lowered:
+        return AudioError(ErrorKind.UNSUPPORTED, f"The audio encoding is not supported ({message}).")
+    if "format not recognised" in lowered or "unknown format" in lowered:
+        return AudioError(
+            ErrorKind.NOT_AUDIO,
+            "This is not an audio file we can read; send WAV, FLAC, OGG or MP3.",
+        )
+    return AudioError(ErrorKind.CORRUPT, f"The audio file is damaged or truncated ({message}).")

@@ -1,0 +1,163 @@
+"""Audio -> the model's input: the one implementation shared by training, serving and batch jobs.
+
+`FeatureSettings` is the single source of truth for the spectrogram. Training stores it in the model's
+metadata (`settings.model_dump()`); serving rebuilds it with `FeatureSettings.model_validate(...)`, so
+the two paths cannot drift.
+
+Pipeline for one clip (`Features.__call__`):
+    samples (channels, frames) at any rate
+      -> mono (mean of channels)
+      -> resample to `sample_rate` (torchaudio sinc interpolation)
+      -> fixed window of `clip_seconds` (see `fit_window` for the pad / crop policy)
+      -> mel power spectrogram -> dB (ref 1.0), floored at `top_db` below the clip's own peak
+      -> per-clip standardisation (zero mean, unit variance)
+    output: float32 tensor of shape (1, n_mels, frames), frames = clip_samples // hop_length + 1.
+
+Everything is computed per clip, so a clip's features never depend on what else is in a batch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+import torchaudio
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from soundclassifier.audio import Audio
+
+
+class FeatureSettings(BaseModel):
+    """Log-mel spectrogram settings, named as in torchaudio.transforms.MelSpectrogram.
+
+    Defaults suit 5-second environmental clips (ESC-50, UrbanSound8K): 22.05 kHz keeps everything up
+    to 11 kHz, where almost all of their energy lies, at half the cost of 44.1 kHz; 128 mel bands of
+    46 ms windows with 23 ms hops give a 128 x 216 image per clip.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sample_rate: int = Field(22050, gt=0, description="Rate (Hz) every clip is resampled to.")
+    clip_seconds: float = Field(5.0, gt=0, description="Length (s) of the window the model sees.")
+    n_fft: int = Field(1024, gt=0, description="Size of the FFT.")
+    win_length: int = Field(1024, gt=0, description="Window size (samples); <= n_fft.")
+    hop_length: int = Field(512, gt=0, description="Samples between successive frames.")
+    window: Literal["hann", "hamming"] = Field("hann", description="Window function of the STFT.")
+    n_mels: int = Field(128, gt=0, description="Number of mel filterbanks.")
+    f_min: float = Field(20.0, ge=0, description="Lowest frequency (Hz) of the mel filterbank.")
+    f_max: float = Field(11025.0, gt=0, description="Highest frequency (Hz); <= sample_rate / 2.")
+    mel_scale: Literal["htk", "slaney"] = Field("slaney", description="Mel scale formula.")
+    top_db: float = Field(80.0, gt=0, description="dB range kept below each clip's peak.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FeatureSettings:
+        if self.win_length > self.n_fft:
+            raise ValueError("win_length must be <= n_fft")
+        if self.f_max > self.sample_rate / 2:
+            raise ValueError("f_max must be <= sample_rate / 2")
+        if self.f_min >= self.f_max:
+            raise ValueError("f_min must be < f_max")
+        return self
+
+    @property
+    def clip_samples(self) -> int:
+        return round(self.clip_seconds * self.sample_rate)
+
+    @property
+    def frames(self) -> int:
+        """Time frames of one clip's spectrogram (centred STFT)."""
+        return self.clip_samples // self.hop_length + 1
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (1, self.n_mels, self.frames)
+
+
+class Features:
+    """The transform described by a `FeatureSettings`: build once, call per clip."""
+
+    def __init__(self, settings: FeatureSettings):
+        self.settings = settings
+        s = settings
+        window_fn = torch.hann_window if s.window == "hann" else torch.hamming_window
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=s.sample_rate,
+            n_fft=s.n_fft,
+            win_length=s.win_length,
+            hop_length=s.hop_length,
+            f_min=s.f_min,
+            f_max=s.f_max,
+            n_mels=s.n_mels,
+            window_fn=window_fn,
+            power=2.0,
+            center=True,
+            mel_scale=s.mel_scale,
+            norm="slaney" if s.mel_scale == "slaney" else None,
+        )
+
+    # --- waveform stage -------------------------------------------------------------------------
+
+    def waveform(self, audio: Audio) -> torch.Tensor:
+        """Mono waveform at the model's sample rate, any length: shape (samples,)."""
+        return to_mono_resampled(audio.samples, audio.sample_rate, self.settings.sample_rate)
+
+    def fit_window(self, wave: torch.Tensor) -> torch.Tensor:
+        """Pad or crop a mono waveform to exactly `clip_samples`.
+
+        Policy: shorter clips are zero-padded at the end (silence after the sound, as ESC-50 pads
+        its clips). Longer clips keep the window with the most energy, searched in steps of one
+        hop: a short event in a longer recording is what the user wants classified, and this
+        choice does not depend on anything but the clip. Use the timeline for long recordings.
+        """
+        n = self.settings.clip_samples
+        if wave.shape[-1] == n:
+            return wave
+        if wave.shape[-1] < n:
+            return torch.nn.functional.pad(wave, (0, n - wave.shape[-1]))
+        start = self.loudest_start(wave)
+        return wave[start : start + n]
+
+    def loudest_start(self, wave: torch.Tensor) -> int:
+        n, hop = self.settings.clip_samples, self.settings.hop_length
+        energy = torch.cat([torch.zeros(1, dtype=torch.float64), (wave.double() ** 2).cumsum(0)])
+        starts = torch.arange(0, wave.shape[-1] - n + 1, hop)
+        totals = energy[starts + n] - energy[starts]
+        return int(starts[int(torch.argmax(totals))])
+
+    # --- spectrogram stage ----------------------------------------------------------------------
+
+    def spectrogram(self, window: torch.Tensor) -> torch.Tensor:
+        """Log-mel image of one fixed-length window: (samples,) -> (1, n_mels, frames), float32."""
+        power = self.mel(window.float().unsqueeze(0))  # (1, n_mels, frames)
+        db = 10.0 * torch.log10(torch.clamp(power, min=1e-10))
+        db = torch.maximum(db, db.amax() - self.settings.top_db)
+        # Per-clip standardisation: removes recording gain, keeps the shape of the spectrum.
+        # A constant image (digital silence) becomes all zeros rather than NaN.
+        return ((db - db.mean()) / (db.std() + 1e-5)).float()
+
+    def __call__(self, audio: Audio) -> torch.Tensor:
+        """Decoded audio -> model input of shape (1, n_mels, frames)."""
+        return self.spectrogram(self.fit_window(self.waveform(audio)))
+
+    def windows(self, wave: torch.Tensor, hop_seconds: float) -> list[tuple[float, float, torch.Tensor]]:
+        """Split a long mono waveform (at the model rate) into (start_s, end_s, window) triples.
+
+        Windows start every `hop_seconds`; the last one may be shorter and is padded by
+        `fit_window`, exactly as a short clip sent to /classify would be.
+        """
+        sr, n = self.settings.sample_rate, self.settings.clip_samples
+        hop = max(1, round(hop_seconds * sr))
+        total = wave.shape[-1]
+        starts = list(range(0, max(total - n, 0) + 1, hop))
+        if starts[-1] + n < total:
+            starts.append(starts[-1] + hop)
+        return [(s / sr, min(s + n, total) / sr, self.fit_window(wave[s : s + n])) for s in starts]
+
+
+def to_mono_resampled(samples: np.ndarray, rate: int, target_rate: int) -> torch.Tensor:
+    """(channels, frames) float32 at `rate` -> (frames',) float32 mono at `target_rate`."""
+    wave = torch.from_numpy(np.ascontiguousarray(samples)).float().mean(dim=0)
+    if rate != target_rate:
+        wave = torchaudio.functional.resample(wave, rate, target_rate)
+    return wave

@@ -1,0 +1,74 @@
+"""Training-time augmentation: a torch Dataset that turns decoded waveforms into model inputs.
+
+The feature step is the core's `Features` (the same code serving runs); augmentation only wraps it:
+
+    waveform -> [train: random circular shift, additive noise at a random SNR]
+             -> Features.fit_window -> Features.spectrogram
+             -> [train: SpecAugment frequency and time masks]
+
+Mixup is applied per batch by fastai's `MixUp` callback in train.py. Validation items get no
+augmentation, so they are exactly what serving computes for the same file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torchaudio
+
+from soundclassifier.features import Features
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    shift: bool = True  # circular time shift of the window: events occur anywhere in a clip
+    noise_prob: float = 0.5  # chance of mixing white noise in at an SNR drawn from noise_snr_db
+    noise_snr_db: tuple[float, float] = (10.0, 40.0)
+    freq_masks: int = 2  # SpecAugment (Park et al. 2019): masks of up to freq_mask_bins bands
+    freq_mask_bins: int = 16
+    time_masks: int = 2  # ... and of up to time_mask_frames frames
+    time_mask_frames: int = 24
+
+    @classmethod
+    def off(cls) -> AugmentSettings:
+        return cls(shift=False, noise_prob=0.0, freq_masks=0, time_masks=0)
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Indexable (features, target) pairs; augments only when `augment` is given."""
+
+    def __init__(
+        self,
+        waves: list[torch.Tensor],
+        targets: list[int],
+        features: Features,
+        augment: AugmentSettings | None = None,
+    ):
+        self.waves, self.targets, self.features, self.augment = waves, targets, features, augment
+        if augment is not None:
+            self.freq_mask = torchaudio.transforms.FrequencyMasking(augment.freq_mask_bins)
+            self.time_mask = torchaudio.transforms.TimeMasking(augment.time_mask_frames)
+
+    def __len__(self) -> int:
+        return len(self.waves)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        wave = self.waves[i]
+        a = self.augment
+        if a is None:
+            return self.features.spectrogram(self.features.fit_window(wave)), self.targets[i]
+        window = self.features.fit_window(wave)
+        if a.shift:
+            window = torch.roll(window, int(torch.randint(0, window.shape[-1], ())))
+        if a.noise_prob > 0 and torch.rand(()) < a.noise_prob:
+            lo, hi = a.noise_snr_db
+            snr = lo + (hi - lo) * float(torch.rand(()))
+            power = window.pow(2).mean().clamp_min(1e-10)
+            window = window + torch.randn_like(window) * torch.sqrt(power / 10 ** (snr / 10))
+        spec = self.features.spectrogram(window)
+        for _ in range(a.freq_masks):
+            spec = self.freq_mask(spec)
+        for _ in range(a.time_masks):
+            spec = self.time_mask(spec)
+        return spec, self.targets[i]

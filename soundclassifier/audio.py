@@ -89,6 +89,9 @@ class Limits:
     max_seconds: float | None = None
 
 
+NO_LIMITS = Limits()
+
+
 # libsndfile writes a parse log while opening a WAV; "data : 44100 (should be 22028)" means the header
 # promises more audio than the file holds, which libsndfile would otherwise quietly accept as a
 # shorter clip. Streaming writers (ffmpeg to a pipe) leave the size at 0xFFFFFFFF: not truncation.
@@ -96,7 +99,7 @@ _DATA_SIZE_LOG = re.compile(r"^data : (\d+) \(should be (\d+)\)", re.M)
 _STREAMING_SIZE = 0xFFFFFFF0
 
 
-def decode(source: bytes | str | Path, limits: Limits = Limits()) -> Audio:
+def decode(source: bytes | str | Path, limits: Limits = NO_LIMITS) -> Audio:
     """Decode a whole file (bytes or a path) into `Audio`, or raise `AudioError`."""
     data = Path(source).read_bytes() if isinstance(source, (str, Path)) else source
     if len(data) == 0:
@@ -121,7 +124,7 @@ def decode(source: bytes | str | Path, limits: Limits = Limits()) -> Audio:
                 f"but only {len(samples)} could be read.",
             )
         fmt, rate = f.format, f.samplerate
-    return _validated(samples.T, rate, fmt)
+    return as_audio(samples.T, rate, fmt)
 
 
 def open_sound(data: bytes) -> sf.SoundFile:
@@ -166,7 +169,8 @@ def _check_duration(f: sf.SoundFile, limits: Limits) -> None:
         )
 
 
-def _validated(samples: np.ndarray, rate: int, fmt: str) -> Audio:
+def as_audio(samples: np.ndarray, rate: int, fmt: str) -> Audio:
+    """Wrap (channels, frames) samples as `Audio`, refusing empty or non-finite ones."""
     samples = np.ascontiguousarray(samples, dtype=np.float32)
     if samples.shape[1] == 0:
         raise AudioError(ErrorKind.EMPTY, "The file is valid audio but contains no samples.")

@@ -140,20 +140,6 @@ class Features:
         """Decoded audio -> model input of shape (1, n_mels, frames)."""
         return self.spectrogram(self.fit_window(self.waveform(audio)))
 
-    def windows(self, wave: torch.Tensor, hop_seconds: float) -> list[tuple[float, float, torch.Tensor]]:
-        """Split a long mono waveform (at the model rate) into (start_s, end_s, window) triples.
-
-        Windows start every `hop_seconds`; the last one may be shorter and is padded by
-        `fit_window`, exactly as a short clip sent to /classify would be.
-        """
-        sr, n = self.settings.sample_rate, self.settings.clip_samples
-        hop = max(1, round(hop_seconds * sr))
-        total = wave.shape[-1]
-        starts = list(range(0, max(total - n, 0) + 1, hop))
-        if starts[-1] + n < total:
-            starts.append(starts[-1] + hop)
-        return [(s / sr, min(s + n, total) / sr, self.fit_window(wave[s : s + n])) for s in starts]
-
 
 def to_mono_resampled(samples: np.ndarray, rate: int, target_rate: int) -> torch.Tensor:
     """(channels, frames) float32 at `rate` -> (frames',) float32 mono at `target_rate`."""

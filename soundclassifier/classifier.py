@@ -1,0 +1,107 @@
+"""The one core every front door (HTTP, gRPC, page, Spark) calls: prepare clips, run batches, report.
+
+    prepare(bytes)  -> (Audio, features)        decode + validate + log-mel, per clip
+    forward(batch)  -> probabilities            one engine call for a stacked batch
+    classification(...) / timeline(...)         typed results
+
+Front doors own only transport: turning uploads into bytes and results into responses. Batching
+across requests is the service's business (BentoML's adaptive batcher calls `forward`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from soundclassifier.audio import NO_LIMITS, Audio, Limits, decode
+from soundclassifier.engine import Engine, TorchEngine
+from soundclassifier.predictions import (
+    Classification,
+    Timeline,
+    TimelineWindow,
+    merge_spans,
+    softmax,
+    top_k,
+)
+from soundclassifier.store import LoadedModel
+from soundclassifier.timeline import stream_windows
+
+
+class Classifier:
+    def __init__(self, model: LoadedModel, engine: Engine | None = None):
+        self.model = model
+        self.engine = engine or TorchEngine(model.network)
+        self.features = model.features
+        self.settings = model.features.settings
+        self.labels = model.labels
+        self.tag = model.tag
+
+    def prepare(self, source: bytes | str | Path, limits: Limits = NO_LIMITS) -> tuple[Audio, np.ndarray]:
+        """Decode one upload and compute its model input (1, n_mels, frames); raises AudioError."""
+        audio = decode(source, limits)
+        return audio, self.features(audio).numpy()
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities (n, n_classes) for a stacked batch (n, 1, n_mels, frames)."""
+        return softmax(self.engine(batch)).astype(np.float32)
+
+    def classification(self, audio: Audio, probs: np.ndarray, k: int) -> Classification:
+        return Classification(
+            model=self.tag,
+            duration_s=round(audio.duration, 4),
+            sample_rate=audio.sample_rate,
+            top=top_k(probs, self.labels, k),
+        )
+
+    def classify(self, source: bytes | str | Path, k: int = 5, limits: Limits = NO_LIMITS) -> Classification:
+        """Unbatched convenience for scripts and tests: one clip, one forward pass."""
+        audio, x = self.prepare(source, limits)
+        return self.classification(audio, self.forward(x[None])[0], k)
+
+    def timeline(
+        self,
+        source: bytes | str | Path,
+        *,
+        hop_seconds: float | None = None,
+        k: int = 3,
+        limits: Limits = NO_LIMITS,
+        forward: Callable[[np.ndarray], np.ndarray] | None = None,
+        chunk: int = 16,
+    ) -> Timeline:
+        """Classify a long recording window by window, `chunk` windows per forward call.
+
+        `forward` defaults to `self.forward`; the service passes its batcher so timeline windows
+        share forward passes with other requests. Memory holds one chunk of windows at a time.
+        """
+        forward = forward or self.forward
+        stream = stream_windows(source, self.settings, hop_seconds, limits)
+        windows: list[TimelineWindow] = []
+        for group in _chunks(stream.windows, chunk):
+            probs = forward(np.stack([self.features(w.audio).numpy() for w in group]))
+            windows += [
+                TimelineWindow(start_s=round(w.start_s, 4), end_s=round(w.end_s, 4), top=top_k(p, self.labels, k))
+                for w, p in zip(group, probs, strict=True)
+            ]
+        hop = self.settings.clip_seconds / 2 if hop_seconds is None else hop_seconds
+        return Timeline(
+            model=self.tag,
+            duration_s=round(stream.duration_s, 4),
+            sample_rate=stream.sample_rate,
+            window_s=self.settings.clip_seconds,
+            hop_s=hop,
+            windows=windows,
+            summary=merge_spans(windows),
+        )
+
+
+def _chunks(items: Iterator, n: int) -> Iterator[list]:
+    group: list = []
+    for item in items:
+        group.append(item)
+        if len(group) == n:
+            yield group
+            group = []
+    if group:
+        yield group

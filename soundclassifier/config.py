@@ -1,0 +1,49 @@
+"""Run-time configuration of the serving side: the one module that reads environment variables."""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from soundclassifier.audio import Limits
+from soundclassifier.store import DEFAULT_TAG
+
+
+class ServeConfig(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    model_tag: str = Field(DEFAULT_TAG, description="SOUND_MODEL_TAG: model served")
+    max_upload_mb: float = Field(50.0, gt=0, description="SOUND_MAX_UPLOAD_MB: largest upload accepted")
+    max_clip_seconds: float = Field(
+        600.0, gt=0, description="SOUND_MAX_CLIP_SECONDS: longest audio /classify accepts"
+    )
+    max_timeline_seconds: float = Field(
+        4 * 3600.0, gt=0, description="SOUND_MAX_TIMELINE_SECONDS: longest audio /timeline accepts"
+    )
+    max_timeline_upload_mb: float = Field(
+        1024.0, gt=0, description="SOUND_MAX_TIMELINE_UPLOAD_MB: largest upload /timeline accepts"
+    )
+    grpc_port: int = Field(50051, description="SOUND_GRPC_PORT: port of the gRPC front door (0 = off)")
+
+    @classmethod
+    def from_env(cls) -> ServeConfig:
+        env = {
+            "model_tag": "SOUND_MODEL_TAG",
+            "max_upload_mb": "SOUND_MAX_UPLOAD_MB",
+            "max_clip_seconds": "SOUND_MAX_CLIP_SECONDS",
+            "max_timeline_seconds": "SOUND_MAX_TIMELINE_SECONDS",
+            "max_timeline_upload_mb": "SOUND_MAX_TIMELINE_UPLOAD_MB",
+            "grpc_port": "SOUND_GRPC_PORT",
+        }
+        return cls.model_validate({k: os.environ[v] for k, v in env.items() if os.environ.get(v)})
+
+    @property
+    def clip_limits(self) -> Limits:
+        return Limits(max_bytes=int(self.max_upload_mb * 2**20), max_seconds=self.max_clip_seconds)
+
+    @property
+    def timeline_limits(self) -> Limits:
+        return Limits(
+            max_bytes=int(self.max_timeline_upload_mb * 2**20), max_seconds=self.max_timeline_seconds
+        )

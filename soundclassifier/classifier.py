@@ -10,7 +10,7 @@ across requests is the service's business (BentoML's adaptive batcher calls `for
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ from soundclassifier.predictions import (
     top_k,
 )
 from soundclassifier.store import LoadedModel
-from soundclassifier.timeline import stream_windows
+from soundclassifier.timeline import Stream, Window, stream_windows
 
 
 class Classifier:
@@ -60,6 +60,13 @@ class Classifier:
         audio, x = self.prepare(source, limits)
         return self.classification(audio, self.forward(x[None])[0], k)
 
+    def start_timeline(
+        self, source: bytes | str | Path, hop_seconds: float | None = None, limits: Limits = NO_LIMITS
+    ) -> TimelineJob:
+        """Open a long recording for window-by-window classification (see `TimelineJob`)."""
+        hop = self.settings.clip_seconds / 2 if hop_seconds is None else hop_seconds
+        return TimelineJob(self, stream_windows(source, self.settings, hop, limits), hop)
+
     def timeline(
         self,
         source: bytes | str | Path,
@@ -67,32 +74,44 @@ class Classifier:
         hop_seconds: float | None = None,
         k: int = 3,
         limits: Limits = NO_LIMITS,
-        forward: Callable[[np.ndarray], np.ndarray] | None = None,
-        chunk: int = 16,
     ) -> Timeline:
-        """Classify a long recording window by window, `chunk` windows per forward call.
+        """Unbatched convenience: the whole timeline with this process's engine."""
+        job = self.start_timeline(source, hop_seconds, limits)
+        for windows, inputs in job.chunks():
+            job.add(windows, self.forward(inputs), k)
+        return job.result()
 
-        `forward` defaults to `self.forward`; the service passes its batcher so timeline windows
-        share forward passes with other requests. Memory holds one chunk of windows at a time.
-        """
-        forward = forward or self.forward
-        stream = stream_windows(source, self.settings, hop_seconds, limits)
-        windows: list[TimelineWindow] = []
-        for group in _chunks(stream.windows, chunk):
-            probs = forward(np.stack([self.features(w.audio).numpy() for w in group]))
-            windows += [
-                TimelineWindow(start_s=round(w.start_s, 4), end_s=round(w.end_s, 4), top=top_k(p, self.labels, k))
-                for w, p in zip(group, probs, strict=True)
-            ]
-        hop = self.settings.clip_seconds / 2 if hop_seconds is None else hop_seconds
+
+class TimelineJob:
+    """A timeline in progress: pull `chunks()` of windows with their model inputs, push
+    probabilities back with `add`, then take `result()`. Callers choose how to run the forward
+    passes (directly, or through the service's batcher); memory holds one chunk at a time."""
+
+    def __init__(self, classifier: Classifier, stream: Stream, hop_s: float, chunk: int = 16):
+        self.classifier, self.stream, self.hop_s, self.chunk = classifier, stream, hop_s, chunk
+        self.windows: list[TimelineWindow] = []
+
+    def chunks(self) -> Iterator[tuple[list[Window], np.ndarray]]:
+        features = self.classifier.features
+        for group in _chunks(self.stream.windows, self.chunk):
+            yield group, np.stack([features(w.audio).numpy() for w in group])
+
+    def add(self, windows: list[Window], probs: np.ndarray, k: int) -> None:
+        labels = self.classifier.labels
+        self.windows += [
+            TimelineWindow(start_s=round(w.start_s, 4), end_s=round(w.end_s, 4), top=top_k(p, labels, k))
+            for w, p in zip(windows, probs, strict=True)
+        ]
+
+    def result(self) -> Timeline:
         return Timeline(
-            model=self.tag,
-            duration_s=round(stream.duration_s, 4),
-            sample_rate=stream.sample_rate,
-            window_s=self.settings.clip_seconds,
-            hop_s=hop,
-            windows=windows,
-            summary=merge_spans(windows),
+            model=self.classifier.tag,
+            duration_s=round(self.stream.duration_s, 4),
+            sample_rate=self.stream.sample_rate,
+            window_s=self.classifier.settings.clip_seconds,
+            hop_s=self.hop_s,
+            windows=self.windows,
+            summary=merge_spans(self.windows),
         )
 
 

@@ -26,6 +26,7 @@ import torchaudio
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from soundclassifier.audio import Audio
+from soundclassifier.hardware import torch_threads
 
 
 class FeatureSettings(BaseModel):
@@ -137,8 +138,9 @@ class Features:
         return ((db - db.mean()) / (db.std() + 1e-5)).float()
 
     def __call__(self, audio: Audio) -> torch.Tensor:
-        """Decoded audio -> model input of shape (1, n_mels, frames)."""
-        return self.spectrogram(self.fit_window(self.waveform(audio)))
+        """Decoded audio -> model input of shape (1, n_mels, frames), computed single-threaded."""
+        with torch_threads(1):
+            return self.spectrogram(self.fit_window(self.waveform(audio)))
 
 
 def to_mono_resampled(samples: np.ndarray, rate: int, target_rate: int) -> torch.Tensor:

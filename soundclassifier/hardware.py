@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -21,3 +23,22 @@ def cpu_flags() -> frozenset[str]:
 def cpu_has_bf16() -> bool:
     """True when the CPU computes bfloat16 natively (AVX512_BF16 or AMX); emulated bf16 is slower."""
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block with `n` intra-op threads in the calling thread only.
+
+    With PyTorch's OpenMP backend the setting is per calling thread. Per-clip feature work is too
+    small to split, and several request threads each opening a 2-thread OpenMP team beside the
+    engine's own made the mel step 50x slower here under load; so features run single-threaded
+    and the engine keeps the cores.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

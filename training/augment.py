@@ -2,7 +2,8 @@
 
 The feature step is the core's `Features` (the same code serving runs); augmentation only wraps it:
 
-    waveform -> [train: random circular shift, additive noise at a random SNR]
+    waveform -> [train: random window of a long clip, or random circular shift of a short one;
+                 additive noise at a random SNR]
              -> Features.fit_window -> Features.spectrogram
              -> [train: SpecAugment frequency and time masks]
 
@@ -22,7 +23,7 @@ from soundclassifier.features import Features
 
 @dataclass(frozen=True)
 class AugmentSettings:
-    shift: bool = True  # circular time shift of the window: events occur anywhere in a clip
+    shift: bool = True  # random time shift / crop: events occur anywhere in a clip
     noise_prob: float = 0.5  # chance of mixing white noise in at an SNR drawn from noise_snr_db
     noise_snr_db: tuple[float, float] = (10.0, 40.0)
     freq_masks: int = 2  # SpecAugment (Park et al. 2019): masks of up to freq_mask_bins bands
@@ -58,9 +59,14 @@ class ClipDataset(torch.utils.data.Dataset):
         a = self.augment
         if a is None:
             return self.features.spectrogram(self.features.fit_window(wave)), self.targets[i]
-        window = self.features.fit_window(wave)
-        if a.shift:
-            window = torch.roll(window, int(torch.randint(0, window.shape[-1], ())))
+        n = self.features.settings.clip_samples
+        if a.shift and wave.shape[-1] > n:  # long recording: a random window of it
+            start = int(torch.randint(0, wave.shape[-1] - n + 1, ()))
+            window = wave[start : start + n]
+        else:
+            window = self.features.fit_window(wave)
+            if a.shift:
+                window = torch.roll(window, int(torch.randint(0, n, ())))
         if a.noise_prob > 0 and torch.rand(()) < a.noise_prob:
             lo, hi = a.noise_snr_db
             snr = lo + (hi - lo) * float(torch.rand(()))

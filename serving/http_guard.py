@@ -1,0 +1,121 @@
+"""ASGI middleware that checks uploads before BentoML parses them.
+
+BentoML answers a malformed multipart body with 500, buffers uploads of any size, and, for a file
+field sent as text, downloads the URL it contains. This guard runs first on the upload routes and
+turns each of those into a clear 4xx:
+    415  the body is not multipart/form-data
+    413  the body exceeds the route's size limit (checked on Content-Length and while reading)
+    400  the multipart body is malformed, a required file field is missing, or was sent as text
+A body that passes is replayed unchanged to BentoML. Large bodies spill to a temporary file.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from starlette.datastructures import Headers, UploadFile
+from starlette.requests import Request
+
+Scope = dict
+Receive = Callable[[], Awaitable[dict]]
+Send = Callable[[dict], Awaitable[None]]
+CHUNK = 1 << 16
+SPOOL_BYTES = 8 << 20
+
+
+@dataclass(frozen=True)
+class UploadRule:
+    max_bytes: int
+    file_fields: tuple[str, ...] = ("audio",)
+
+
+class UploadGuard:
+    def __init__(self, app, rules: dict[str, UploadRule]):
+        self.app = app
+        self.rules = rules
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        rule = self.rules.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if rule is None or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        if not headers.get("content-type", "").startswith("multipart/form-data"):
+            await _reject(send, 415, "unsupported_media_type",
+                          f"Send the audio as multipart/form-data with a file field '{rule.file_fields[0]}'.")
+            return
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > rule.max_bytes:
+            await _reject(send, 413, "too_large", _too_large(int(declared), rule.max_bytes))
+            return
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as body:
+            size = 0
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > rule.max_bytes:
+                    await _reject(send, 413, "too_large", _too_large(size, rule.max_bytes))
+                    return
+                body.write(chunk)
+                if not message.get("more_body", False):
+                    break
+            problem = await _form_problem(scope, body, rule)
+            if problem:
+                await _reject(send, 400, "bad_request", problem)
+                return
+            await self.app(scope, _replay(body, then=receive), send)
+
+
+async def _form_problem(scope: Scope, body, rule: UploadRule) -> str | None:
+    try:
+        form = await Request(scope, _replay(body)).form()
+    except Exception as e:  # starlette raises HTTPException / MultiPartException / ValueError
+        return f"The multipart body is malformed ({getattr(e, 'detail', None) or e})."
+    try:
+        for name in rule.file_fields:
+            values = form.getlist(name)
+            if not values:
+                return f"The file field '{name}' is missing."
+            if not all(isinstance(v, UploadFile) for v in values):
+                return f"The field '{name}' must be a file upload, not text."
+        return None
+    finally:
+        await form.close()
+
+
+def _replay(body, then: Receive | None = None) -> Receive:
+    """A `receive` that plays the buffered body, then defers to `then` (the client's own
+    channel, which reports a real disconnect) or reports a disconnect itself."""
+    body.seek(0)
+    done = False
+
+    async def receive() -> dict:
+        nonlocal done
+        if done:
+            return await then() if then is not None else {"type": "http.disconnect"}
+        chunk = body.read(CHUNK)
+        more = len(chunk) == CHUNK
+        done = not more
+        return {"type": "http.request", "body": chunk, "more_body": more}
+
+    return receive
+
+
+def _too_large(size: int, limit: int) -> str:
+    return f"The upload is {size:,} bytes or more; the limit is {limit:,} bytes."
+
+
+async def _reject(send: Send, status: int, error: str, detail: str) -> None:
+    payload = json.dumps({"error": error, "detail": detail}).encode()
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+    })
+    await send({"type": "http.response.body", "body": payload})

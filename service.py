@@ -29,6 +29,7 @@ with bentoml.importing():
     from soundclassifier.batching import Batcher, OverloadedError
     from soundclassifier.classifier import Classifier
     from soundclassifier.config import ServeConfig
+    from soundclassifier.engine import select_engine
     from soundclassifier.predictions import Classification, Timeline
     from soundclassifier.render import spectrogram_png
     from soundclassifier.store import load_model
@@ -64,6 +65,7 @@ class ModelInfo(BaseModel):
     dataset: str
     engine: str
     precision: str
+    engines_tried: dict
     max_batch_size: int
     max_latency_ms: int
     limits: dict
@@ -79,7 +81,9 @@ class SoundClassifier:
     model_ref = bentoml.models.BentoModel(CONFIG.model_tag)
 
     def __init__(self) -> None:
-        self.core = Classifier(load_model(self.model_ref))
+        model = load_model(self.model_ref)
+        engine, self.engine_report = select_engine(model.network, model.onnx_path, model.samples, CONFIG.engine)
+        self.core = Classifier(model, engine)
         self.metrics = create_metrics(MAX_BATCH_SIZE)
         self.metrics.engine.labels(self.core.engine.name, self.core.engine.precision, self.core.tag).set(1)
         self.batcher = Batcher(
@@ -182,9 +186,10 @@ class SoundClassifier:
             dataset=str(meta.get("dataset", "")),
             engine=self.core.engine.name,
             precision=self.core.engine.precision,
+            engines_tried=self.engine_report.get("tried", {}),
             max_batch_size=MAX_BATCH_SIZE,
             max_latency_ms=MAX_LATENCY_MS,
-            limits=CONFIG.model_dump(exclude={"model_tag", "grpc_port"}),
+            limits=CONFIG.model_dump(exclude={"model_tag", "grpc_port", "engine"}),
         )
 
     def _error(self, e: Exception) -> JSONResponse:

@@ -141,15 +141,15 @@ def open_sound(data: bytes) -> sf.SoundFile:
             ErrorKind.UNSUPPORTED,
             f"{f.format_info} files are not supported; send WAV, FLAC, OGG or MP3.",
         )
-    if f.frames <= 0 or f.samplerate <= 0 or f.channels <= 0:
-        f.close()
-        raise AudioError(ErrorKind.EMPTY, "The file is valid audio but contains no samples.")
     if _is_truncated_wav(f):
         f.close()
         raise AudioError(
             ErrorKind.CORRUPT,
             "The file is truncated: its header announces more audio data than the file contains.",
         )
+    if f.frames <= 0 or f.samplerate <= 0 or f.channels <= 0:
+        f.close()
+        raise AudioError(ErrorKind.EMPTY, "The file is valid audio but contains no samples.")
     return f
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,6 +26,9 @@ class ServeConfig(BaseModel):
         1024.0, gt=0, description="SOUND_MAX_TIMELINE_UPLOAD_MB: largest upload /timeline accepts"
     )
     grpc_port: int = Field(50051, description="SOUND_GRPC_PORT: port of the gRPC front door (0 = off)")
+    engine: Literal["auto", "openvino", "onnxruntime", "torch"] = Field(
+        "auto", description="SOUND_ENGINE: inference engine; auto = fastest that agrees with PyTorch"
+    )
 
     @classmethod
     def from_env(cls) -> ServeConfig:
@@ -35,6 +39,7 @@ class ServeConfig(BaseModel):
             "max_timeline_seconds": "SOUND_MAX_TIMELINE_SECONDS",
             "max_timeline_upload_mb": "SOUND_MAX_TIMELINE_UPLOAD_MB",
             "grpc_port": "SOUND_GRPC_PORT",
+            "engine": "SOUND_ENGINE",
         }
         return cls.model_validate({k: os.environ[v] for k, v in env.items() if os.environ.get(v)})
 

@@ -1,16 +1,38 @@
 """Inference engines: run the network on a batch of spectrograms and return logits.
 
-Every engine takes float32 (n, 1, n_mels, frames) and returns float32 (n, n_classes); PyTorch eager
-fp32 is the reference the others are checked against.
+Every engine takes float32 (n, 1, n_mels, frames) and returns float32 (n, n_classes). PyTorch eager
+fp32 is the reference; ONNX Runtime and OpenVINO run the ONNX export of the same weights and are
+used only when they agree with the reference on the model's own sample inputs (see `agreement`).
+
+Choice (`SOUND_ENGINE`): `auto` (default) measures every installed engine that agrees and keeps the
+fastest; `openvino`, `onnxruntime` or `torch` forces one (still checked; falls back to torch with a
+log line if it disagrees or is missing). Precision: fp32, plus OpenVINO bf16 where the CPU has
+native bf16 (AVX512_BF16 / AMX).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
+
+from soundclassifier.hardware import cpu_has_bf16
+from soundclassifier.predictions import softmax
+
+ONNX_OPSET = 17
+# Agreement with PyTorch fp32 on the model's sample inputs, per precision:
+#   top-1 label equal on >= MIN_TOP1_AGREEMENT of the inputs, and every probability within TOL.
+MIN_TOP1_AGREEMENT = 0.995
+PROB_TOLERANCE = {"fp32": 1e-3, "bf16": 0.05}
+
+log = logging.getLogger(__name__)
 
 
 class Engine(Protocol):
@@ -20,15 +42,152 @@ class Engine(Protocol):
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 
 
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class TorchEngine:
     """PyTorch eager on the CPU, fp32: the reference engine."""
 
     name = "torch"
     precision = "fp32"
 
-    def __init__(self, network: nn.Module):
+    def __init__(self, network: nn.Module, threads: int | None = None):
         self.network = network.eval()
+        self.threads = threads or default_threads()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        # The setting is per calling thread (OpenMP): the engine's thread gets all its cores.
+        torch.set_num_threads(self.threads)
         with torch.inference_mode():
             return self.network(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).numpy()
+
+
+class OnnxRuntimeEngine:
+    name = "onnxruntime"
+    precision = "fp32"
+
+    def __init__(self, onnx_path: Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or default_threads()
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"x": np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+
+class OpenVinoEngine:
+    name = "openvino"
+
+    def __init__(self, onnx_path: Path, precision: str = "fp32", threads: int | None = None):
+        import openvino as ov
+
+        self.precision = precision
+        config = {
+            "INFERENCE_NUM_THREADS": threads or default_threads(),
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            "PERFORMANCE_HINT": "LATENCY",  # one stream: batches come one at a time from the batcher
+        }
+        self.compiled = ov.Core().compile_model(str(onnx_path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        out = self.request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        return np.asarray(out[self.compiled.output(0)], dtype=np.float32)
+
+
+def export_onnx(network: nn.Module, input_shape: tuple[int, ...], path: Path) -> Path:
+    """Export with a dynamic batch axis (legacy TorchScript exporter: no extra dependencies)."""
+    network = network.eval()
+    example = torch.zeros((2, *input_shape), dtype=torch.float32)
+    torch.onnx.export(
+        network,
+        (example,),
+        str(path),
+        input_names=["x"],
+        output_names=["logits"],
+        dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=ONNX_OPSET,
+        dynamo=False,
+    )
+    return path
+
+
+@dataclass(frozen=True)
+class Agreement:
+    top1: float  # share of inputs whose top-1 label equals the reference's
+    max_prob_diff: float
+    ok: bool
+
+
+def agreement(engine: Engine, reference: np.ndarray, inputs: np.ndarray) -> Agreement:
+    """Compare an engine's probabilities with the reference probabilities on the same inputs."""
+    probs = softmax(engine(inputs))
+    top1 = float(np.mean(probs.argmax(1) == reference.argmax(1)))
+    diff = float(np.abs(probs - reference).max())
+    ok = top1 >= MIN_TOP1_AGREEMENT and diff <= PROB_TOLERANCE[engine.precision]
+    return Agreement(top1=top1, max_prob_diff=diff, ok=ok)
+
+
+def candidates(onnx_path: Path, choice: str, threads: int) -> list[tuple[str, callable]]:
+    """(label, constructor) for every engine worth trying under `choice`, fastest kinds first."""
+    found: list[tuple[str, callable]] = []
+    if choice in ("auto", "openvino"):
+        if cpu_has_bf16():
+            found.append(("openvino/bf16", lambda: OpenVinoEngine(onnx_path, "bf16", threads)))
+        found.append(("openvino/fp32", lambda: OpenVinoEngine(onnx_path, "fp32", threads)))
+    if choice in ("auto", "onnxruntime"):
+        found.append(("onnxruntime/fp32", lambda: OnnxRuntimeEngine(onnx_path, threads)))
+    return found
+
+
+def clips_per_second(engine: Engine, inputs: np.ndarray, repeats: int = 3) -> float:
+    engine(inputs)  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        engine(inputs)
+    return repeats * len(inputs) / (time.perf_counter() - start)
+
+
+def select_engine(
+    network: nn.Module, onnx_path: Path | None, samples: np.ndarray, choice: str = "auto",
+    threads: int | None = None,
+) -> tuple[Engine, dict]:
+    """The engine to serve with, and a report of what was tried (for /info and the log)."""
+    threads = threads or default_threads()
+    reference_engine = TorchEngine(network, threads)
+    if choice == "torch" or onnx_path is None:
+        return reference_engine, {"chosen": "torch/fp32", "reason": "requested" if choice == "torch" else "no ONNX graph"}
+    reference = softmax(reference_engine(samples))
+    report: dict = {"tried": {}}
+    agreeing: list[tuple[float, str, Engine]] = []
+    for label, make in candidates(onnx_path, choice, threads):
+        try:
+            engine = make()
+        except ImportError as e:
+            report["tried"][label] = f"not installed ({e.name})"
+            continue
+        except Exception as e:  # noqa: BLE001 - an engine that cannot compile is skipped, not fatal
+            report["tried"][label] = f"failed to load: {e}"
+            continue
+        check = agreement(engine, reference, samples)
+        if not check.ok:
+            report["tried"][label] = f"disagrees (top-1 {check.top1:.3f}, max prob diff {check.max_prob_diff:.4f})"
+            continue
+        speed = clips_per_second(engine, samples[:16])
+        report["tried"][label] = f"agrees (max prob diff {check.max_prob_diff:.5f}), {speed:.0f} clips/s"
+        agreeing.append((speed, label, engine))
+    if choice in ("auto", "torch") or not agreeing:
+        torch_speed = clips_per_second(reference_engine, samples[:16])
+        report["tried"]["torch/fp32"] = f"reference, {torch_speed:.0f} clips/s"
+        agreeing.append((torch_speed, "torch/fp32", reference_engine))
+        if choice not in ("auto", "torch"):
+            log.warning("engine %s unavailable or disagreeing; serving on PyTorch: %s", choice, report["tried"])
+    speed, label, engine = max(agreeing, key=lambda t: t[0])
+    report["chosen"] = label
+    log.info("engine %s (%.0f clips/s); tried %s", label, speed, report["tried"])
+    return engine, report

@@ -93,7 +93,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def train_fold(args: argparse.Namespace, ds: Dataset, settings: FeatureSettings, valid_fold: int):
-    """Train on every fold but `valid_fold`; return (network, metrics, skipped files)."""
+    """Train on every fold but `valid_fold`.
+
+    Returns the network, held-out metrics, skipped files, and up to 64 held-out model inputs
+    (kept with the model so inference engines can be checked against PyTorch on real data).
+    """
     set_seed(args.seed, reproducible=True)
     features = Features(settings)
     train_clips, valid_clips = ds.split(valid_fold)
@@ -122,7 +126,8 @@ def train_fold(args: argparse.Namespace, ds: Dataset, settings: FeatureSettings,
     net = learn.model.cpu().eval()
     preds = predict_dataset(net, valid_ds)
     metrics = report(valid.targets, preds, ds.labels)
-    return net, metrics, train.skipped + valid.skipped
+    samples = torch.stack([valid_ds[i][0] for i in range(min(64, len(valid_ds)))]).numpy()
+    return net, metrics, train.skipped + valid.skipped, samples
 
 
 class CPUBFloat16(Callback):
@@ -165,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cv:
         results = {}
         for fold in ds.folds:
-            _, metrics, _ = train_fold(args, ds, settings, fold)
+            _, metrics, _, _ = train_fold(args, ds, settings, fold)
             results[fold] = metrics
             log.info("fold %d\n%s", fold, format_report(metrics))
         acc = np.array([m["accuracy"] for m in results.values()])
@@ -175,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     started = time.time()
-    net, metrics, skipped = train_fold(args, ds, settings, args.valid_fold)
+    net, metrics, skipped, samples = train_fold(args, ds, settings, args.valid_fold)
     print(format_report(metrics))
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s); see the log above")
@@ -204,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             "train_seconds": round(time.time() - started, 1),
             "versions": library_versions(),
         },
+        samples=samples,
         extra_files=reports,
     )
     print(f"saved {tag}")

@@ -1,0 +1,174 @@
+"""Session fixtures: a private BentoML store, a tiny synthetic data set, and one tiny trained model.
+
+BentoML reads BENTOML_HOME once, when it is first imported, so the store is redirected here, at
+import time of this conftest and before any test module (or soundclassifier.store) imports bentoml.
+Whatever the user's environment says is ignored: the tests never touch the user's model store.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+_BENTOML_HOME = Path(tempfile.mkdtemp(prefix="sound-tests-bentoml-"))
+os.environ["BENTOML_HOME"] = str(_BENTOML_HOME)
+assert "bentoml" not in sys.modules, "bentoml was imported before tests/conftest.py could set BENTOML_HOME"
+
+import pytest  # noqa: E402
+
+MODEL_NAME = "sound-resnet"
+
+
+def model_tags() -> set[str]:
+    """Tags of every `sound-resnet` entry in the (test) store."""
+    import bentoml
+
+    try:
+        return {str(m.tag) for m in bentoml.models.list(MODEL_NAME)}
+    except bentoml.exceptions.NotFound:  # the store has never held a model of that name
+        return set()
+
+
+def train_and_get_tag(argv: list[str]) -> str:
+    """Run `training.train.main(argv)` and return the tag of the one model it saved."""
+    from training.train import main
+
+    before = model_tags()
+    assert main(argv) == 0
+    new = model_tags() - before
+    assert len(new) == 1, f"expected exactly one new model, got {new}"
+    return new.pop()
+
+
+@pytest.fixture(scope="session")
+def store_tags():
+    """`store_tags()` -> the set of `sound-resnet` tags now in the test store."""
+    return model_tags
+
+
+@pytest.fixture(scope="session")
+def train_model(bentoml_home):
+    """`train_model(argv)` runs `training.train.main(argv)` and returns the tag it saved."""
+    return train_and_get_tag
+
+
+@pytest.fixture(scope="session")
+def bentoml_home() -> Path:
+    """The throw-away BentoML home every test shares (removed when pytest exits)."""
+    import bentoml  # noqa: F401  (imported here so the store is known to live in BENTOML_HOME)
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    assert Path(BentoMLContainer.bentoml_home.get()).resolve() == _BENTOML_HOME.resolve()
+    return _BENTOML_HOME
+
+
+def pytest_unconfigure(config) -> None:
+    """Remove the throw-away store whether or not any test used it."""
+    shutil.rmtree(_BENTOML_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> Path:
+    """The synthetic data set (10 classes x 6 clips, 5 folds, seed 0) in the ESC-50 layout."""
+    from training.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("synthetic"), clips_per_class=6, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_tag(bentoml_home, synthetic_dir) -> str:
+    """Train a ResNet-18 for 2 epochs on the tiny synthetic set; return its store tag."""
+    return train_and_get_tag(
+        [
+            "--dataset", "synthetic",
+            "--data-dir", str(synthetic_dir),
+            "--epochs", "2",
+            "--batch-size", "16",
+        ]
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def loaded_model(tiny_model_tag):
+    """The tiny model rebuilt from the store by `soundclassifier.store.load_model`."""
+    from soundclassifier.store import load_model
+
+    return load_model(tiny_model_tag)
+
+
+# --- data sets in the official layouts, built on disk from short generated clips ----------------
+
+
+def _clip_bytes(index: int, seconds: float) -> bytes:
+    """A short WAV that differs per class index (sine pitch) and per call (noise seed)."""
+    import numpy as np
+
+    from tests import audiofiles as af
+
+    x = af.sine(freq=300.0 * (index % 7 + 1), seconds=seconds) + af.noise(seconds, amplitude=0.05, seed=index)
+    return af.encode(np.clip(x, -1, 1), af.RATE, "WAV", "PCM_16")
+
+
+def build_esc50(
+    root: Path, classes: list[str], clips_per_fold: int = 1, folds: int = 5, seconds: float = 0.5
+) -> Path:
+    """ROOT/meta/esc50.csv (ESC-50's seven columns) and ROOT/audio/<fold>-<src>-<take>-<target>.wav."""
+    import csv
+
+    (root / "audio").mkdir(parents=True)
+    (root / "meta").mkdir()
+    rows = []
+    for target, label in enumerate(classes):
+        for fold in range(1, folds + 1):
+            for k in range(clips_per_fold):
+                src = f"{100000 + 1000 * target + 10 * fold + k}"
+                name = f"{fold}-{src}-A-{target}.wav"
+                (root / "audio" / name).write_bytes(_clip_bytes(target * 100 + fold * 10 + k, seconds))
+                rows.append([name, fold, target, label, "False", src, "A"])
+    with (root / "meta" / "esc50.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["filename", "fold", "target", "category", "esc10", "src_file", "take"])
+        w.writerows(rows)
+    return root
+
+
+def build_urbansound8k(
+    root: Path, classes: dict[int, str], clips_per_fold: int = 1, folds: int = 3, seconds: float = 0.5
+) -> Path:
+    """ROOT/metadata/UrbanSound8K.csv (its eight columns) and ROOT/audio/fold<N>/<fsID>-<classID>-0-<k>.wav."""
+    import csv
+
+    (root / "metadata").mkdir(parents=True)
+    rows = []
+    for class_id, label in classes.items():
+        for fold in range(1, folds + 1):
+            (root / "audio" / f"fold{fold}").mkdir(parents=True, exist_ok=True)
+            for k in range(clips_per_fold):
+                fs_id = 50000 + 100 * class_id + fold
+                name = f"{fs_id}-{class_id}-0-{k}.wav"
+                path = root / "audio" / f"fold{fold}" / name
+                path.write_bytes(_clip_bytes(class_id * 100 + fold * 10 + k, seconds))
+                rows.append([name, fs_id, 0.0, seconds, 1, fold, class_id, label])
+    with (root / "metadata" / "UrbanSound8K.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["slice_file_name", "fsID", "start", "end", "salience", "fold", "classID", "class"])
+        w.writerows(rows)
+    return root
+
+
+def build_folder(root: Path, counts: dict[str, int], seconds: float = 0.5) -> Path:
+    """ROOT/<label>/<label>_<k>.wav with counts[label] files per class."""
+    for i, (label, n) in enumerate(counts.items()):
+        (root / label).mkdir(parents=True)
+        for k in range(n):
+            (root / label / f"{label}_{k:02d}.wav").write_bytes(_clip_bytes(i * 100 + k, seconds))
+    return root
+
+
+@pytest.fixture
+def layouts():
+    """The builders above, for tests that need a data set in an official layout."""
+    return {"esc50": build_esc50, "urbansound8k": build_urbansound8k, "folder": build_folder}

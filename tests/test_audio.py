@@ -1,0 +1,151 @@
+"""Decoding: every supported format comes back right, every bad file fails with a kind and a reason."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from soundclassifier.audio import AudioError, ErrorKind, Limits, decode
+from soundclassifier.features import Features, FeatureSettings
+from tests import audiofiles as af
+
+SETTINGS = FeatureSettings()
+
+
+@pytest.mark.parametrize(
+    ("make", "rate", "fmt"),
+    [
+        (af.wav_sine, 22050, "WAV"),
+        (af.flac_sine, 22050, "FLAC"),
+        (af.ogg_vorbis_sine, 22050, "OGG"),
+        (af.ogg_opus_sine, 48000, "OGG"),
+        (af.mp3_sine, 22050, "MP3"),
+    ],
+    ids=["wav", "flac", "ogg-vorbis", "ogg-opus", "mp3"],
+)
+def test_supported_formats_decode(make, rate, fmt):
+    audio = decode(make(seconds=1.0))
+    assert audio.format in ({fmt, "MPEG"} if fmt == "MP3" else {fmt})
+    assert audio.sample_rate == rate
+    assert audio.channels == 1
+    assert audio.samples.dtype == np.float32
+    assert audio.samples.shape == (1, audio.frames)
+    # Lossy codecs may add or drop a frame's worth of priming samples, never more.
+    assert audio.duration == pytest.approx(1.0, abs=0.06)
+    assert np.isfinite(audio.samples).all()
+    assert 0.3 < np.abs(audio.samples).max() <= 1.0  # the 0.5-amplitude sine survived
+
+
+def test_decode_reads_a_path(tmp_path):
+    path = tmp_path / "clip.wav"
+    path.write_bytes(af.wav_sine(seconds=0.5))
+    for source in (path, str(path)):
+        audio = decode(source)
+        assert (audio.sample_rate, audio.frames) == (22050, 11025)
+
+
+def test_wav_samples_are_the_written_values():
+    audio = decode(af.wav_sine(freq=440, seconds=0.25))
+    expected = af.sine(freq=440, seconds=0.25)
+    np.testing.assert_allclose(audio.samples[0], expected, atol=2 / 32768)
+
+
+BAD_FILES = [
+    ("empty", af.empty, ErrorKind.EMPTY),
+    ("random-bytes", af.random_bytes, ErrorKind.NOT_AUDIO),
+    ("text", af.text, ErrorKind.NOT_AUDIO),
+    ("zero-frame-wav", af.zero_frame_wav, ErrorKind.EMPTY),
+    ("truncated-wav", af.truncated_wav, ErrorKind.CORRUPT),
+    ("truncated-flac", af.truncated_flac, ErrorKind.CORRUPT),
+    # The header announces a second of audio; none follows. That is a truncated file, not an empty one.
+    ("header-only-wav", af.header_only_wav, ErrorKind.CORRUPT),
+    ("nan-float-wav", af.nan_float_wav, ErrorKind.NON_FINITE),
+    ("inf-float-wav", af.inf_float_wav, ErrorKind.NON_FINITE),
+    ("gigabyte-header-wav", af.gigabyte_header_wav, ErrorKind.CORRUPT),
+]
+
+
+@pytest.mark.parametrize(("make", "kind"), [b[1:] for b in BAD_FILES], ids=[b[0] for b in BAD_FILES])
+def test_bad_files_raise_audio_error(make, kind):
+    with pytest.raises(AudioError) as info:
+        decode(make())
+    err = info.value
+    assert err.kind == kind, f"{err.kind}: {err.message}"
+    assert isinstance(err.message, str) and len(err.message.strip()) > 10
+    assert str(err) == err.message
+    assert err.to_dict() == {"error": kind.value, "detail": err.message}
+
+
+def test_too_long_is_refused_before_decoding():
+    with pytest.raises(AudioError) as info:
+        decode(af.wav_sine(seconds=3.0), Limits(max_seconds=2.0))
+    assert info.value.kind == ErrorKind.TOO_LONG
+    assert "3.0 s" in info.value.message and "2 s" in info.value.message
+    assert info.value.http_status == 413
+    # exactly at the limit is fine
+    assert decode(af.wav_sine(seconds=2.0), Limits(max_seconds=2.0)).duration == pytest.approx(2.0)
+
+
+def test_too_large_is_refused():
+    data = af.wav_sine(seconds=1.0)
+    with pytest.raises(AudioError) as info:
+        decode(data, Limits(max_bytes=len(data) - 1))
+    assert info.value.kind == ErrorKind.TOO_LARGE
+    assert f"{len(data):,}" in info.value.message
+    assert info.value.http_status == 413
+    assert decode(data, Limits(max_bytes=len(data))).frames == 22050
+
+
+def test_limits_apply_to_paths_too(tmp_path):
+    path = tmp_path / "long.wav"
+    path.write_bytes(af.wav_sine(seconds=1.5))
+    with pytest.raises(AudioError) as info:
+        decode(path, Limits(max_seconds=1.0))
+    assert info.value.kind == ErrorKind.TOO_LONG
+
+
+@pytest.mark.parametrize(
+    ("kind", "status"),
+    [
+        (ErrorKind.TOO_LONG, 413),
+        (ErrorKind.TOO_LARGE, 413),
+        (ErrorKind.NON_FINITE, 422),
+        (ErrorKind.EMPTY, 400),
+        (ErrorKind.CORRUPT, 400),
+        (ErrorKind.NOT_AUDIO, 415),
+        (ErrorKind.UNSUPPORTED, 415),
+    ],
+)
+def test_http_status_mapping(kind, status):
+    assert AudioError(kind, "x").http_status == status
+
+
+def test_nan_file_maps_to_422():
+    with pytest.raises(AudioError) as info:
+        decode(af.nan_float_wav())
+    assert info.value.http_status == 422
+
+
+@pytest.mark.parametrize(
+    ("make", "rate", "channels"),
+    [(af.wav_8bit, 22050, 1), (af.wav_192k, 192000, 1), (af.wav_32_channels, 22050, 32)],
+    ids=["8-bit", "192kHz", "32-channel"],
+)
+def test_unusual_files_decode_and_give_finite_features(make, rate, channels):
+    audio = decode(make(seconds=1.0))
+    assert audio.sample_rate == rate
+    assert audio.channels == channels
+    assert audio.duration == pytest.approx(1.0)
+    x = Features(SETTINGS)(audio)
+    assert tuple(x.shape) == SETTINGS.input_shape == (1, 128, 216)
+    assert x.dtype.is_floating_point
+    assert bool(x.isfinite().all())
+    assert float(x.std()) > 0.5  # a real spectrogram, not a constant image
+
+
+def test_32_channels_are_averaged_to_mono():
+    audio = decode(af.wav_32_channels(seconds=0.5))
+    wave = Features(SETTINGS).waveform(audio)
+    gains = (np.arange(32) + 1) / 32
+    expected = af.sine(seconds=0.5) * gains.mean()
+    np.testing.assert_allclose(wave.numpy(), expected, atol=1e-3)

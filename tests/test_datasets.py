@@ -1,0 +1,308 @@
+"""Data set loaders on the official layouts, their errors, decoding with skips, synthetic data."""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from soundclassifier.features import Features, FeatureSettings
+from tests import audiofiles as af
+from training.datasets import Clip, DatasetError, decode_clips, load_dataset
+from training.synthetic import CLASSES, FOLDS, generate
+
+ESC_CLASSES = ["dog", "rooster", "rain"]
+US_CLASSES = {0: "air_conditioner", 3: "dog_bark", 8: "siren"}
+
+
+# --- ESC-50 -------------------------------------------------------------------------------------
+
+
+def test_esc50_layout(tmp_path, layouts):
+    root = layouts["esc50"](tmp_path / "ESC-50-master", ESC_CLASSES, clips_per_fold=2)
+    ds = load_dataset("esc50", root)
+    assert ds.name == "esc50"
+    assert ds.labels == ESC_CLASSES  # in target order
+    assert ds.folds == [1, 2, 3, 4, 5]
+    assert len(ds.clips) == 3 * 5 * 2
+    assert all(c.path.parent == root / "audio" and c.path.is_file() for c in ds.clips)
+    for c in ds.clips:  # fold and label come from the CSV row of that very file
+        fold, _, _, target = c.path.stem.split("-")
+        assert (c.fold, c.label) == (int(fold), ESC_CLASSES[int(target)])
+    train, valid = ds.split(2)
+    assert {c.fold for c in valid} == {2} and len(valid) == 6
+    assert 2 not in {c.fold for c in train} and len(train) == 24
+
+
+def test_esc50_labels_follow_target_not_row_order(tmp_path, layouts):
+    root = layouts["esc50"](tmp_path / "esc", ESC_CLASSES)
+    csv_path = root / "meta" / "esc50.csv"
+    lines = csv_path.read_text().splitlines()
+    csv_path.write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n")
+    assert load_dataset("esc50", root).labels == ESC_CLASSES
+
+
+def test_esc50_conflicting_class_names(tmp_path, layouts):
+    root = layouts["esc50"](tmp_path / "esc", ESC_CLASSES)
+    csv_path = root / "meta" / "esc50.csv"
+    csv_path.write_text(csv_path.read_text().replace(",0,dog,", ",0,cat,", 1))
+    with pytest.raises(DatasetError, match="class id 0 is named both"):
+        load_dataset("esc50", root)
+
+
+# --- UrbanSound8K -------------------------------------------------------------------------------
+
+
+def test_urbansound8k_layout(tmp_path, layouts):
+    root = layouts["urbansound8k"](tmp_path / "UrbanSound8K", US_CLASSES, clips_per_fold=2, folds=3)
+    ds = load_dataset("urbansound8k", root)
+    assert ds.name == "urbansound8k"
+    assert ds.labels == ["air_conditioner", "dog_bark", "siren"]  # classID order
+    assert ds.folds == [1, 2, 3]
+    assert len(ds.clips) == 3 * 3 * 2
+    for c in ds.clips:
+        assert c.path.parent == root / "audio" / f"fold{c.fold}"
+        assert c.path.is_file()
+        class_id = int(c.path.stem.split("-")[1])
+        assert c.label == US_CLASSES[class_id]
+    _, valid = ds.split(3)
+    assert {c.fold for c in valid} == {3}
+    with pytest.raises(DatasetError, match="fold 10 does not exist"):
+        ds.split(10)
+
+
+def test_urbansound8k_file_in_the_wrong_fold_folder_is_reported(tmp_path, layouts):
+    root = layouts["urbansound8k"](tmp_path / "us", US_CLASSES, folds=2)
+    moved = next((root / "audio" / "fold1").iterdir())
+    moved.rename(root / "audio" / "fold2" / moved.name)
+    with pytest.raises(DatasetError) as info:
+        load_dataset("urbansound8k", root)
+    assert moved.name in str(info.value) and "do not exist" in str(info.value)
+
+
+# --- folder of classes --------------------------------------------------------------------------
+
+
+def test_folder_layout_is_stratified(tmp_path, layouts):
+    counts = {"bird": 5, "car": 7, "dog": 10, "wind": 13}
+    root = layouts["folder"](tmp_path / "sounds", counts)
+    (root / "car" / "notes.txt").write_text("not audio")  # ignored: not an audio suffix
+    (root / ".cache").mkdir()  # hidden directories are not classes
+    ds = load_dataset("folder", root, seed=0)
+    assert ds.name == "folder"
+    assert ds.labels == sorted(counts)
+    assert len(ds.clips) == sum(counts.values())
+    assert ds.folds == [1, 2, 3, 4, 5]
+    for label, n in counts.items():
+        per_fold = Counter(c.fold for c in ds.clips if c.label == label)
+        assert set(per_fold) == {1, 2, 3, 4, 5}, (label, per_fold)  # every class in every fold
+        assert max(per_fold.values()) - min(per_fold.values()) <= 1  # spread evenly
+        assert sum(per_fold.values()) == n
+
+
+def test_folder_small_class_spreads_over_distinct_folds(tmp_path, layouts):
+    root = layouts["folder"](tmp_path / "sounds", {"a": 3, "b": 6})
+    ds = load_dataset("folder", root, seed=1)
+    folds_a = [c.fold for c in ds.clips if c.label == "a"]
+    assert len(set(folds_a)) == 3
+
+
+def test_folder_split_is_deterministic_for_a_seed(tmp_path, layouts):
+    root = layouts["folder"](tmp_path / "sounds", {"a": 8, "b": 9, "c": 6})
+
+    def assignment(seed):
+        return sorted((str(c.path), c.fold) for c in load_dataset("folder", root, seed=seed).clips)
+
+    assert assignment(0) == assignment(0)
+    assert assignment(7) == assignment(7)
+    assert len({tuple(assignment(s)) for s in range(5)}) > 1  # the seed does change the split
+
+
+def test_folder_reads_every_audio_suffix(tmp_path):
+    root = tmp_path / "sounds"
+    (root / "beep").mkdir(parents=True)
+    (root / "beep" / "a.wav").write_bytes(af.wav_sine(seconds=0.2))
+    (root / "beep" / "b.FLAC").write_bytes(af.flac_sine(seconds=0.2))
+    (root / "beep" / "c.ogg").write_bytes(af.ogg_vorbis_sine(seconds=0.2))
+    (root / "beep" / "sub").mkdir()
+    (root / "beep" / "sub" / "d.mp3").write_bytes(af.mp3_sine(seconds=0.2))
+    ds = load_dataset("folder", root)
+    assert sorted(c.path.name for c in ds.clips) == ["a.wav", "b.FLAC", "c.ogg", "d.mp3"]
+
+
+# --- errors before training ---------------------------------------------------------------------
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_dataset("folder", tmp_path / "nope")
+    with pytest.raises(DatasetError, match=r"esc50\.csv does not exist"):
+        load_dataset("esc50", tmp_path / "nope")
+    with pytest.raises(DatasetError, match=r"UrbanSound8K\.csv does not exist"):
+        load_dataset("urbansound8k", tmp_path / "nope")
+
+
+def test_folder_without_class_directories(tmp_path):
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "x.wav").write_bytes(af.wav_sine(seconds=0.1))
+    with pytest.raises(DatasetError, match="no class sub-directories"):
+        load_dataset("folder", tmp_path / "flat")
+
+
+def test_empty_class_folder(tmp_path, layouts):
+    root = layouts["folder"](tmp_path / "sounds", {"cat": 5, "dog": 5})
+    (root / "owl").mkdir()
+    (root / "owl" / "readme.txt").write_text("to do: record owls")
+    with pytest.raises(DatasetError) as info:
+        load_dataset("folder", root)
+    assert "owl" in str(info.value) and "no audio files" in str(info.value)
+
+
+def test_csv_listing_a_missing_file(tmp_path, layouts):
+    root = layouts["esc50"](tmp_path / "esc", ESC_CLASSES)
+    gone = sorted((root / "audio").iterdir())[3]
+    gone.unlink()
+    with pytest.raises(DatasetError) as info:
+        load_dataset("esc50", root)
+    msg = str(info.value)
+    assert "1 file(s) that do not exist" in msg
+    assert f"audio/{gone.name}" in msg
+
+
+@pytest.mark.parametrize("column", ["filename", "fold", "target", "category"])
+def test_esc50_csv_missing_a_column(tmp_path, layouts, column):
+    root = layouts["esc50"](tmp_path / "esc", ESC_CLASSES)
+    _drop_column(root / "meta" / "esc50.csv", column)
+    with pytest.raises(DatasetError) as info:
+        load_dataset("esc50", root)
+    assert column in str(info.value) and "lacks the column" in str(info.value)
+
+
+@pytest.mark.parametrize("column", ["slice_file_name", "fold", "classID", "class"])
+def test_urbansound8k_csv_missing_a_column(tmp_path, layouts, column):
+    root = layouts["urbansound8k"](tmp_path / "us", US_CLASSES)
+    _drop_column(root / "metadata" / "UrbanSound8K.csv", column)
+    with pytest.raises(DatasetError, match=f"lacks the column.*'{column}'"):
+        load_dataset("urbansound8k", root)
+
+
+def test_csv_with_no_rows(tmp_path, layouts):
+    root = layouts["esc50"](tmp_path / "esc", ESC_CLASSES)
+    csv_path = root / "meta" / "esc50.csv"
+    csv_path.write_text(csv_path.read_text().splitlines()[0] + "\n")
+    with pytest.raises(DatasetError, match="lists no clips"):
+        load_dataset("esc50", root)
+
+
+def test_unknown_dataset_name(tmp_path):
+    with pytest.raises(DatasetError, match="unknown data set 'esc51'"):
+        load_dataset("esc51", tmp_path)
+
+
+def _drop_column(path: Path, column: str) -> None:
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    keep = [c for c in rows[0] if c != column]
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, keep, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+# --- decoding for training ----------------------------------------------------------------------
+
+
+def test_decode_clips_skips_and_reports_unreadable_files(tmp_path):
+    good = tmp_path / "good.wav"
+    good.write_bytes(af.wav_sine(seconds=0.5, rate=44100))
+    text = tmp_path / "text.wav"
+    text.write_bytes(af.text())
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(af.truncated_wav())
+    good2 = tmp_path / "good2.flac"
+    good2.write_bytes(af.flac_sine(seconds=0.25))
+    labels = ["a", "b"]
+    clips = [Clip(good, "b", 1), Clip(text, "a", 1), Clip(cut, "a", 2), Clip(good2, "a", 2)]
+    out = decode_clips(clips, labels, Features(FeatureSettings()))
+    assert [c.path for c in out.clips] == [good, good2]
+    assert out.targets == [1, 0]
+    assert [len(w) for w in out.waves] == [11025, round(0.25 * 22050)]  # resampled to 22.05 kHz
+    assert [p for p, _ in out.skipped] == [str(text), str(cut)]
+    assert all(isinstance(reason, str) and reason for _, reason in out.skipped)
+    assert "not an audio file" in out.skipped[0][1]
+    assert "truncated" in out.skipped[1][1]
+
+
+# --- synthetic data and fingerprints ------------------------------------------------------------
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_synthetic_is_deterministic_for_a_seed(tmp_path):
+    a = _tree(generate(tmp_path / "a", clips_per_class=2, seed=3))
+    b = _tree(generate(tmp_path / "b", clips_per_class=2, seed=3))
+    c = _tree(generate(tmp_path / "c", clips_per_class=2, seed=4))
+    assert a == b
+    assert a.keys() == c.keys()
+    assert any(a[k] != c[k] for k in a if k.endswith(".wav"))
+
+
+def test_synthetic_has_ten_classes_and_five_folds(synthetic_dir):
+    ds = load_dataset("synthetic", synthetic_dir)
+    assert ds.name == "synthetic"
+    assert len(ds.labels) >= 10 and ds.labels == list(CLASSES)
+    assert ds.folds == list(range(1, FOLDS + 1)) == [1, 2, 3, 4, 5]
+    assert len(ds.clips) == 6 * len(CLASSES)
+    for label in ds.labels:  # every class in every fold
+        assert {c.fold for c in ds.clips if c.label == label} == {1, 2, 3, 4, 5}
+    info = sf.info(str(ds.clips[0].path))
+    assert (info.samplerate, info.channels, info.frames) == (22050, 1, 5 * 22050)
+
+
+def test_load_dataset_generates_synthetic_when_absent(tmp_path):
+    root = tmp_path / "synth"
+    ds = load_dataset("synthetic", root, clips_per_class=1, seed=0)
+    assert (root / "meta" / "esc50.csv").is_file()
+    assert len(ds.clips) == len(CLASSES)
+    before = _tree(root)
+    load_dataset("synthetic", root, clips_per_class=1, seed=99)  # present: not regenerated
+    assert _tree(root) == before
+
+
+def test_fingerprint_identifies_the_data(tmp_path, layouts):
+    root = layouts["esc50"](tmp_path / "esc", ESC_CLASSES)
+    fp = load_dataset("esc50", root).fingerprint()
+    assert len(fp) == 64 and fp == load_dataset("esc50", root).fingerprint()
+    # the same data elsewhere on disk is the same data
+    copy = layouts["esc50"](tmp_path / "copy", ESC_CLASSES)
+    assert load_dataset("esc50", copy).fingerprint() == fp
+    # a file that grows changes it
+    victim = sorted((root / "audio").iterdir())[0]
+    victim.write_bytes(af.wav_sine(seconds=0.6))
+    assert load_dataset("esc50", root).fingerprint() != fp
+
+
+def test_fingerprint_changes_when_a_file_changes_but_keeps_its_size(tmp_path, layouts):
+    root = layouts["esc50"](tmp_path / "esc", ESC_CLASSES)
+    fp = load_dataset("esc50", root).fingerprint()
+    victim = sorted((root / "audio").iterdir())[0]
+    original = victim.read_bytes()
+    replacement = af.wav_noise(seconds=0.5, seed=123)  # another recording, same format and length
+    assert len(replacement) == len(original) and replacement != original
+    victim.write_bytes(replacement)
+    assert load_dataset("esc50", root).fingerprint() != fp
+
+
+def test_fingerprint_changes_with_labels_and_folds(tmp_path, layouts):
+    root = layouts["esc50"](tmp_path / "esc", ESC_CLASSES)
+    fp = load_dataset("esc50", root).fingerprint()
+    csv_path = root / "meta" / "esc50.csv"
+    text = csv_path.read_text()
+    first = text.splitlines()[1]
+    csv_path.write_text(text.replace(first, first.replace(",1,0,dog,", ",2,0,dog,")))
+    assert load_dataset("esc50", root).fingerprint() != fp

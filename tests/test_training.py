@@ -1,0 +1,229 @@
+"""Training end to end: what lands in the model store, how it loads back, and failure paths."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import bentoml
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from soundclassifier.classifier import Classifier
+from soundclassifier.features import FeatureSettings
+from soundclassifier.network import build_network
+from soundclassifier.store import MODEL_NAME, load_model, save_model
+from tests import audiofiles as af
+from training.datasets import DatasetError, load_dataset
+from training.synthetic import CLASSES
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--epochs", "1", "--batch-size", "8"]
+
+
+# --- the session model --------------------------------------------------------------------------
+
+
+def test_saved_entry_has_weights_reports_and_metadata(tiny_model_tag, synthetic_dir):
+    model = bentoml.models.get(tiny_model_tag)
+    assert model.tag.name == MODEL_NAME
+    files = {p.name for p in Path(model.path).iterdir()}
+    assert {"weights.safetensors", "metrics.json", "confusion_matrix.png"} <= files
+    assert not any(name.endswith((".pt", ".pth", ".pkl")) for name in files)
+    assert (Path(model.path) / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    meta = model.info.metadata
+    assert meta["arch"] == "resnet18"
+    assert meta["labels"] == list(CLASSES)
+    assert meta["n_classes"] == len(CLASSES)
+    assert meta["feature_settings"] == FeatureSettings().model_dump()
+    assert meta["input_shape"] == [1, 128, 216]
+    assert meta["dataset"] == "synthetic"
+    assert meta["dataset_fingerprint"] == load_dataset("synthetic", synthetic_dir).fingerprint()
+    assert meta["n_clips"] == 60 and meta["valid_fold"] == 1
+    assert 0.0 <= meta["metrics"]["accuracy"] <= 1.0
+    assert meta["metrics"]["n_valid"] == 20  # fold 1: 2 clips of each of 10 classes
+    assert set(meta["per_class_recall"]) == set(CLASSES)
+    assert meta["skipped_files"] == 0
+    assert meta["train_args"]["epochs"] == 2 and meta["train_args"]["batch_size"] == 16
+    for package in ("python", "torch", "torchaudio", "fastai", "bentoml", "soundfile"):
+        assert re.match(r"^\d+\.\d+", meta["versions"][package]), package
+    assert model.info.labels == {"arch": "resnet18", "dataset": "synthetic"}
+
+    metrics = json.loads((Path(model.path) / "metrics.json").read_text())
+    assert metrics["accuracy"] == meta["metrics"]["accuracy"]
+    assert metrics["n_valid"] == 20
+    assert np.array(metrics["confusion_matrix"]).shape == (10, 10)
+    assert np.array(metrics["confusion_matrix"]).sum() == 20
+    assert metrics["skipped_files"] == []
+
+
+def test_load_model_returns_an_eval_network_and_labels(loaded_model, tiny_model_tag):
+    assert loaded_model.tag == tiny_model_tag
+    assert loaded_model.labels == list(CLASSES)
+    assert not loaded_model.network.training
+    assert not any(m.training for m in loaded_model.network.modules())
+    assert loaded_model.features.settings == FeatureSettings()
+    assert loaded_model.path == Path(bentoml.models.get(tiny_model_tag).path)
+    with torch.inference_mode():
+        out = loaded_model.network(torch.zeros(2, *loaded_model.features.settings.input_shape))
+    assert out.shape == (2, len(CLASSES))
+
+
+def test_weights_are_safetensors_without_pickle(loaded_model):
+    path = loaded_model.path / "weights.safetensors"
+    raw = path.read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + header_len])
+    assert header["__metadata__"] == {"arch": "resnet18"}
+    assert b"\x80\x04" not in raw[:16] and not raw.startswith(b"PK")  # neither pickle nor torch zip
+    state = load_file(path)
+    expected = loaded_model.network.state_dict()
+    assert state.keys() == expected.keys()
+    assert all(torch.equal(state[k], expected[k]) for k in state)
+    with safe_open(str(path), framework="pt") as f:
+        assert set(f.keys()) == set(expected)
+    # the weights really were trained: they are not a fresh network's
+    fresh = build_network("resnet18", len(CLASSES)).state_dict()
+    assert not torch.equal(state["fc.weight"], fresh["fc.weight"])
+
+
+def test_trained_model_classifies(loaded_model, synthetic_dir):
+    clf = Classifier(loaded_model)
+    clip = sorted((synthetic_dir / "audio").iterdir())[0]
+    result = clf.classify(clip.read_bytes(), k=3)
+    assert result.model == loaded_model.tag
+    assert result.duration_s == 5.0 and result.sample_rate == 22050
+    assert len(result.top) == 3
+    assert {s.label for s in result.top} <= set(CLASSES)
+    probs = [s.probability for s in result.top]
+    assert probs == sorted(probs, reverse=True)
+    all_probs = clf.classify(clip, k=100).top
+    assert len(all_probs) == len(CLASSES)
+    assert sum(s.probability for s in all_probs) == pytest.approx(1.0, abs=1e-5)
+
+
+# --- other layouts, trained for real ------------------------------------------------------------
+
+
+def _check_round_trip(tag: str, labels: list[str], dataset: str, clip: Path) -> None:
+    model = load_model(tag)
+    assert model.labels == labels
+    assert model.metadata["dataset"] == dataset
+    result = Classifier(model).classify(clip.read_bytes(), k=5)
+    assert result.model == tag
+    assert len(result.top) == len(labels)  # k is capped at the number of classes
+    assert {s.label for s in result.top} == set(labels)
+    assert sum(s.probability for s in result.top) == pytest.approx(1.0, abs=1e-5)
+    assert result.duration_s == pytest.approx(0.5)
+
+
+def test_train_on_esc50_layout(tmp_path, layouts, train_model):
+    labels = ["dog", "rooster", "rain"]
+    root = layouts["esc50"](tmp_path / "ESC-50-master", labels)
+    tag = train_model(["--dataset", "esc50", "--data-dir", str(root), *TINY])
+    meta = load_model(tag).metadata
+    assert meta["n_clips"] == 15 and meta["metrics"]["n_valid"] == 3
+    _check_round_trip(tag, labels, "esc50", next((root / "audio").iterdir()))
+
+
+def test_train_on_urbansound8k_layout(tmp_path, layouts, train_model):
+    classes = {1: "car_horn", 3: "dog_bark", 6: "gun_shot"}
+    root = layouts["urbansound8k"](tmp_path / "UrbanSound8K", classes, clips_per_fold=2, folds=3)
+    tag = train_model(["--dataset", "urbansound8k", "--data-dir", str(root), "--valid-fold", "3", *TINY])
+    meta = load_model(tag).metadata
+    assert meta["valid_fold"] == 3 and meta["metrics"]["n_valid"] == 6
+    _check_round_trip(tag, list(classes.values()), "urbansound8k", next((root / "audio" / "fold1").iterdir()))
+
+
+def test_unreadable_file_is_skipped_and_reported(tmp_path, layouts, train_model):
+    root = layouts["folder"](tmp_path / "sounds", {"beep": 5, "hum": 5, "hiss": 5})
+    broken = root / "hum" / "broken.wav"
+    broken.write_bytes(af.truncated_wav())
+    (root / "hiss" / "notes.wav").write_bytes(af.text())
+    tag = train_model(["--dataset", "folder", "--data-dir", str(root), *TINY])
+    model = load_model(tag)
+    assert model.metadata["skipped_files"] >= 1
+    assert model.metadata["skipped_files"] == 2
+    assert model.metadata["n_clips"] == 17  # listed, then skipped when decoded
+    reported = json.loads((model.path / "metrics.json").read_text())["skipped_files"]
+    assert sorted(Path(p).name for p, _ in reported) == ["broken.wav", "notes.wav"]
+    assert all(reason for _, reason in reported)
+
+
+# --- failure paths ------------------------------------------------------------------------------
+
+
+def test_interrupted_save_leaves_no_model(tiny_model_tag, bentoml_home, store_tags):
+    before = store_tags()
+    assert tiny_model_tag in before
+    entries_before = set((bentoml_home / "models" / MODEL_NAME).iterdir())
+
+    def fail(folder: Path) -> None:
+        (folder / "metrics.json").write_text("{}")
+        raise RuntimeError("disk full while writing reports")
+
+    net = build_network("resnet18", 3)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_model(net, arch="resnet18", labels=["a", "b", "c"], settings=FeatureSettings(),
+                   metadata={"dataset": "test"}, samples=np.zeros((2, 1, 128, 216), np.float32),
+                   extra_files=fail)  # fmt: skip
+    assert store_tags() == before
+    assert set((bentoml_home / "models" / MODEL_NAME).iterdir()) == entries_before
+    assert str(bentoml.models.get(f"{MODEL_NAME}:latest").tag) in before
+
+
+def test_dataset_errors_stop_training_before_anything_is_saved(tmp_path, tiny_model_tag, store_tags):
+    from training.train import main
+
+    before = store_tags()
+    with pytest.raises(DatasetError, match="does not exist"):
+        main(["--dataset", "folder", "--data-dir", str(tmp_path / "missing"), *TINY])
+    (tmp_path / "sounds" / "empty_class").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="empty_class"):
+        main(["--dataset", "folder", "--data-dir", str(tmp_path / "sounds"), *TINY])
+    with pytest.raises(SystemExit) as info:  # argparse: --data-dir is required for real data sets
+        main(["--dataset", "esc50"])
+    assert info.value.code == 2
+    assert store_tags() == before
+
+
+def test_help_documents_every_flag():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(
+        [sys.executable, "-m", "training.train", "--help"], cwd=ROOT, env=env,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    out = run.stdout
+    assert out.startswith("usage: python -m training.train")
+    options = out.split("options:", 1)[1]
+    # one entry per option: "  --flag METAVAR   description", the description maybe on the next lines
+    documented = {}
+    for entry in re.split(r"\n(?=  -)", options.strip("\n")):
+        m = re.match(
+            r"  (?P<usage>-[^\s,]+(?: [^\s-]\S*)?(?:, -\S+(?: [^\s-]\S*)?)*)(?P<text>.*)", entry, re.S
+        )
+        assert m, entry
+        for flag in re.findall(r"--[a-z][a-z0-9-]*", m["usage"]):
+            documented[flag] = " ".join(m["text"].split())
+    expected = {
+        "--dataset", "--data-dir", "--arch", "--epochs", "--batch-size", "--lr", "--weight-decay",
+        "--mixup", "--no-specaugment", "--valid-fold", "--cv", "--pretrained", "--clips-per-class",
+        "--seed", "--no-save", "--gpu", "--precision",
+    }  # fmt: skip
+    assert expected <= set(documented), expected - set(documented)
+    undocumented = [flag for flag, text in documented.items() if len(text.split()) < 3]
+    assert undocumented == [], documented
+    # the examples at the top name the data sets the loaders understand
+    for name in ("esc50", "urbansound8k", "folder"):
+        assert f"--dataset {name}" in out

@@ -10,7 +10,7 @@ MODEL ?= sound-resnet:latest
 PORT ?= 3000
 STAMP := $(VENV)/.installed
 
-.PHONY: install train serve test lint bench bento containerize clean
+.PHONY: install train serve test lint bench bento containerize proto clean
 
 install: $(STAMP)
 
@@ -35,8 +35,24 @@ serve: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# gRPC stubs are committed; tests/test_grpc.py checks they match this command's output.
+proto: $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iserving/grpc_stubs=proto --python_out=. --grpc_python_out=. --pyi_out=. \
+		proto/soundclassifier/v1/sound_classifier.proto
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+# A versioned Bento (the model is packed in through the service's model reference), exported.
+bento: $(STAMP)
+	@$(VENV)/bin/bentoml models get $(MODEL) >/dev/null 2>&1 || $(MAKE) train
+	SOUND_MODEL_TAG=$(MODEL) $(VENV)/bin/bentoml build . --output tag | tail -1 > bentos/.last-tag
+	$(VENV)/bin/bentoml export "$$(sed 's/^__tag__://' bentos/.last-tag)" bentos/
+	@ls -1t bentos/*.bento | head -1
+
+# Needs a Docker or Podman engine; the development machine has only the docker client.
+containerize: bento
+	$(VENV)/bin/bentoml containerize "$$(sed 's/^__tag__://' bentos/.last-tag)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

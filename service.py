@@ -2,6 +2,7 @@
 
     bentoml serve service:SoundClassifier            # http://localhost:3000 (make serve)
 
+HTTP on 3000 and gRPC (serving/grpc_server.py) on SOUND_GRPC_PORT share one core and one batcher.
 Request path: upload -> UploadGuard (size, multipart) -> decode + log-mel in a worker thread
 -> shared adaptive batcher -> network -> probabilities -> typed JSON. Decoding, features and
 post-processing live in `soundclassifier`; this file only adapts them to HTTP.
@@ -23,6 +24,7 @@ with bentoml.importing():
     import anyio
     from starlette.responses import JSONResponse, Response
 
+    from serving.grpc_server import start_grpc_server
     from serving.http_guard import UploadGuard, UploadRule
     from serving.metrics import create_metrics
     from soundclassifier.audio import AudioError
@@ -93,6 +95,25 @@ class SoundClassifier:
             on_batch=self.metrics.batch_size.observe,
         )
         log.info("serving %s on %s/%s", self.core.tag, self.core.engine.name, self.core.engine.precision)
+
+    @bentoml.on_startup
+    async def start_grpc(self) -> None:
+        self.grpc_server = None
+        if CONFIG.grpc_port:
+            self.grpc_server = await start_grpc_server(
+                self,
+                CONFIG.grpc_port,
+                max_top_k=MAX_TOP_K,
+                max_bytes=CONFIG.clip_limits.max_bytes,
+                max_timeline_bytes=CONFIG.timeline_limits.max_bytes,
+            )
+            log.info("gRPC front door on port %d", CONFIG.grpc_port)
+
+    @bentoml.on_shutdown
+    async def stop_grpc(self) -> None:
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(grace=5)
+        self.batcher.close()
 
     # --- the core, as every front door uses it ---------------------------------------------------
 

@@ -109,14 +109,16 @@ def rain(rng: Rng, n: int) -> np.ndarray:
 
 
 def clock_tick(rng: Rng, n: int) -> np.ndarray:
+    """Regular tick-tock: a broadband click plus a short low resonance, every `period` seconds."""
     period = rng.uniform(0.25, 1.0)
-    f = rng.uniform(2000, 5000)
+    f = rng.uniform(700, 2000)
     out = np.zeros(n)
-    m = int(SAMPLE_RATE * 0.02)
-    click = np.sin(2 * np.pi * f * _t(m)) * _env(m, 0.0005, 0.003)
+    m = int(SAMPLE_RATE * 0.03)
+    t = _t(m)
+    click = rng.standard_normal(m) * np.exp(-t / 0.001) + np.sin(2 * np.pi * f * t) * np.exp(-t / 0.008)
     for k, start in enumerate(np.arange(rng.uniform(0, period), n / SAMPLE_RATE, period)):
         s = int(start * SAMPLE_RATE)
-        out[s : s + m] += click[: n - s] * (1.0 if k % 2 else 0.7)
+        out[s : s + m] += click[: n - s] * (1.0 if k % 2 else 0.6)
     return out
 
 

@@ -11,6 +11,7 @@ post-processing live in `soundclassifier`; this file only adapts them to HTTP.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -83,6 +84,12 @@ class SoundClassifier:
     model_ref = bentoml.models.BentoModel(CONFIG.model_tag)
 
     def __init__(self) -> None:
+        # Show the core's INFO lines (engine choice, gRPC port) in BentoML's log, formatted alike.
+        for name in ("soundclassifier", "sound_classifier"):
+            logger = logging.getLogger(name)
+            logger.setLevel(logging.INFO)
+            logger.handlers = logging.getLogger("bentoml").handlers
+            logger.propagate = False
         model = load_model(self.model_ref)
         engine, self.engine_report = select_engine(model.network, model.onnx_path, model.samples, CONFIG.engine)
         self.core = Classifier(model, engine)
@@ -153,11 +160,12 @@ class SoundClassifier:
     async def classify_batch(self, audio: list[AudioFile], top_k: TopK = 5) -> list[BatchItem]:
         """Classify several files; a bad file fails only its own entry."""
         async def one(path: Path) -> BatchItem:
+            name = uploaded_name(path)
             try:
                 result = await self.classify_bytes(path, top_k, "classify_batch")
             except AudioError as e:
-                return BatchItem(filename=path.name, error=e.kind.value, detail=e.message)
-            return BatchItem(filename=path.name, result=result)
+                return BatchItem(filename=name, error=e.kind.value, detail=e.message)
+            return BatchItem(filename=name, result=result)
 
         items = await asyncio.gather(*(one(p) for p in audio), return_exceptions=True)
         for item in items:
@@ -223,6 +231,12 @@ class SoundClassifier:
             )
         assert isinstance(e, AudioError)
         return JSONResponse(e.to_dict(), status_code=e.http_status)
+
+
+def uploaded_name(path: Path) -> str:
+    """The client's file name: BentoML stores each upload as NamedTemporaryFile(suffix=<name>),
+    i.e. "tmp" + 8 random characters + the name (pinned by tests/test_service.py)."""
+    return re.sub(r"^tmp[a-z0-9_]{8}", "", path.name)
 
 
 _MB = 2**20

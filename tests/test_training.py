@@ -54,7 +54,7 @@ def test_saved_entry_has_weights_reports_and_metadata(tiny_model_tag, synthetic_
     assert meta["metrics"]["n_valid"] == 20  # fold 1: 2 clips of each of 10 classes
     assert set(meta["per_class_recall"]) == set(CLASSES)
     assert meta["skipped_files"] == 0
-    assert meta["train_args"]["epochs"] == 2 and meta["train_args"]["batch_size"] == 16
+    assert meta["train_args"]["epochs"] == 5 and meta["train_args"]["batch_size"] == 8
     for package in ("python", "torch", "torchaudio", "fastai", "bentoml", "soundfile"):
         assert re.match(r"^\d+\.\d+", meta["versions"][package]), package
     assert model.info.labels == {"arch": "resnet18", "dataset": "synthetic"}

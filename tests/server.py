@@ -1,0 +1,175 @@
+"""A real `bentoml serve` in a subprocess, for integration tests of every front door.
+
+    with ServedService(tag, env={"SOUND_MAX_CLIP_SECONDS": "60"}) as s:
+        httpx.get(f"{s.base_url}/info")
+
+The server runs from the repository root (or, for a built Bento, from an empty directory so only
+what the Bento packed can be imported) with the caller's environment, which carries the test
+store's BENTOML_HOME. Its stdout and stderr go to a temporary file, never to a pipe that could fill
+up and stall it; `log()` returns them and every failure to start quotes their tail.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SERVICE_TARGET = "service:SoundClassifier"
+START_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 15.0
+LOG_TAIL_CHARS = 6000
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServedService:
+    """`bentoml serve TARGET --host 127.0.0.1 --port P` for the lifetime of a `with` block.
+
+    Args:
+        model_tag (str): model store tag exported as SOUND_MODEL_TAG.
+        target (str): what to serve: the source service (default) or a built Bento's tag.
+        grpc_port (str): SOUND_GRPC_PORT; "0" (default) leaves the gRPC front door off.
+        env (dict | None): extra environment variables, applied last.
+        bentoml_home (Path | str | None): BENTOML_HOME for the server; default: inherited.
+        port (int | None): HTTP port; default: a free one.
+        start_timeout_s (float): how long to wait for GET /readyz to answer 200.
+    """
+
+    def __init__(
+        self,
+        model_tag: str,
+        *,
+        target: str = SERVICE_TARGET,
+        grpc_port: str | int = "0",
+        env: dict[str, str] | None = None,
+        bentoml_home: Path | str | None = None,
+        port: int | None = None,
+        start_timeout_s: float = START_TIMEOUT_S,
+    ):
+        self.model_tag = model_tag
+        self.target = target
+        self.grpc_port = str(grpc_port)
+        self.extra_env = dict(env or {})
+        self.bentoml_home = bentoml_home
+        self.port = port or free_port()
+        self.start_timeout_s = start_timeout_s
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+        self._workdir: tempfile.TemporaryDirectory | None = None
+        self._log_path: Path | None = None
+
+    @property
+    def from_source(self) -> bool:
+        return self.target == SERVICE_TARGET
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.from_source:
+            env["PYTHONPATH"] = str(REPO_ROOT)
+        else:  # a Bento must run on what it packed, not on the working tree
+            env.pop("PYTHONPATH", None)
+        if self.bentoml_home is not None:
+            env["BENTOML_HOME"] = str(self.bentoml_home)
+        env.setdefault("BENTOML_DO_NOT_TRACK", "True")
+        env["SOUND_MODEL_TAG"] = self.model_tag
+        env["SOUND_GRPC_PORT"] = self.grpc_port
+        env.update(self.extra_env)
+        return env
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def __enter__(self) -> ServedService:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self._workdir = tempfile.TemporaryDirectory(prefix="served-")
+        self._log_path = Path(self._workdir.name) / "server.log"
+        cwd = REPO_ROOT if self.from_source else Path(self._workdir.name)
+        bentoml_cli = Path(sys.executable).with_name("bentoml")
+        command = [str(bentoml_cli), "serve", self.target, "--host", "127.0.0.1", "--port", str(self.port)]
+        with self._log_path.open("wb") as log_file:
+            self.process = subprocess.Popen(
+                command,
+                cwd=cwd,
+                env=self.environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stop() reaches the workers too
+            )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            code = self.process.poll()
+            if code is not None:
+                raise RuntimeError(f"bentoml serve {self.target} exited with {code} before it was ready:\n{self.log_tail()}")
+            try:
+                r = httpx.get(f"{self.base_url}/readyz", timeout=2.0)
+                if r.status_code == 200:
+                    return
+                last = f"/readyz answered {r.status_code}"
+            except httpx.HTTPError as e:
+                last = repr(e)
+            time.sleep(0.25)
+        raise TimeoutError(
+            f"bentoml serve {self.target} not ready after {self.start_timeout_s:.0f} s ({last}):\n{self.log_tail()}"
+        )
+
+    def stop(self) -> None:
+        """Ctrl-C the server's process group, then kill it if it is still there after 15 s."""
+        proc = self.process
+        if proc is not None and proc.poll() is None:
+            self._signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self._signal(signal.SIGKILL)
+                proc.wait(timeout=STOP_TIMEOUT_S)
+        if proc is not None:
+            self._signal(signal.SIGKILL)  # stragglers left in the group after the arbiter exited
+        if self._workdir is not None:
+            self._final_log = self.log()
+            self._workdir.cleanup()
+            self._workdir = None
+
+    def _signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.process.pid, sig)  # the group this Popen created, by its id
+        except ProcessLookupError:
+            pass
+
+    # --- output ----------------------------------------------------------------------------------
+
+    def log(self) -> str:
+        """Everything the server has written to stdout and stderr so far."""
+        if self._workdir is None:
+            return getattr(self, "_final_log", "")
+        return self._log_path.read_text(errors="replace") if self._log_path.exists() else ""
+
+    def log_tail(self, chars: int = LOG_TAIL_CHARS) -> str:
+        return self.log()[-chars:]

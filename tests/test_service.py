@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import io
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import bentoml
 import httpx
@@ -21,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests import audiofiles as af
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
 
 TIMEOUT = httpx.Timeout(120.0)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -435,3 +439,19 @@ def test_openapi_lists_the_api(http):
     paths = http.get("/docs.json").json()["paths"]
     for route in API_ROUTES:
         assert route in paths, route
+
+
+def test_command_line_client_prints_a_table_and_signals_refusals(served, tmp_path):
+    good, bad = tmp_path / "tone.wav", tmp_path / "notes.txt"
+    good.write_bytes(af.wav_sine(440, 1.0))
+    bad.write_bytes(b"just some text, not audio")
+    labels = httpx.post(f"{served.base_url}/info", timeout=30).json()["labels"]
+    run = [sys.executable, "-m", "serving.client", "--url", served.base_url, "--top-k", "2"]
+    ok = subprocess.run([*run, str(good)], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert "tone.wav" in ok.stdout and any(label in ok.stdout for label in labels) and "%" in ok.stdout
+    mixed = subprocess.run([*run, str(good), str(bad)], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert mixed.returncode == 1
+    assert "notes.txt" in mixed.stdout and "refused (415)" in mixed.stdout
+    down = subprocess.run([*run[:3], "--url", "http://127.0.0.1:9", str(good)], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert down.returncode == 2 and "cannot reach" in down.stderr

@@ -28,6 +28,8 @@ with bentoml.importing():
     from serving.grpc_server import start_grpc_server
     from serving.http_guard import UploadGuard, UploadRule
     from serving.metrics import create_metrics
+    from serving.page import app as page_app
+    from serving.page import front_door
     from soundclassifier.audio import AudioError
     from soundclassifier.batching import Batcher, OverloadedError
     from soundclassifier.classifier import Classifier
@@ -249,3 +251,6 @@ SoundClassifier.add_asgi_middleware(
         "/timeline": UploadRule(int(CONFIG.max_timeline_upload_mb * _MB) + _MB),
     },
 )
+# The web page (serving/page.py) at /ui, and GET / sends a person there.
+SoundClassifier.mount_asgi_app(page_app, path="/ui")
+SoundClassifier.mount_asgi_app(front_door, path="/")

@@ -1,0 +1,295 @@
+// The page's behaviour: pick, drop or record audio, send it to the service's own routes on this
+// origin (POST ../classify, ../spectrogram, ../timeline) and render their answers. Text goes into
+// the page with textContent only; nothing here decodes audio for the model or post-processes
+// predictions. Recordings are converted to 16-bit WAV because the service does not read WebM.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const TOP_K = 5;
+const uploads = new Map(); // request -> {loaded, total}, for one progress bar over all uploads
+let current = 0; // id of the latest file: answers about an older one are dropped
+let recorder = null;
+
+// --- small helpers ------------------------------------------------------------------------------
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function percent(p) {
+  return p > 0 && p < 0.001 ? "<0.1%" : `${(100 * p).toFixed(1)}%`;
+}
+
+function seconds(s) {
+  return `${s.toFixed(1)} s`;
+}
+
+function hue(label) { // a stable colour per label
+  let h = 0;
+  for (const c of label) h = (h * 31 + c.codePointAt(0)) % 360;
+  return h;
+}
+
+function modelSetting(name) { // from the model panel that htmx loaded (null until it has)
+  const card = $("model-card");
+  const value = card ? Number(card.dataset[name]) : NaN;
+  return Number.isFinite(value) && value > 0 ? value : null;
+}
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = false;
+}
+
+// --- talking to the service ---------------------------------------------------------------------
+
+function updateProgress() {
+  let loaded = 0, total = 0;
+  for (const u of uploads.values()) { loaded += u.loaded; total += u.total; }
+  const done = total > 0 && loaded >= total;
+  $("progress").hidden = uploads.size === 0;
+  $("progress-bar").value = total ? Math.round((100 * loaded) / total) : 0;
+  $("progress-text").textContent = done ? "Listening…" : `Uploading ${$("progress-bar").value}%`;
+}
+
+// POST the file as multipart field "audio"; resolves to {status, body: Blob} (status 0: no answer).
+function post(route, file, fields = {}) {
+  return new Promise((resolve) => {
+    const form = new FormData();
+    form.append("audio", file, file.name);
+    for (const [k, v] of Object.entries(fields)) form.append(k, String(v));
+    const xhr = new XMLHttpRequest();
+    uploads.set(xhr, { loaded: 0, total: file.size });
+    updateProgress();
+    const finish = () => { uploads.delete(xhr); updateProgress(); resolve({ status: xhr.status, body: xhr.response }); };
+    xhr.upload.onprogress = (e) => {
+      if (e.lengthComputable) uploads.set(xhr, { loaded: e.loaded, total: e.total });
+      updateProgress();
+    };
+    xhr.onload = finish;
+    xhr.onerror = finish;
+    xhr.open("POST", `../${route}`);
+    xhr.responseType = "blob";
+    xhr.send(form);
+  });
+}
+
+async function json(answer) {
+  try { return JSON.parse(await answer.body.text()); } catch { return null; }
+}
+
+// A sentence for a refused request: the service's own explanation, never a raw body.
+async function problem(answer) {
+  if (answer.status === 0) {
+    const limit = modelSetting("maxUploadMb");
+    return "The upload did not get an answer: the connection was closed" +
+      (limit ? ` (files up to ${limit} MB are accepted).` : ".");
+  }
+  const body = await json(answer);
+  if (body && typeof body.detail === "string" && body.detail) return body.detail;
+  if (answer.status === 503) return "The server is busy right now: try again in a moment.";
+  return `The server could not handle this file (HTTP ${answer.status}).`;
+}
+
+// --- rendering ----------------------------------------------------------------------------------
+
+function renderResult(result) {
+  const [best] = result.top;
+  $("top-label").textContent = best.label;
+  $("top-probability").textContent = percent(best.probability);
+  const bars = $("bars");
+  bars.replaceChildren();
+  for (const { label, probability } of result.top) {
+    const item = el("li", "bar");
+    const track = el("span", "bar-track");
+    const fill = el("span", "bar-fill");
+    fill.style.width = `${(100 * probability).toFixed(1)}%`;
+    track.append(fill);
+    item.append(el("span", "bar-label", label), track, el("span", "bar-value", percent(probability)));
+    bars.append(item);
+  }
+  const clip = modelSetting("clipSeconds");
+  $("answer").textContent =
+    `${seconds(result.duration_s)} at ${result.sample_rate} Hz · answered by ${result.model}` +
+    (clip && result.duration_s > clip ? ` · judged on its loudest ${clip} s window` : "");
+  $("result").hidden = false;
+}
+
+function renderTimeline(timeline) {
+  const strip = $("timeline-strip");
+  const spans = $("timeline-spans");
+  strip.replaceChildren();
+  spans.replaceChildren();
+  const total = timeline.duration_s || 1;
+  timeline.summary.forEach((span, i) => {
+    const range = `${seconds(span.start_s)} – ${seconds(span.end_s)}`;
+    // Windows overlap, so spans do too: on the strip each span runs until the next one starts.
+    const next = timeline.summary[i + 1];
+    const until = Math.min(next ? next.start_s : span.end_s, total);
+    const block = el("button", "segment", span.label);
+    block.type = "button";
+    block.title = `${span.label}, ${range}`;
+    block.style.left = `${(100 * span.start_s) / total}%`;
+    block.style.width = `${(100 * (until - span.start_s)) / total}%`;
+    block.style.setProperty("--hue", hue(span.label));
+    const item = el("li");
+    const jump = el("button", "span", "");
+    jump.type = "button";
+    jump.append(el("span", "span-time", range), el("span", "span-label", span.label));
+    jump.style.setProperty("--hue", hue(span.label));
+    for (const b of [block, jump]) b.addEventListener("click", () => playFrom(span.start_s));
+    item.append(jump);
+    strip.append(block);
+    spans.append(item);
+  });
+  $("timeline-note").textContent =
+    `${timeline.windows.length} windows of ${timeline.window_s} s, one every ${timeline.hop_s} s; ` +
+    "click a span to hear it.";
+  $("timeline").hidden = false;
+}
+
+function playFrom(start) {
+  const player = $("player");
+  player.currentTime = start;
+  player.play().catch(() => {}); // autoplay may be refused; the position is still set
+}
+
+function renderSpectrogram(png) {
+  const img = $("spectrogram-img");
+  if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+  img.src = URL.createObjectURL(png);
+  $("spectrogram").hidden = false;
+}
+
+// --- one file, from the picker, a drop or the microphone ----------------------------------------
+
+async function analyse(file) {
+  const id = ++current;
+  for (const section of ["result", "timeline", "spectrogram", "error"]) $(section).hidden = true;
+  $("file-name").textContent = file.name;
+  const player = $("player");
+  if (player.src.startsWith("blob:")) URL.revokeObjectURL(player.src);
+  player.src = URL.createObjectURL(file);
+  $("current").hidden = false;
+
+  const [answer, picture] = await Promise.all([post("classify", file, { top_k: TOP_K }), post("spectrogram", file)]);
+  if (id !== current) return;
+  if (answer.status !== 200) {
+    showError(`“${file.name}” could not be classified. ${await problem(answer)}`);
+    return;
+  }
+  const result = await json(answer);
+  if (!result || !Array.isArray(result.top) || result.top.length === 0) {
+    showError("The server's answer could not be read.");
+    return;
+  }
+  renderResult(result);
+  if (picture.status === 200) renderSpectrogram(picture.body);
+
+  const clip = modelSetting("clipSeconds");
+  if (clip === null || result.duration_s > clip) {
+    const answered = await post("timeline", file, { top_k: 3 });
+    if (id !== current) return;
+    const timeline = answered.status === 200 ? await json(answered) : null;
+    if (timeline && timeline.windows.length > 1) renderTimeline(timeline);
+    else if (answered.status !== 200) showError(`No timeline for this recording. ${await problem(answered)}`);
+  }
+}
+
+function pick(files) {
+  if (files && files.length) analyse(files[0]);
+}
+
+// --- recording: MediaRecorder, then the browser's decoder turns it into 16-bit PCM WAV ----------
+
+function wav(buffer) {
+  const channels = buffer.numberOfChannels, frames = buffer.length, bytes = frames * channels * 2;
+  const view = new DataView(new ArrayBuffer(44 + bytes));
+  const ascii = (at, s) => { for (let i = 0; i < s.length; i++) view.setUint8(at + i, s.charCodeAt(i)); };
+  ascii(0, "RIFF"); view.setUint32(4, 36 + bytes, true); ascii(8, "WAVE"); ascii(12, "fmt ");
+  view.setUint32(16, 16, true); view.setUint16(20, 1, true); view.setUint16(22, channels, true);
+  view.setUint32(24, buffer.sampleRate, true); view.setUint32(28, buffer.sampleRate * channels * 2, true);
+  view.setUint16(32, channels * 2, true); view.setUint16(34, 16, true); ascii(36, "data"); view.setUint32(40, bytes, true);
+  const data = Array.from({ length: channels }, (_, c) => buffer.getChannelData(c));
+  for (let i = 0, at = 44; i < frames; i++) {
+    for (let c = 0; c < channels; c++, at += 2) {
+      const s = Math.max(-1, Math.min(1, data[c][i]));
+      view.setInt16(at, s < 0 ? s * 0x8000 : s * 0x7fff, true);
+    }
+  }
+  return new Blob([view], { type: "audio/wav" });
+}
+
+async function startRecording() {
+  const button = $("record"), state = $("record-state");
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+  } catch (e) {
+    state.textContent = e && e.name === "NotAllowedError"
+      ? "Microphone access was refused." : "No microphone could be opened.";
+    return;
+  }
+  const chunks = [];
+  const started = Date.now();
+  recorder = new MediaRecorder(stream);
+  recorder.ondataavailable = (e) => { if (e.data.size) chunks.push(e.data); };
+  const tick = setInterval(() => { state.textContent = `Recording ${Math.floor((Date.now() - started) / 1000)} s`; }, 250);
+  recorder.onstop = async () => {
+    clearInterval(tick);
+    stream.getTracks().forEach((t) => t.stop());
+    button.textContent = "Record";
+    button.setAttribute("aria-pressed", "false");
+    state.textContent = "Converting…";
+    const context = new AudioContext();
+    try {
+      const audio = await context.decodeAudioData(await new Blob(chunks).arrayBuffer());
+      const stamp = new Date().toTimeString().slice(0, 8).replaceAll(":", "");
+      state.textContent = "";
+      analyse(new File([wav(audio)], `recording-${stamp}.wav`, { type: "audio/wav" }));
+    } catch {
+      state.textContent = "The recording could not be converted.";
+    } finally {
+      context.close();
+    }
+  };
+  recorder.start();
+  button.textContent = "Stop";
+  button.setAttribute("aria-pressed", "true");
+  state.textContent = "Recording 0 s";
+}
+
+function setUpRecording() {
+  const button = $("record");
+  if (!(navigator.mediaDevices && window.MediaRecorder && window.AudioContext)) {
+    button.disabled = true;
+    $("record-state").textContent = window.isSecureContext
+      ? "This browser cannot record audio."
+      : "Recording needs HTTPS (or localhost).";
+    return;
+  }
+  button.addEventListener("click", () => {
+    if (recorder && recorder.state === "recording") recorder.stop();
+    else startRecording();
+  });
+}
+
+// --- wiring -------------------------------------------------------------------------------------
+
+document.addEventListener("DOMContentLoaded", () => {
+  const input = $("file"), drop = $("drop");
+  input.addEventListener("change", () => { pick(input.files); input.value = ""; });
+  // A file dropped anywhere on the page is taken (and the browser does not navigate to it).
+  document.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  document.addEventListener("dragleave", (e) => { if (!e.relatedTarget) drop.classList.remove("over"); });
+  document.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    pick(e.dataTransfer.files);
+  });
+  setUpRecording();
+});

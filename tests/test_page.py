@@ -1,0 +1,210 @@
+"""The web page in a real headless Chromium against a real `bentoml serve` (session fixture `served`).
+
+    PYTHONPATH=. .venv/bin/python -m pytest tests/test_page.py
+
+Needs /usr/bin/chromium (Debian package `chromium`; `playwright install` cannot download here).
+Every answer the page shows is compared with what the service's HTTP routes return for the same
+file; every request the page makes must stay on the server's origin. The microphone is Chromium's
+fake capture device. A screenshot of the page is left in tests/artifacts/page.png.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import struct
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+from playwright.sync_api import Page, expect, sync_playwright
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",  # a microphone that beeps
+]  # fmt: skip
+ARTIFACTS = Path(__file__).parent / "artifacts"
+TIMEOUT_MS = 30_000
+# A file name that would become markup if the page ever put it into innerHTML.
+HOSTILE_NAME = '<img src=x onerror="document.title=1">street.wav'
+# 4 synthetic events of 5 s, stereo float WAV: 3.5 MB, four model windows, under the 5 MB limit.
+LONG_LABELS = ("siren", "dog_bark", "rain", "church_bell")
+UPLOAD_BYTES_PER_S = 3_000_000  # slow enough to watch the progress bar move, fast enough to finish
+
+
+@pytest.fixture(scope="module")
+def http(served):
+    with httpx.Client(base_url=served.base_url, timeout=120.0) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def browser():
+    assert Path(CHROMIUM).exists(), "install Chromium: apt-get install -y --no-install-recommends chromium"
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, served):
+    """A fresh page that records every URL it requests; the test ends by checking they stayed home."""
+    context = browser.new_context(viewport={"width": 900, "height": 900})
+    page = context.new_page()
+    page.requests = []
+    page.on("request", lambda r: page.requests.append(r.url))
+    page.set_default_timeout(TIMEOUT_MS)
+    yield page
+    context.close()
+    origin = served.base_url + "/"
+    assert page.requests, "the page made no requests at all"
+    strays = [u for u in page.requests if not (u.startswith(origin) or u.startswith("blob:" + origin))]
+    assert not strays, f"requests left {origin}: {strays}"
+
+
+def long_recording() -> bytes:
+    from training.synthetic import SAMPLE_RATE, make_clip
+
+    x = np.concatenate(
+        [make_clip(label, np.random.default_rng([7, i])) for i, label in enumerate(LONG_LABELS)]
+    )
+    x = 0.8 * x / np.abs(x).max()
+    buf = io.BytesIO()
+    sf.write(buf, np.stack([x, x], axis=1), SAMPLE_RATE, format="WAV", subtype="FLOAT")
+    return buf.getvalue()
+
+
+def post(http: httpx.Client, route: str, data: bytes, name: str) -> httpx.Response:
+    return http.post(route, files={"audio": (name, data, "application/octet-stream")})
+
+
+def open_page(page: Page, served) -> None:
+    page.goto(served.base_url + "/")
+    assert page.url == served.base_url + "/ui/"
+    expect(page.locator("#model-tag")).to_have_text(served.model_tag)  # the panel htmx loads
+
+
+def choose(page: Page, name: str, data: bytes, mime: str = "audio/wav") -> None:
+    page.set_input_files("#file", files=[{"name": name, "mimeType": mime, "buffer": data}])
+
+
+def test_root_leads_to_the_page_and_the_api_docs_stay(http):
+    r = http.get("/")
+    assert r.status_code == 307 and r.headers["location"] == "ui/", (r.status_code, r.headers)
+    page = http.get("/", follow_redirects=True)
+    assert page.status_code == 200 and str(page.url).endswith("/ui/")
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "script-src 'self'" in csp, csp
+    assert "cdn" not in page.text.lower() and "https://" not in page.text
+    vendored = Path(__file__).parent.parent / "serving" / "static" / "htmx.min.js"
+    assert http.get("/ui/static/htmx.min.js").content == vendored.read_bytes()
+    docs = http.get("/docs")  # BentoML's Swagger UI, which / showed before the page took it over
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    assert http.get("/docs.json").json()["paths"].keys() >= {"/classify", "/timeline", "/spectrogram"}
+    assert http.post("/info").status_code == 200  # the API still wins over the mounted apps
+
+
+def test_upload_shows_label_bars_spectrogram_and_timeline(page, served, http):
+    data = long_recording()
+    expected = post(http, "/classify", data, "street.wav").json()
+    timeline = post(http, "/timeline", data, "street.wav").json()
+    png = post(http, "/spectrogram", data, "street.wav").content
+    png_width, png_height = struct.unpack(">II", png[16:24])
+    assert len(timeline["windows"]) > 1 and len(data) > 3_000_000
+
+    open_page(page, served)
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": UPLOAD_BYTES_PER_S,
+    })  # fmt: skip
+    choose(page, HOSTILE_NAME, data)
+    expect(page.locator("#progress")).to_be_visible()
+    expect(page.locator("#progress-text")).to_have_text(re.compile(r"^Uploading [1-9]\d?%$"))
+    cdp.send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1,
+    })  # fmt: skip
+
+    # The answer: the same top label and probabilities as POST /classify, one bar each.
+    expect(page.locator("#result")).to_be_visible()
+    expect(page.locator("#top-label")).to_have_text(expected["top"][0]["label"])
+    bars = page.locator("#bars li")
+    expect(bars).to_have_count(len(expected["top"]))
+    expect(page.locator("#bars .bar-label")).to_have_text([s["label"] for s in expected["top"]])
+    values = page.locator("#bars .bar-value").all_text_contents()
+    for shown, score in zip(values, expected["top"], strict=True):
+        p = 100 * score["probability"]
+        assert shown == ("<0.1%" if 0 < p < 0.1 else f"{p:.1f}%"), (shown, score)
+    widths = page.eval_on_selector_all("#bars .bar-fill", "es => es.map(e => parseFloat(e.style.width))")
+    assert widths == pytest.approx([100 * s["probability"] for s in expected["top"]], abs=0.051)
+    expect(page.locator("#answer")).to_contain_text(expected["model"])
+
+    # The file name is text, not markup.
+    expect(page.locator("#file-name")).to_have_text(HOSTILE_NAME)
+    assert page.locator("#current img").count() == 0 and page.title() == "Sound classifier"
+
+    # The spectrogram is the service's PNG for this file, decoded by the browser.
+    expect(page.locator("#spectrogram")).to_be_visible()
+    size = page.eval_on_selector(
+        "#spectrogram-img", "e => e.decode().then(() => [e.naturalWidth, e.naturalHeight])"
+    )
+    assert size == [png_width, png_height] and png_width > 0
+
+    # The timeline: one span per merged span of POST /timeline, in order.
+    expect(page.locator("#timeline")).to_be_visible()
+    expect(page.locator("#timeline-spans .span-label")).to_have_text(
+        [s["label"] for s in timeline["summary"]]
+    )
+    expect(page.locator("#timeline-strip .segment")).to_have_count(len(timeline["summary"]))
+    expect(page.locator("#progress")).to_be_hidden()
+    expect(page.locator("#error")).to_be_hidden()
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "page.png", full_page=True)
+
+    # Phone width: nothing sticks out sideways.
+    page.set_viewport_size({"width": 360, "height": 800})
+    overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the page is {overflow} px wider than a 360 px screen"
+
+
+def test_non_audio_file_gets_a_readable_message(page, served, http):
+    data, name = b"shopping list: milk, eggs\n" * 20, "<b>notes</b>.txt"
+    refused = post(http, "/classify", data, name)
+    assert refused.status_code == 415, refused.text
+
+    open_page(page, served)
+    choose(page, name, data, mime="text/plain")
+    error = page.locator("#error")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text(name)
+    expect(error).to_contain_text(refused.json()["detail"])
+    text = error.text_content()
+    assert "{" not in text and "Traceback" not in text and '"error"' not in text, text
+    assert error.locator("b").count() == 0
+    expect(page.locator("#result")).to_be_hidden()
+    expect(page.locator("#spectrogram")).to_be_hidden()
+
+
+def test_microphone_recording_is_sent_as_wav_and_classified(page, served, http):
+    labels = http.post("/info").json()["labels"]
+    open_page(page, served)
+    record = page.locator("#record")
+    record.click()
+    expect(record).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#record-state")).to_have_text(re.compile(r"^Recording [1-9]\d* s$"))  # >= 1 s
+    record.click()
+    expect(page.locator("#file-name")).to_have_text(re.compile(r"^recording-\d{6}\.wav$"))
+    expect(page.locator("#result")).to_be_visible()
+    assert page.locator("#top-label").text_content() in labels
+    answer = page.locator("#answer").text_content()
+    duration = float(re.match(r"^(\d+\.\d) s at \d+ Hz", answer).group(1))
+    assert 0.8 <= duration <= 10, answer  # the service read it: WebM would have been refused with 415
+    expect(page.locator("#error")).to_be_hidden()

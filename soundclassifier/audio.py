@@ -101,23 +101,14 @@ _STREAMING_SIZE = 0xFFFFFFF0
 
 def decode(source: bytes | str | Path, limits: Limits = NO_LIMITS) -> Audio:
     """Decode a whole file (bytes or a path) into `Audio`, or raise `AudioError`."""
-    data = Path(source).read_bytes() if isinstance(source, (str, Path)) else source
-    if len(data) == 0:
-        raise AudioError(ErrorKind.EMPTY, "The upload is empty (0 bytes).")
-    if limits.max_bytes is not None and len(data) > limits.max_bytes:
-        raise AudioError(
-            ErrorKind.TOO_LARGE,
-            f"The file is {len(data):,} bytes; the limit is {limits.max_bytes:,} bytes.",
-        )
-    with open_sound(data) as f:
-        _check_duration(f, limits)
+    with open_checked(source, limits) as f:
         try:
             samples = f.read(dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError) as e:
             raise AudioError(
                 ErrorKind.CORRUPT, f"The audio file is damaged or truncated ({e})."
             ) from None
-        if len(samples) < f.frames and f.format != "MP3" and f.format != "MPEG":
+        if len(samples) < f.frames and f.format not in ("MP3", "MPEG"):
             raise AudioError(
                 ErrorKind.CORRUPT,
                 f"The file is truncated: its header announces {f.frames} frames "
@@ -127,10 +118,30 @@ def decode(source: bytes | str | Path, limits: Limits = NO_LIMITS) -> Audio:
     return as_audio(samples.T, rate, fmt)
 
 
-def open_sound(data: bytes) -> sf.SoundFile:
-    """Open bytes as a seekable libsndfile handle, mapping every failure to `AudioError`."""
+def open_checked(source: bytes | str | Path, limits: Limits = NO_LIMITS) -> sf.SoundFile:
+    """Open a file (bytes, or a path read from disk as it is decoded) after the size check, and
+    check its announced duration before any sample is decoded."""
+    size = Path(source).stat().st_size if isinstance(source, (str, Path)) else len(source)
+    if size == 0:
+        raise AudioError(ErrorKind.EMPTY, "The upload is empty (0 bytes).")
+    if limits.max_bytes is not None and size > limits.max_bytes:
+        raise AudioError(
+            ErrorKind.TOO_LARGE, f"The file is {size:,} bytes; the limit is {limits.max_bytes:,} bytes."
+        )
+    f = open_sound(source)
+    seconds = f.frames / f.samplerate
+    if limits.max_seconds is not None and seconds > limits.max_seconds:
+        f.close()
+        raise AudioError(
+            ErrorKind.TOO_LONG, f"The audio is {seconds:.1f} s long; the limit is {limits.max_seconds:g} s."
+        )
+    return f
+
+
+def open_sound(source: bytes | str | Path) -> sf.SoundFile:
+    """Open bytes or a path as a seekable libsndfile handle, mapping every failure to `AudioError`."""
     try:
-        f = sf.SoundFile(io.BytesIO(data))
+        f = sf.SoundFile(str(source) if isinstance(source, (str, Path)) else io.BytesIO(source))
     except sf.LibsndfileError as e:
         raise _error_from_libsndfile(str(e.error_string)) from None
     except (RuntimeError, TypeError, ValueError) as e:  # soundfile raises these for odd headers
@@ -158,15 +169,6 @@ def _is_truncated_wav(f: sf.SoundFile) -> bool:
         return False
     m = _DATA_SIZE_LOG.search(f.extra_info)
     return bool(m) and _STREAMING_SIZE > int(m.group(1)) > int(m.group(2))
-
-
-def _check_duration(f: sf.SoundFile, limits: Limits) -> None:
-    seconds = f.frames / f.samplerate
-    if limits.max_seconds is not None and seconds > limits.max_seconds:
-        raise AudioError(
-            ErrorKind.TOO_LONG,
-            f"The audio is {seconds:.1f} s long; the limit is {limits.max_seconds:g} s.",
-        )
 
 
 def as_audio(samples: np.ndarray, rate: int, fmt: str) -> Audio:

@@ -1,7 +1,7 @@
 """Sliding windows over a long recording, read as a stream so memory stays bounded.
 
-An hour of 44.1 kHz stereo is 1.3 GB as float32; instead of decoding it whole, the file is read
-one window at a time (soundfile's `blocks` with overlap), and each window goes through exactly
+An hour of 44.1 kHz stereo is 1.3 GB as float32; instead of decoding it whole, the file (read
+from disk when given as a path, as uploads are) is decoded one window at a time (soundfile's `blocks` with overlap), and each window goes through exactly
 the feature path a short clip sent to /classify would take. Window `i` covers
 [i * hop, i * hop + window) seconds, the last one ends at the end of the file (and is padded).
 """
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from soundclassifier.audio import NO_LIMITS, Audio, AudioError, ErrorKind, Limits, as_audio, open_sound
+from soundclassifier.audio import NO_LIMITS, Audio, AudioError, ErrorKind, Limits, as_audio, open_checked
 from soundclassifier.features import FeatureSettings
 
 
@@ -44,23 +44,9 @@ def stream_windows(
     hop_s = window_s / 2 if hop_seconds is None else hop_seconds
     if not 0 < hop_s <= window_s:
         raise ValueError(f"hop must be > 0 and <= the window ({window_s:g} s), got {hop_s:g}")
-    data = Path(source).read_bytes() if isinstance(source, (str, Path)) else source
-    if len(data) == 0:
-        raise AudioError(ErrorKind.EMPTY, "The upload is empty (0 bytes).")
-    if limits.max_bytes is not None and len(data) > limits.max_bytes:
-        raise AudioError(
-            ErrorKind.TOO_LARGE,
-            f"The file is {len(data):,} bytes; the limit is {limits.max_bytes:,} bytes.",
-        )
-    f = open_sound(data)
+    f = open_checked(source, limits)
     rate, frames = f.samplerate, f.frames
     duration = frames / rate
-    if limits.max_seconds is not None and duration > limits.max_seconds:
-        f.close()
-        raise AudioError(
-            ErrorKind.TOO_LONG,
-            f"The audio is {duration:.1f} s long; the limit is {limits.max_seconds:g} s.",
-        )
     win = max(1, round(window_s * rate))
     hop = max(1, round(hop_s * rate))
 

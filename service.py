@@ -40,10 +40,11 @@ with bentoml.importing():
     from soundclassifier.store import load_model
 
 CONFIG = ServeConfig.from_env()
-# Measured on 2 cores (make bench): batches of 32 reach the engine's best clips/s; a 2 s budget
-# covers 64 concurrent clients with room to spare, and beyond it the queue sheds load as 503.
-MAX_BATCH_SIZE = 32
-MAX_LATENCY_MS = 2000
+# Defaults (SOUND_MAX_BATCH_SIZE, SOUND_MAX_LATENCY_MS) from `make bench` on 2 cores: batches of
+# up to 32 reach the engine's best clips/s; a 2 s queueing budget covers 64 concurrent clients
+# with room to spare, and beyond it the queue sheds load as 503 + Retry-After.
+MAX_BATCH_SIZE = CONFIG.max_batch_size
+MAX_LATENCY_MS = CONFIG.max_latency_ms
 RETRY_AFTER_S = 1
 MAX_TOP_K = 50
 
@@ -220,7 +221,7 @@ class SoundClassifier:
             engines_tried=self.engine_report.get("tried", {}),
             max_batch_size=MAX_BATCH_SIZE,
             max_latency_ms=MAX_LATENCY_MS,
-            limits=CONFIG.model_dump(exclude={"model_tag", "grpc_port", "engine"}),
+            limits=CONFIG.model_dump(exclude={"model_tag", "grpc_port", "engine", "max_batch_size", "max_latency_ms"}),
         )
 
     def _error(self, e: Exception) -> JSONResponse:

@@ -26,6 +26,12 @@ class ServeConfig(BaseModel):
         1024.0, gt=0, description="SOUND_MAX_TIMELINE_UPLOAD_MB: largest upload /timeline accepts"
     )
     grpc_port: int = Field(50051, description="SOUND_GRPC_PORT: port of the gRPC front door (0 = off)")
+    max_batch_size: int = Field(
+        32, ge=1, le=256, description="SOUND_MAX_BATCH_SIZE: clips per forward pass at most (1 = no batching)"
+    )
+    max_latency_ms: int = Field(
+        2000, ge=10, description="SOUND_MAX_LATENCY_MS: queueing budget before a request is refused with 503"
+    )
     engine: Literal["auto", "openvino", "onnxruntime", "torch"] = Field(
         "auto", description="SOUND_ENGINE: inference engine; auto = fastest that agrees with PyTorch"
     )
@@ -40,6 +46,8 @@ class ServeConfig(BaseModel):
             "max_timeline_upload_mb": "SOUND_MAX_TIMELINE_UPLOAD_MB",
             "grpc_port": "SOUND_GRPC_PORT",
             "engine": "SOUND_ENGINE",
+            "max_batch_size": "SOUND_MAX_BATCH_SIZE",
+            "max_latency_ms": "SOUND_MAX_LATENCY_MS",
         }
         return cls.model_validate({k: os.environ[v] for k, v in env.items() if os.environ.get(v)})
 

@@ -27,10 +27,13 @@ class ServeConfig(BaseModel):
     )
     grpc_port: int = Field(50051, description="SOUND_GRPC_PORT: port of the gRPC front door (0 = off)")
     max_batch_size: int = Field(
-        32, ge=1, le=256, description="SOUND_MAX_BATCH_SIZE: clips per forward pass at most (1 = no batching)"
+        16, ge=1, le=256, description="SOUND_MAX_BATCH_SIZE: clips per forward pass at most (1 = no batching)"
     )
     max_latency_ms: int = Field(
         2000, ge=10, description="SOUND_MAX_LATENCY_MS: queueing budget before a request is refused with 503"
+    )
+    engine_threads: int = Field(
+        0, ge=0, description="SOUND_ENGINE_THREADS: threads of the inference engine (0 = one per core)"
     )
     engine: Literal["auto", "openvino", "onnxruntime", "torch"] = Field(
         "auto", description="SOUND_ENGINE: inference engine; auto = fastest that agrees with PyTorch"
@@ -46,6 +49,7 @@ class ServeConfig(BaseModel):
             "max_timeline_upload_mb": "SOUND_MAX_TIMELINE_UPLOAD_MB",
             "grpc_port": "SOUND_GRPC_PORT",
             "engine": "SOUND_ENGINE",
+            "engine_threads": "SOUND_ENGINE_THREADS",
             "max_batch_size": "SOUND_MAX_BATCH_SIZE",
             "max_latency_ms": "SOUND_MAX_LATENCY_MS",
         }

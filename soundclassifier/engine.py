@@ -162,7 +162,9 @@ def select_engine(
     threads = threads or default_threads()
     reference_engine = TorchEngine(network, threads)
     if choice == "torch" or onnx_path is None:
-        return reference_engine, {"chosen": "torch/fp32", "reason": "requested" if choice == "torch" else "no ONNX graph"}
+        speed = clips_per_second(reference_engine, samples[:16])
+        reason = "requested" if choice == "torch" else "no ONNX graph"
+        return reference_engine, {"chosen": "torch/fp32", "reason": reason, "clips_per_second": speed}
     reference = softmax(reference_engine(samples))
     report: dict = {"tried": {}}
     agreeing: list[tuple[float, str, Engine]] = []
@@ -194,5 +196,6 @@ def select_engine(
     best = max(s for s, _, _ in agreeing)
     speed, label, engine = next(t for t in agreeing if t[0] >= best / SPEED_MARGIN)
     report["chosen"] = label
+    report["clips_per_second"] = speed
     log.info("engine %s (%.0f clips/s); tried %s", label, speed, report["tried"])
     return engine, report

@@ -38,6 +38,7 @@ with bentoml.importing():
     from soundclassifier.predictions import Classification, Timeline
     from soundclassifier.render import spectrogram_png
     from soundclassifier.store import load_model
+    from soundclassifier.timeline import MIN_HOP_S
 
 CONFIG = ServeConfig.from_env()
 # Defaults (SOUND_MAX_BATCH_SIZE, SOUND_MAX_LATENCY_MS), measured on 2 cores with OpenVINO bf16:
@@ -186,7 +187,9 @@ class SoundClassifier:
     async def timeline(
         self,
         audio: AudioFile,
-        hop_s: Annotated[float | None, Field(gt=0, description="seconds between window starts; default half a window")] = None,
+        hop_s: Annotated[
+            float | None, Field(ge=MIN_HOP_S, description="seconds between window starts; default half a window")
+        ] = None,
         top_k: Annotated[int, Field(ge=1, le=MAX_TOP_K)] = 3,
     ) -> Timeline:
         """Classify a long recording in sliding windows of the model's clip length."""

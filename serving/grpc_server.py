@@ -29,6 +29,7 @@ from serving.grpc_stubs.soundclassifier.v1 import sound_classifier_pb2_grpc as p
 from soundclassifier.audio import AudioError, ErrorKind
 from soundclassifier.batching import OverloadedError
 from soundclassifier.predictions import Classification, LabelScore, Timeline
+from soundclassifier.timeline import MIN_HOP_S
 
 if TYPE_CHECKING:
     from service import SoundClassifier
@@ -103,8 +104,8 @@ class SoundClassifierServicer(pb_grpc.SoundClassifierServicer):
         k = await self._top_k(first.top_k, 3, context)
         window = self.service.core.settings.clip_seconds
         hop = first.hop_s or None
-        if hop is not None and not 0 < hop <= window:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"hop_s must be in (0, {window:g}]")
+        if hop is not None and not MIN_HOP_S <= hop <= window:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"hop_s must be between {MIN_HOP_S:g} and {window:g}")
         return _timeline(await self._run(self.service.timeline_of(data, hop, k), context))
 
     async def Info(self, request: pb.InfoRequest, context) -> pb.InfoResponse:  # noqa: N802

@@ -19,6 +19,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 768_000
+"""Sample rates we decode; a header may claim anything (a 10 MHz WAV is 44 bytes)."""
+
 SUPPORTED_FORMATS = ("WAV", "WAVEX", "RF64", "W64", "FLAC", "OGG", "MP3", "AIFF")
 """libsndfile container formats we accept. MP3 is reported by libsndfile as "MP3" or "MPEG"."""
 
@@ -151,6 +154,14 @@ def open_sound(source: bytes | str | Path) -> sf.SoundFile:
         raise AudioError(
             ErrorKind.UNSUPPORTED,
             f"{f.format_info} files are not supported; send WAV, FLAC, OGG or MP3.",
+        )
+    if not MIN_SAMPLE_RATE <= f.samplerate <= MAX_SAMPLE_RATE:
+        rate = f.samplerate
+        f.close()
+        raise AudioError(
+            ErrorKind.UNSUPPORTED,
+            f"A sample rate of {rate:,} Hz is not supported; "
+            f"send audio sampled at {MIN_SAMPLE_RATE:,} to {MAX_SAMPLE_RATE:,} Hz.",
         )
     if _is_truncated_wav(f):
         f.close()

@@ -18,6 +18,7 @@ Everything is computed per clip, so a clip's features never depend on what else 
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Literal
 
 import numpy as np
@@ -143,9 +144,16 @@ class Features:
             return self.spectrogram(self.fit_window(self.waveform(audio)))
 
 
+MAX_RESAMPLE_DENOMINATOR = 500
+
+
 def to_mono_resampled(samples: np.ndarray, rate: int, target_rate: int) -> torch.Tensor:
     """(channels, frames) float32 at `rate` -> (frames',) float32 mono at `target_rate`."""
     wave = torch.from_numpy(np.ascontiguousarray(samples)).float().mean(dim=0)
     if rate != target_rate:
-        wave = torchaudio.functional.resample(wave, rate, target_rate)
+        # torchaudio's sinc kernel has (target / gcd) rows of (rate / gcd) taps: a rate coprime with
+        # the target (2003 Hz, 44101 Hz) would need gigabytes. Bounding the reduced ratio keeps every
+        # common rate exact (44.1k, 48k, 16k, 8k, 96k, 192k -> 22.05k) and shifts odd ones by < 0.01%.
+        ratio = Fraction(rate, target_rate).limit_denominator(MAX_RESAMPLE_DENOMINATOR)
+        wave = torchaudio.functional.resample(wave, ratio.numerator, ratio.denominator)
     return wave

@@ -15,6 +15,10 @@ from pathlib import Path
 from soundclassifier.audio import NO_LIMITS, Audio, AudioError, ErrorKind, Limits, as_audio, open_checked
 from soundclassifier.features import FeatureSettings
 
+MIN_HOP_S = 0.25
+"""Smallest hop between windows: each window costs a forward pass, so the hop bounds the work one
+request can ask for (4 windows per second of audio at most)."""
+
 
 @dataclass(frozen=True)
 class Window:
@@ -42,8 +46,8 @@ def stream_windows(
     """
     window_s = settings.clip_seconds
     hop_s = window_s / 2 if hop_seconds is None else hop_seconds
-    if not 0 < hop_s <= window_s:
-        raise ValueError(f"hop must be > 0 and <= the window ({window_s:g} s), got {hop_s:g}")
+    if not MIN_HOP_S <= hop_s <= window_s:
+        raise ValueError(f"hop must be between {MIN_HOP_S:g} s and the window ({window_s:g} s), got {hop_s:g}")
     f = open_checked(source, limits)
     rate, frames = f.samplerate, f.frames
     duration = frames / rate

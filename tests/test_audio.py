@@ -149,3 +149,21 @@ def test_32_channels_are_averaged_to_mono():
     gains = (np.arange(32) + 1) / 32
     expected = af.sine(seconds=0.5) * gains.mean()
     np.testing.assert_allclose(wave.numpy(), expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("rate", [10_000_019, 999, 800_000])
+def test_sample_rates_outside_the_supported_range_are_refused(rate):
+    data = af.encode(af.sine(100.0, 0.01, rate), rate, "WAV", "PCM_16")
+    with pytest.raises(AudioError) as e:
+        decode(data)
+    assert e.value.kind is ErrorKind.UNSUPPORTED
+    assert f"{rate:,} Hz" in e.value.message
+
+
+def test_odd_sample_rates_resample_to_the_right_length():
+    # Rates coprime with 22050 Hz take a bounded approximate ratio (the exact one cost gigabytes;
+    # tests/test_fuzz.py checks the server's memory).
+    features = Features(FeatureSettings())
+    for rate in (2003, 44101):
+        wave = features.waveform(decode(af.encode(af.sine(300.0, 1.0, rate), rate, "WAV", "PCM_16")))
+        assert abs(wave.shape[0] - 22050) <= 25  # 1 s of audio, within 0.1 %

@@ -275,7 +275,7 @@ def test_timeline_hop_changes_window_count(http, long_recording):
     assert counts == [9, 5]
 
 
-@pytest.mark.parametrize("hop", [5.5, 0, -1])
+@pytest.mark.parametrize("hop", [5.5, 0.1, 0, -1])
 def test_timeline_bad_hop(http, hop):
     assert_problem(post_audio(http, "/timeline", af.wav_sine(seconds=6.0), hop_s=hop), 400)
 

@@ -1,0 +1,112 @@
+"""What every stage of the benchmark shares: test clips, multipart bodies, /metrics, server CPU and memory."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+
+import httpx
+import numpy as np
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests import audiofiles as af
+
+CLIP_SECONDS = 5.0  # one model window, as ESC-50 clips are
+CLIP_RATE = 44100  # ESC-50's rate: the served path resamples to the model's 22.05 kHz
+FORMATS = {  # name -> (libsndfile format, subtype)
+    "WAV": ("WAV", "PCM_16"),
+    "FLAC": ("FLAC", "PCM_16"),
+    "OGG": ("OGG", "VORBIS"),
+    "MP3": ("MP3", "MPEG_LAYER_III"),
+}
+
+
+def clip(seconds: float = CLIP_SECONDS, rate: int = CLIP_RATE, seed: int = 0) -> np.ndarray:
+    """A mono test signal: a sine of a seed-dependent pitch over quiet noise, float32 (frames,)."""
+    x = af.sine(freq=220.0 + 37.0 * (seed % 50), seconds=seconds, rate=rate, amplitude=0.4)
+    return np.clip(x + af.noise(seconds, rate, amplitude=0.05, seed=seed), -1, 1).astype(np.float32)
+
+
+def clip_file(fmt: str = "WAV", seconds: float = CLIP_SECONDS, rate: int = CLIP_RATE, seed: int = 0) -> bytes:
+    container, subtype = FORMATS[fmt]
+    return af.encode(clip(seconds, rate, seed), rate, container, subtype)
+
+
+def multipart(data: bytes, *, field: str = "audio", filename: str = "clip.wav",
+              fields: dict[str, str] | None = None) -> tuple[bytes, str]:
+    """A multipart/form-data body with one file field (and text fields): (body, content type)."""
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in (fields or {}).items()]
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+                 f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def percentiles_ms(latencies_s: list[float]) -> dict[str, float]:
+    if not latencies_s:
+        return {"mean": float("nan"), "p50": float("nan"), "p95": float("nan"), "p99": float("nan"), "max": float("nan")}
+    a = np.asarray(latencies_s) * 1000.0
+    p50, p95, p99 = np.percentile(a, [50, 95, 99])
+    return {"mean": float(a.mean()), "p50": float(p50), "p95": float(p95), "p99": float(p99), "max": float(a.max())}
+
+
+# --- the served process --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchCounters:
+    """Cumulative `sound_forward_batch_size` histogram totals: clips and forward passes."""
+
+    clips: float
+    passes: float
+
+    def mean_since(self, before: BatchCounters) -> float | None:
+        passes = self.passes - before.passes
+        return (self.clips - before.clips) / passes if passes > 0 else None
+
+
+def batch_counters(base_url: str) -> BatchCounters:
+    r = httpx.get(f"{base_url}/metrics", timeout=30)
+    r.raise_for_status()
+    totals = {"sound_forward_batch_size_sum": 0.0, "sound_forward_batch_size_count": 0.0}
+    for family in text_string_to_metric_families(r.text):
+        for s in family.samples:
+            if s.name in totals:
+                totals[s.name] += s.value
+    return BatchCounters(totals["sound_forward_batch_size_sum"], totals["sound_forward_batch_size_count"])
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants (the arbiter and its workers), MB."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total / 2**20
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and its live descendants."""
+    total = 0.0
+    for p in process_tree(pid):
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

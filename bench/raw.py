@@ -1,0 +1,123 @@
+"""In-process ceilings: the network alone on each installed engine, and the per-clip feature cost.
+
+Both go through exactly what serving uses: `soundclassifier.store.load_model` and the engine classes
+of `soundclassifier.engine` (the network), and `Classifier.prepare` (decode + resample + log-mel).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from bench.common import CLIP_RATE, CLIP_SECONDS, FORMATS, clip_file
+from soundclassifier.audio import decode
+from soundclassifier.classifier import Classifier
+from soundclassifier.engine import Engine, OnnxRuntimeEngine, OpenVinoEngine, TorchEngine, agreement
+from soundclassifier.hardware import cpu_has_bf16
+from soundclassifier.predictions import softmax
+from soundclassifier.store import LoadedModel
+
+log = logging.getLogger("bench")
+
+
+def engines(model: LoadedModel, threads: int | None = None) -> dict[str, Callable[[], Engine] | str]:
+    """label -> constructor for every engine the serving code could pick here (or why not)."""
+    found: dict[str, Callable[[], Engine] | str] = {"torch/fp32": lambda: TorchEngine(model.network, threads)}
+    found["onnxruntime/fp32"] = lambda: OnnxRuntimeEngine(model.onnx_path, threads)
+    found["openvino/fp32"] = lambda: OpenVinoEngine(model.onnx_path, "fp32", threads)
+    if cpu_has_bf16():
+        found["openvino/bf16"] = lambda: OpenVinoEngine(model.onnx_path, "bf16", threads)
+    else:
+        found["openvino/bf16"] = "skipped: the CPU has no native bf16 (avx512_bf16 / amx_bf16)"
+    return found
+
+
+def inputs(model: LoadedModel, n: int) -> np.ndarray:
+    """n model inputs: the model's stored held-out samples, repeated as needed."""
+    samples = model.samples
+    reps = -(-n // len(samples))
+    return np.ascontiguousarray(np.concatenate([samples] * reps)[:n], dtype=np.float32)
+
+
+def time_calls(fn: Callable[[], object], seconds: float, min_calls: int = 3, warmup: int = 2) -> list[float]:
+    """Wall time of repeated calls: at least `min_calls`, until `seconds` have passed."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    end = time.perf_counter() + seconds
+    while len(times) < min_calls or time.perf_counter() < end:
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def raw_model(model: LoadedModel, batch_sizes: list[int], seconds_per_point: float, threads: int | None = None) -> dict:
+    """Throughput (clips/s) and latency per batch size for each engine, plus agreement with PyTorch.
+    `threads`: the engines' threads, as the service gives them (None: one per core)."""
+    reference = softmax(TorchEngine(model.network)(model.samples))
+    results: dict[str, dict] = {}
+    for label, make in engines(model, threads).items():
+        if isinstance(make, str):
+            results[label] = {"skipped": make}
+            log.info("  %-17s %s", label, make)
+            continue
+        try:
+            start = time.perf_counter()
+            engine = make()
+            load_s = time.perf_counter() - start
+        except ImportError as e:
+            results[label] = {"skipped": f"not installed ({e.name})"}
+            log.info("  %-17s not installed (%s)", label, e.name)
+            continue
+        check = agreement(engine, reference, model.samples)
+        points = {}
+        for b in batch_sizes:
+            x = inputs(model, b)
+            times = time_calls(lambda x=x, engine=engine: engine(x), seconds_per_point)
+            median = statistics.median(times)
+            points[b] = {
+                "clips_per_s": b * len(times) / sum(times),
+                "latency_ms_p50": median * 1000,
+                "latency_ms_min": min(times) * 1000,
+                "calls": len(times),
+            }
+        best_b = max(points, key=lambda b: points[b]["clips_per_s"])
+        results[label] = {
+            "load_s": load_s,
+            "agreement": {"top1": check.top1, "max_prob_diff": check.max_prob_diff, "ok": check.ok},
+            "batches": points,
+            "best": {"batch": best_b, **points[best_b]},
+        }
+        log.info(
+            "  %-17s batch 1: %6.1f clips/s %6.1f ms | best %6.1f clips/s at batch %d | agrees %s (max diff %.4f)",
+            label, points[batch_sizes[0]]["clips_per_s"], points[batch_sizes[0]]["latency_ms_p50"],
+            points[best_b]["clips_per_s"], best_b, check.ok, check.max_prob_diff,
+        )  # fmt: skip
+    return results
+
+
+def features(model: LoadedModel, repeats: int) -> dict:
+    """Per-format cost of one CLIP_SECONDS clip at CLIP_RATE: decode, then resample + log-mel."""
+    core = Classifier(model, TorchEngine(model.network))
+    results = {}
+    for fmt in FORMATS:
+        data = clip_file(fmt)
+        decode_t = time_calls(lambda data=data: decode(data), 0.0, min_calls=repeats, warmup=1)
+        prepare_t = time_calls(lambda data=data: core.prepare(data), 0.0, min_calls=repeats, warmup=1)
+        d, p = statistics.median(decode_t) * 1000, statistics.median(prepare_t) * 1000
+        results[fmt] = {
+            "bytes": len(data),
+            "decode_ms": d,
+            "features_ms": max(p - d, 0.0),
+            "prepare_ms": p,
+            "prepare_ms_p90": float(np.percentile(np.asarray(prepare_t) * 1000, 90)),
+        }
+        log.info("  %-5s %7d bytes: decode %6.1f ms + resample/log-mel %6.1f ms = %6.1f ms",
+                 fmt, len(data), d, results[fmt]["features_ms"], p)
+    results["clip"] = {"seconds": CLIP_SECONDS, "sample_rate": CLIP_RATE, "channels": 1}
+    return results

@@ -1,0 +1,236 @@
+"""Turn one run's measurements into targets (met / missed, by how much), Markdown, a plot and JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+# The targets of issue 6, as ratios against what this run measured in process.
+THROUGHPUT_SHARE = 0.85  # HTTP req/s at 32 clients >= this x the best raw in-process clips/s
+LATENCY_ALLOWANCE_MS = 10.0  # HTTP p50 at 1 client <= raw single-clip latency + this
+ENGINE_SPEEDUP = 2.0  # engine-served req/s at 32 clients >= this x PyTorch-served
+
+
+def point(results: dict, config: str, transport: str, clients: int) -> dict | None:
+    for p in results.get("served", {}).get(config, {}).get(transport, []):
+        if p["clients"] == clients:
+            return p
+    return None
+
+
+def _target(name: str, measured: str, goal: str, ratio: float | None, met: bool | None, margin: str) -> dict:
+    return {"target": name, "measured": measured, "goal": goal, "ratio": ratio, "met": met, "margin": margin}
+
+
+def _missing(name: str, why: str) -> dict:
+    return _target(name, "not measured", "", None, None, why)
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:+.0f}%"
+
+
+def targets(results: dict, soak_seconds: float) -> list[dict]:
+    out = []
+    best = results.get("raw_best")
+    http32 = point(results, "batching", "http", 32)
+
+    name = f"HTTP throughput at 32 clients >= {THROUGHPUT_SHARE} x raw in-process best"
+    if best and http32:
+        ratio = http32["rps"] / best["clips_per_s"]
+        out.append(_target(
+            name, f"{http32['rps']:.1f} req/s = {ratio:.2f} x {best['clips_per_s']:.1f} clips/s ({best['engine']}, batch {best['batch']})",
+            f">= {THROUGHPUT_SHARE * best['clips_per_s']:.1f} req/s", ratio, ratio >= THROUGHPUT_SHARE,
+            f"{_pct(ratio / THROUGHPUT_SHARE - 1)} vs target",
+        ))  # fmt: skip
+    else:
+        out.append(_missing(name, "raw or served stage skipped"))
+
+    name = f"HTTP p50 at 1 client <= raw single-clip latency + {LATENCY_ALLOWANCE_MS:g} ms"
+    http1 = point(results, "batching", "http", 1)
+    engine = results.get("served", {}).get("batching", {}).get("engine")
+    raw1 = results.get("raw", {}).get(engine, {}).get("batches", {}).get(1) if engine else None
+    if http1 and raw1:
+        limit = raw1["latency_ms_p50"] + LATENCY_ALLOWANCE_MS
+        p50 = http1["latency_ms"]["p50"]
+        out.append(_target(
+            name, f"{p50:.1f} ms vs raw {raw1['latency_ms_p50']:.1f} ms ({engine}, batch 1)", f"<= {limit:.1f} ms",
+            p50 / limit, p50 <= limit, f"{limit - p50:+.1f} ms headroom" if p50 <= limit else f"over by {p50 - limit:.1f} ms",
+        ))  # fmt: skip
+    else:
+        out.append(_missing(name, "raw or served stage skipped"))
+
+    name = "batching beats no batching at 32 clients (HTTP)"
+    naive = point(results, "no-batching", "http", 32)
+    if http32 and naive and naive["rps"] > 0:
+        ratio = http32["rps"] / naive["rps"]
+        out.append(_target(name, f"{http32['rps']:.1f} vs {naive['rps']:.1f} req/s", "> 1.00 x", ratio, ratio > 1.0,
+                           f"{_pct(ratio - 1)} throughput"))
+    else:
+        out.append(_missing(name, "no-batching server skipped"))
+
+    name = f"zero errors at 64 clients sustained for {soak_seconds:g} s (soak, good and bad files)"
+    soak = results.get("soak")
+    if soak:
+        long_enough = soak["seconds"] >= 0.95 * soak_seconds
+        out.append(_target(
+            name, f"{soak['errors']} errors in {soak['requests']} requests over {soak['seconds']:.0f} s "
+                  f"({soak['good_ok']} good ok, {soak['bad_refused_correctly']} bad refused right)",
+            "0 errors", None, soak["errors"] == 0 and long_enough and soak["readyz_after"] == 200,
+            "none" if soak["errors"] == 0 else f"{soak['errors']} errors: {soak['failures'][:2]}",
+        ))  # fmt: skip
+    else:
+        out.append(_missing(name, "soak skipped"))
+
+    name = f"engine-served >= {ENGINE_SPEEDUP:g} x PyTorch-served at 32 clients (HTTP)"
+    torch32 = point(results, "torch", "http", 32)
+    if http32 and torch32 and torch32["rps"] > 0:
+        ratio = http32["rps"] / torch32["rps"]
+        out.append(_target(name, f"{http32['rps']:.1f} ({engine}) vs {torch32['rps']:.1f} req/s (torch)",
+                           f">= {ENGINE_SPEEDUP:g} x", ratio, ratio >= ENGINE_SPEEDUP,
+                           f"{_pct(ratio / ENGINE_SPEEDUP - 1)} vs target"))
+    else:
+        out.append(_missing(name, "torch server skipped"))
+    return out
+
+
+# --- Markdown ------------------------------------------------------------------------------------
+
+
+def _f(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def markdown(results: dict) -> str:
+    meta = results["meta"]
+    lines = [
+        f"# Benchmark: {meta['model']} ({'quick' if meta['quick'] else 'full'} run)",
+        "",
+        f"{meta['started']}, commit {meta['commit']}, {meta['cpu']} ({meta['cores']} cores, bf16 {meta['bf16']}), "
+        f"load average at start {meta['loadavg_start']:.2f}, at end {meta.get('loadavg_end', float('nan')):.2f}. "
+        f"HTTP load client: {meta['http_client']}. Clip: {meta['clip']}.",
+        "",
+    ]
+    if meta["loadavg_start"] > 0.25 * meta["cores"]:
+        lines += [f"**The machine was not quiet** (load {meta['loadavg_start']:.2f} on {meta['cores']} cores): "
+                  "figures are low and noisy.", ""]
+    lines += ["## Targets", "", "| target | measured | goal | met | margin |", "|---|---|---|---|---|"]
+    for t in results.get("targets", []):
+        met = {True: "met", False: "**missed**", None: "n/a"}[t["met"]]
+        lines.append(f"| {t['target']} | {t['measured']} | {t['goal']} | {met} | {t['margin']} |")
+
+    raw = results.get("raw")
+    if raw:
+        sizes = sorted({int(b) for r in raw.values() for b in r.get("batches", {})})
+        lines += ["", "## Raw model in process (clips/s; latency of one call, ms)", "",
+                  "| engine | agrees | " + " | ".join(f"b={b}" for b in sizes) + " |",
+                  "|---|---|" + "---|" * len(sizes)]
+        for label, r in raw.items():
+            if "skipped" in r:
+                lines.append(f"| {label} | {r['skipped']} |" + " |" * len(sizes))
+                continue
+            a = r["agreement"]
+            cells = [f"{_f(r['batches'][b]['clips_per_s'])} / {_f(r['batches'][b]['latency_ms_p50'])} ms" for b in sizes]
+            lines.append(f"| {label} | {a['ok']} ({a['max_prob_diff']:.4f}) | " + " | ".join(cells) + " |")
+        best = results["raw_best"]
+        lines.append(f"\nBest: {best['engine']} at batch {best['batch']}: {best['clips_per_s']:.1f} clips/s.")
+
+    feats = results.get("features")
+    if feats:
+        lines += ["", f"## Features per clip ({feats['clip']['seconds']:g} s, {feats['clip']['sample_rate']} Hz mono; "
+                  "Classifier.prepare, one thread)", "",
+                  "| format | bytes | decode ms | resample + log-mel ms | total ms (p90) |", "|---|---|---|---|---|"]
+        for fmt, r in feats.items():
+            if fmt != "clip":
+                lines.append(f"| {fmt} | {r['bytes']} | {_f(r['decode_ms'])} | {_f(r['features_ms'])} | "
+                             f"{_f(r['prepare_ms'])} ({_f(r['prepare_ms_p90'])}) |")
+        if results.get("ceiling_with_features"):
+            c = results["ceiling_with_features"]
+            lines.append(f"\nCPU-bound ceiling of a served WAV clip on {meta['cores']} cores (network + features): "
+                         f"{c:.1f} clips/s (context for the throughput target, not a target).")
+
+    served = results.get("served", {})
+    if served:
+        lines += ["", "## Served (closed loop: each client sends its next request when answered)", "",
+                  "| server | transport | clients | req/s | p50 ms | p95 ms | p99 ms | mean batch | errors | "
+                  "server CPU ms/req | client CPU % |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for config, s in served.items():
+            if "skipped" in s:
+                lines.append(f"| {config} | {s['skipped']} |" + " |" * 9)
+                continue
+            label = f"{config} ({s.get('engine', '?')}, max batch {s.get('max_batch_size', '?')})"
+            for transport in ("http", "grpc"):
+                for p in s.get(transport, []):
+                    lat = p["latency_ms"]
+                    cpu = _f(1000 * p["server_cpu_s"] / p["ok"], 1) if p.get("server_cpu_s") and p["ok"] else "-"
+                    client = _f(100 * p["client_cpu_s"] / p["seconds"] / meta["cores"], 0)
+                    errors = p["errors"] if not p["errors"] else f"{p['errors']} {p['statuses']}"
+                    lines.append(f"| {label} | {transport} ({p['client']}) | {p['clients']} | {_f(p['rps'])} | "
+                                 f"{_f(lat['p50'])} | {_f(lat['p95'])} | {_f(lat['p99'])} | {_f(p['mean_batch'], 2)} | "
+                                 f"{errors} | {cpu} | {client} |")
+    soak = results.get("soak")
+    if soak:
+        rss = soak.get("server_rss_mb") or {}
+        lines += ["", "## Soak", "",
+                  f"{soak['clients']} clients for {soak['seconds']:.0f} s, {soak['requests']} requests: "
+                  f"{soak['good_ok']} good files answered 200, {soak['good_failed']} good files failed, "
+                  f"{soak['bad_refused_correctly']} bad files refused with the right status and kind, "
+                  f"{soak['bad_wrong']} wrong, {soak['transport_errors']} transport errors; good-file latency "
+                  f"p50 {_f(soak['good_latency_ms']['p50'])} ms, p99 {_f(soak['good_latency_ms']['p99'])} ms; "
+                  f"/readyz after: {soak['readyz_after']}; server RSS {_f(rss.get('before'), 0)} -> "
+                  f"{_f(rss.get('after'), 0)} MB."]
+        lines += [f"- {f}" for f in soak["failures"][:5]]
+    lines += ["", f"Run time {meta.get('elapsed_s', 0):.0f} s. Command: `{meta['command']}`.", ""]
+    return "\n".join(lines)
+
+
+# --- plot ----------------------------------------------------------------------------------------
+
+
+def plot(results: dict, path: Path) -> None:
+    fig = Figure(figsize=(15, 4.5), dpi=100)
+    ax_raw, ax_tput, ax_lat = fig.subplots(1, 3)
+    for label, r in results.get("raw", {}).items():
+        if "batches" in r:
+            sizes = sorted(int(b) for b in r["batches"])
+            ax_raw.plot(sizes, [r["batches"][b]["clips_per_s"] for b in sizes], marker="o", label=label)
+    ax_raw.set(xscale="log", xlabel="batch size", ylabel="clips/s", title="raw model, in process")
+    ax_raw.set_xticks([1, 2, 4, 8, 16, 32], labels=["1", "2", "4", "8", "16", "32"])
+    for config, s in results.get("served", {}).items():
+        for transport in ("http", "grpc"):
+            points = s.get(transport, [])
+            if points:
+                clients = [p["clients"] for p in points]
+                name = f"{config} {transport}"
+                ax_tput.plot(clients, [p["rps"] for p in points], marker="o", label=name)
+                ax_lat.plot(clients, [p["latency_ms"]["p50"] for p in points], marker="o", label=f"{name} p50")
+                ax_lat.plot(clients, [p["latency_ms"]["p99"] for p in points], linestyle=":",
+                            color=ax_lat.lines[-1].get_color())
+    if results.get("raw_best"):
+        ax_tput.axhline(results["raw_best"]["clips_per_s"], color="grey", linestyle="--", label="raw best")
+        ax_tput.axhline(THROUGHPUT_SHARE * results["raw_best"]["clips_per_s"], color="grey", linestyle=":",
+                        label=f"{THROUGHPUT_SHARE} x raw best")
+    ax_tput.set(xscale="log", xlabel="concurrent clients", ylabel="answers/s", title="served throughput")
+    ax_lat.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="ms",
+               title="served latency (p50 solid, p99 dotted)")
+    for ax in (ax_tput, ax_lat):
+        ax.set_xticks([1, 8, 32, 64], labels=["1", "8", "32", "64"])
+    for ax in (ax_raw, ax_tput, ax_lat):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{results['meta']['model']} on {results['meta']['cpu']} ({results['meta']['cores']} cores)")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def write(results: dict, out: Path, stem: str) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md", "png": out / f"{stem}.png"}
+    paths["json"].write_text(json.dumps(results, indent=2, default=str))
+    paths["md"].write_text(markdown(results))
+    plot(results, paths["png"])
+    return paths

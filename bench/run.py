@@ -1,0 +1,281 @@
+"""One benchmark run: the raw model, the features, and the real server over HTTP and gRPC.
+
+    make bench                                             # the full run (~10-15 min), on a quiet machine
+    python -m bench.run --quick                            # the same stages, short (~2 min)
+    python -m bench.run --model sound-resnet:abc123 --out bench/results
+    python -m bench.run --quick --skip litserve,torch      # leave stages out
+
+Stages, in order, each measured in this one run so ratios compare like with like:
+    raw       clips/s and latency per batch size (1..32) for every installed engine, in process,
+              through soundclassifier.store.load_model and soundclassifier.engine (the ceiling)
+    features  decode + resample + log-mel per 5-second clip, per format (Classifier.prepare)
+    http      a real `bentoml serve` with adaptive batching (the default), at 1/8/32/64 clients (wrk)
+    grpc      the same server over gRPC (grpc.aio clients, Classify)
+    soak      64 clients mixing good and bad files on that server (bench/soak.py), every answer checked
+    nobatch   a second server with SOUND_MAX_BATCH_SIZE=1: the naive baseline
+    torch     a third server with SOUND_ENGINE=torch: the PyTorch eager peer
+    litserve  the same model and features under LitServe's batching (only if litserve is installed)
+Mean batch sizes come from the server's /metrics around each measured window. Results go to
+OUT/bench-<time>.{json,md,png} and OUT/latest.{json,md,png}; the Markdown is also printed.
+Exit status 1 if a stage failed or the soak saw an error; missed targets are reported, not fatal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import logging
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+
+import httpx
+
+from bench import load as loads
+from bench import raw, report
+from bench.common import CLIP_RATE, CLIP_SECONDS, clip_file, cores, multipart, tree_rss_mb
+from bench.soak import run_soak
+from soundclassifier.config import ServeConfig
+from soundclassifier.hardware import cpu_has_bf16
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("raw", "features", "http", "grpc", "soak", "nobatch", "torch", "litserve")
+SERVER_START_TIMEOUT_S = 300.0
+
+log = logging.getLogger("bench")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long each stage measures. Full: `make bench`; quick: the same stages, short."""
+
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    raw_seconds: float = 2.0  # per engine and batch size
+    feature_repeats: int = 30  # per format
+    clients: tuple[int, ...] = (1, 8, 32, 64)
+    peer_clients: tuple[int, ...] = (1, 8, 32, 64)  # for the no-batching, torch and LitServe servers
+    point_seconds: float = 15.0  # per measured load point
+    warmup_seconds: float = 3.0  # before each point, same concurrency, not measured
+    soak_seconds: float = 60.0
+    soak_clients: int = 64
+    litserve: bool = True  # the LitServe peer (its start-up alone takes ~20 s)
+
+
+FULL = Plan()
+QUICK = Plan(raw_seconds=0.2, feature_repeats=5, peer_clients=(1, 32), point_seconds=2.0, warmup_seconds=0.5,
+             soak_seconds=5.0, litserve=False)
+
+
+def resolve_tag(tag: str) -> str:
+    import bentoml
+
+    try:
+        return str(bentoml.models.get(tag).tag)
+    except bentoml.exceptions.NotFound:
+        sys.exit(f"model {tag} is not in the store ({os.environ.get('BENTOML_HOME', '~/bentoml')}): run `make train`")
+
+
+def machine() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                   if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    return {"cpu": cpu, "cores": cores(), "bf16": cpu_has_bf16(), "commit": commit + ("+dirty" if dirty else ""),
+            "loadavg_start": os.getloadavg()[0]}
+
+
+# --- served stages -------------------------------------------------------------------------------
+
+
+def served_sweep(tag: str, name: str, env: dict[str, str], plan: Plan, body: tuple[bytes, str], audio: bytes,
+                 clients: tuple[int, ...], *, with_http: bool = True, with_grpc: bool = False, with_soak: bool = False,
+                 out: Path, results: dict) -> None:
+    """Start one server, sweep it over HTTP (and gRPC), soak it if asked, stop it; results in place."""
+    from tests.server import ServedService, free_port
+
+    log.info("served: %s %s", name, env or "(defaults)")
+    entry: dict = {"env": env}
+    results["served"][name] = entry
+    server = ServedService(tag, grpc_port=free_port() if with_grpc else "0", env=env,
+                           start_timeout_s=SERVER_START_TIMEOUT_S)
+    started = time.perf_counter()
+    try:
+        server.start()
+        entry["start_s"] = time.perf_counter() - started
+        info = httpx.post(f"{server.base_url}/info", timeout=30).json()
+        entry.update(engine=f"{info['engine']}/{info['precision']}", max_batch_size=info["max_batch_size"],
+                     max_latency_ms=info["max_latency_ms"], engines_tried=info["engines_tried"])
+        wanted = int(env.get("SOUND_MAX_BATCH_SIZE", info["max_batch_size"]))
+        if info["max_batch_size"] != wanted:
+            entry["warning"] = f"asked for SOUND_MAX_BATCH_SIZE={wanted}, the server reports {info['max_batch_size']}"
+            log.warning("  %s", entry["warning"])
+        log.info("  up in %.0f s on %s, max batch %d", entry["start_s"], entry["engine"], info["max_batch_size"])
+        pid, url = server.process.pid, server.base_url
+        entry["rss_mb_start"] = tree_rss_mb(pid)
+        if with_http:
+            http = partial(loads.http_load, f"{url}/classify", *body)
+            entry["http"] = [loads.measure_point(http, c, plan.point_seconds, plan.warmup_seconds, base_url=url,
+                                                 server_pid=pid).as_dict() for c in clients]
+        if with_grpc:
+            rpc = partial(loads.grpc_load, f"127.0.0.1:{server.grpc_port}", audio)
+            entry["grpc"] = [loads.measure_point(rpc, c, plan.point_seconds, plan.warmup_seconds, base_url=url,
+                                                 server_pid=pid).as_dict() for c in clients]
+        if with_soak:
+            results["soak"] = run_soak(url, plan.soak_clients, plan.soak_seconds, server_pid=pid)
+        entry["rss_mb_end"] = tree_rss_mb(pid)
+    except Exception as e:  # noqa: BLE001 - one failed server must not lose the other stages
+        entry["failed"] = f"{type(e).__name__}: {e}"
+        log.exception("  %s failed", name)
+    finally:
+        server.stop()
+        (out / f"server-{name}.log").write_text(server.log())
+
+
+def litserve_sweep(tag: str, plan: Plan, body: tuple[bytes, str], results: dict) -> None:
+    from tests.server import free_port
+
+    if importlib.util.find_spec("litserve") is None or importlib.util.find_spec("multipart") is None:
+        results["served"]["litserve"] = {"skipped": "litserve not installed (pip install litserve==0.2.19 python-multipart)"}
+        log.info("litserve: not installed, skipped")
+        return
+    port = free_port()
+    log.info("served: litserve peer on :%d", port)
+    entry: dict = {"engine": "select_engine (as the service)", "max_batch_size": 32}
+    results["served"]["litserve"] = entry
+    command = [sys.executable, "-m", "bench.litserve_peer", "--model", tag, "--port", str(port), "--max-batch-size", "32"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    with open(Path(results["meta"]["out"]) / "server-litserve.log", "wb") as log_file:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise RuntimeError(f"the LitServe peer did not come up (exit {proc.poll()}); see server-litserve.log")
+        http = partial(loads.http_load, f"http://127.0.0.1:{port}/predict", *body)
+        entry["http"] = [loads.measure_point(http, c, plan.point_seconds, plan.warmup_seconds, server_pid=proc.pid).as_dict()
+                         for c in plan.peer_clients]
+    except Exception as e:  # noqa: BLE001
+        entry["failed"] = f"{type(e).__name__}: {e}"
+        log.exception("  litserve failed")
+    finally:
+        os.killpg(proc.pid, 2)  # its own process group (start_new_session): the server and its workers
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--quick", action="store_true", help="short stages (~2 min) to check the harness")
+    parser.add_argument("--model", default="sound-resnet:latest", help="model tag (default %(default)s)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="output directory (default bench/results)")
+    parser.add_argument("--skip", default="", help=f"comma-separated stages to leave out: {','.join(STAGES)}")
+    args = parser.parse_args(argv)
+    skip = {s for s in args.skip.split(",") if s}
+    if unknown := skip - set(STAGES):
+        parser.error(f"unknown stage(s) {sorted(unknown)}; choose from {', '.join(STAGES)}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "bentoml", "soundclassifier"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    plan = QUICK if args.quick else FULL
+    started = time.perf_counter()
+
+    from soundclassifier.store import load_model
+
+    tag = resolve_tag(args.model)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict = {
+        "meta": {
+            "model": tag, "quick": args.quick, "plan": plan.__dict__, "started": datetime.now().isoformat(timespec="seconds"),
+            "command": shlex.join(["python", "-m", "bench.run", *(argv if argv is not None else sys.argv[1:])]),
+            "http_client": "wrk (bench/post.lua)" if loads.have_wrk() else "asyncio httpx (wrk not installed)",
+            "clip": f"{CLIP_SECONDS:g} s mono WAV PCM_16 at {CLIP_RATE} Hz", "out": str(args.out), "skipped": sorted(skip),
+            **machine(),
+        },
+        "served": {},
+    }  # fmt: skip
+    log.info("model %s, %s, %d cores, load %.2f", tag, results["meta"]["cpu"], results["meta"]["cores"],
+             results["meta"]["loadavg_start"])
+    model = load_model(tag)
+
+    if "raw" not in skip:
+        log.info("raw model, in process (%s s per point)", plan.raw_seconds)
+        threads = ServeConfig.from_env().engine_threads or None  # as the served engine gets them
+        results["raw"] = raw.raw_model(model, list(plan.batch_sizes), plan.raw_seconds, threads)
+        measured = [(r["best"]["clips_per_s"], label, r["best"]["batch"]) for label, r in results["raw"].items() if "best" in r]
+        speed, label, batch = max(measured)
+        results["raw_best"] = {"engine": label, "batch": batch, "clips_per_s": speed}
+        gc.collect()
+    if "features" not in skip:
+        log.info("features per clip (%d repeats per format)", plan.feature_repeats)
+        results["features"] = raw.features(model, plan.feature_repeats)
+        if "raw_best" in results:
+            per_clip_s = 1 / results["raw_best"]["clips_per_s"] + results["features"]["WAV"]["prepare_ms"] / 1000 / cores()
+            results["ceiling_with_features"] = 1 / per_clip_s
+    del model
+    gc.collect()
+
+    audio = clip_file("WAV")
+    body = multipart(audio)
+    if not {"http", "grpc", "soak"} <= skip:
+        served_sweep(tag, "batching", {}, plan, body, audio, plan.clients, with_http="http" not in skip,
+                     with_grpc="grpc" not in skip, with_soak="soak" not in skip, out=args.out, results=results)
+    if "nobatch" not in skip:
+        served_sweep(tag, "no-batching", {"SOUND_MAX_BATCH_SIZE": "1"}, plan, body, audio, plan.peer_clients,
+                     out=args.out, results=results)
+    if "torch" not in skip:
+        served_sweep(tag, "torch", {"SOUND_ENGINE": "torch"}, plan, body, audio, plan.peer_clients,
+                     out=args.out, results=results)
+    if "litserve" not in skip and plan.litserve:
+        litserve_sweep(tag, plan, body, results)
+    elif "litserve" not in skip:
+        results["served"]["litserve"] = {"skipped": "full run only (its start-up would double --quick)"}
+
+    results["targets"] = report.targets(results, plan.soak_seconds)
+    results["meta"]["loadavg_end"] = os.getloadavg()[0]
+    results["meta"]["elapsed_s"] = time.perf_counter() - started
+    stem = f"bench-{datetime.now():%Y%m%d-%H%M%S}{'-quick' if args.quick else ''}"
+    paths = report.write(results, args.out, stem)
+    for kind, path in paths.items():
+        latest = args.out / f"latest.{kind}"
+        latest.unlink(missing_ok=True)
+        latest.symlink_to(path.name)
+    print(paths["md"].read_text())
+    log.info("wrote %s", ", ".join(str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p) for p in paths.values()))
+    failed = [name for name, s in results["served"].items() if "failed" in s]
+    soak_errors = results.get("soak", {}).get("errors", 0)
+    if failed or soak_errors:
+        log.error("failed stages: %s; soak errors: %d", failed or "none", soak_errors)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

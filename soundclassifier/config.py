@@ -30,7 +30,7 @@ class ServeConfig(BaseModel):
         16, ge=1, le=256, description="SOUND_MAX_BATCH_SIZE: clips per forward pass at most (1 = no batching)"
     )
     max_latency_ms: int = Field(
-        2000, ge=10, description="SOUND_MAX_LATENCY_MS: queueing budget before a request is refused with 503"
+        5000, ge=10, description="SOUND_MAX_LATENCY_MS: queueing budget before a request is refused with 503"
     )
     engine_threads: int = Field(
         0, ge=0, description="SOUND_ENGINE_THREADS: threads of the inference engine (0 = one per core)"

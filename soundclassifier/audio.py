@@ -141,13 +141,30 @@ def open_checked(source: bytes | str | Path, limits: Limits = NO_LIMITS) -> sf.S
     return f
 
 
+class _OwningSoundFile(sf.SoundFile):
+    """A SoundFile that closes the file object it reads from when it is closed."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        super().__init__(stream)
+
+    def close(self) -> None:
+        super().close()
+        self._stream.close()
+
+
 def open_sound(source: bytes | str | Path) -> sf.SoundFile:
     """Open bytes or a path as a seekable libsndfile handle, mapping every failure to `AudioError`."""
+    # A path is opened as a file object, not by name: libsndfile takes a name's extension as a
+    # format hint, so the same bytes saved as x.mp3 or x.bin would get different errors.
+    stream = open(source, "rb") if isinstance(source, (str, Path)) else io.BytesIO(source)  # noqa: SIM115
     try:
-        f = sf.SoundFile(str(source) if isinstance(source, (str, Path)) else io.BytesIO(source))
+        f = _OwningSoundFile(stream)
     except sf.LibsndfileError as e:
+        stream.close()
         raise _error_from_libsndfile(str(e.error_string)) from None
     except (RuntimeError, TypeError, ValueError) as e:  # soundfile raises these for odd headers
+        stream.close()
         raise AudioError(ErrorKind.NOT_AUDIO, f"This is not a readable audio file ({e}).") from None
     if f.format not in SUPPORTED_FORMATS and f.format != "MPEG":
         f.close()

@@ -1,0 +1,1 @@
+"""Batch jobs over the same core as serving: `python -m batch.classify` classifies folders on Spark."""

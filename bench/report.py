@@ -138,6 +138,16 @@ def markdown(results: dict) -> str:
         best = results["raw_best"]
         lines.append(f"\nBest: {best['engine']} at batch {best['batch']}: {best['clips_per_s']:.1f} clips/s.")
 
+    spark = results.get("spark")
+    if spark and "files_per_s" in spark:
+        ratio = spark.get("ratio_to_raw_best")
+        lines += ["", "## Batch on Spark", "",
+                  f"`python -m batch.classify` on {spark['master']}: {spark['files']} files in {spark['seconds']:.1f} s "
+                  f"= {spark['files_per_s']:.1f} files/s end to end (JVM start-up included)"
+                  + (f", {ratio:.2f} x the raw in-process best." if ratio else ".")]
+    elif spark:
+        lines += ["", "## Batch on Spark", "", f"failed: {spark.get('failed', '')}"]
+
     feats = results.get("features")
     if feats:
         lines += ["", f"## Features per clip ({feats['clip']['seconds']:g} s, {feats['clip']['sample_rate']} Hz mono; "

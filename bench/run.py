@@ -47,7 +47,7 @@ from soundclassifier.config import ServeConfig
 from soundclassifier.hardware import cpu_has_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("raw", "features", "http", "grpc", "soak", "nobatch", "torch", "litserve")
+STAGES = ("raw", "features", "http", "grpc", "soak", "nobatch", "torch", "litserve", "spark")
 SERVER_START_TIMEOUT_S = 300.0
 
 log = logging.getLogger("bench")
@@ -67,11 +67,12 @@ class Plan:
     soak_seconds: float = 60.0
     soak_clients: int = 64
     litserve: bool = True  # the LitServe peer (its start-up alone takes ~20 s)
+    spark_files: int = 400  # clips classified by the Spark job on local[2]
 
 
 FULL = Plan()
 QUICK = Plan(raw_seconds=0.2, feature_repeats=5, peer_clients=(1, 32), point_seconds=2.0, warmup_seconds=0.5,
-             soak_seconds=5.0, litserve=False)
+             soak_seconds=5.0, litserve=False, spark_files=48)
 
 
 def resolve_tag(tag: str) -> str:
@@ -189,6 +190,29 @@ def litserve_sweep(tag: str, plan: Plan, body: tuple[bytes, str], results: dict)
 # --- the run -------------------------------------------------------------------------------------
 
 
+def spark_job(tag: str, n_files: int, audio: bytes) -> dict:
+    """`python -m batch.classify` on local[2] over n copies of the bench clip: files/s end to end
+    (JVM and Python worker start-up included, as a user sees it)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="bench-spark-") as tmp:
+        folder = Path(tmp) / "in"
+        folder.mkdir()
+        for i in range(n_files):
+            (folder / f"clip{i:05d}.wav").write_bytes(audio)
+        command = [sys.executable, "-m", "batch.classify", str(folder), str(Path(tmp) / "out.parquet"),
+                   "--model", tag, "--master", "local[2]"]
+        start = time.perf_counter()
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT), "SPARK_LOCAL_IP": "127.0.0.1"})
+        wall = time.perf_counter() - start
+    if done.returncode != 0:
+        log.error("spark job failed: %s", done.stderr[-2000:])
+        return {"failed": done.stderr[-500:]}
+    log.info("spark: %d files in %.1f s", n_files, wall)
+    return {"files": n_files, "seconds": wall, "files_per_s": n_files / wall, "master": "local[2]"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -257,6 +281,11 @@ def main(argv: list[str] | None = None) -> int:
         litserve_sweep(tag, plan, body, results)
     elif "litserve" not in skip:
         results["served"]["litserve"] = {"skipped": "full run only (its start-up would double --quick)"}
+
+    if "spark" not in skip:
+        results["spark"] = spark_job(tag, plan.spark_files, audio)
+        if "raw_best" in results and "files_per_s" in results["spark"]:
+            results["spark"]["ratio_to_raw_best"] = results["spark"]["files_per_s"] / results["raw_best"]["clips_per_s"]
 
     results["targets"] = report.targets(results, plan.soak_seconds)
     results["meta"]["loadavg_end"] = os.getloadavg()[0]

@@ -89,7 +89,9 @@ def wrk(url: str, body: bytes, content_type: str, clients: int, seconds: float) 
             f"--timeout={int(REQUEST_TIMEOUT_S)}s", "-s", str(LUA_SCRIPT), url, "--", f.name, content_type,
         ]  # fmt: skip
         cpu = _children_cpu()
-        run = subprocess.run(command, capture_output=True, text=True, timeout=seconds + REQUEST_TIMEOUT_S + 30)
+        run = subprocess.run(
+            command, capture_output=True, text=True, timeout=seconds + REQUEST_TIMEOUT_S + 30
+        )
         cpu = _children_cpu() - cpu
     line = next((ln for ln in run.stdout.splitlines() if ln.startswith("WRK_JSON ")), None)
     if run.returncode != 0 or line is None:
@@ -116,31 +118,19 @@ def wrk(url: str, body: bytes, content_type: str, clients: int, seconds: float) 
 
 
 def httpx_load(url: str, body: bytes, content_type: str, clients: int, seconds: float) -> Load:
-    async def main() -> tuple[list[float], Counter]:
-        latencies: list[float] = []
-        statuses: Counter = Counter()
-        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-        async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, limits=limits) as client:
-            end = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
 
-            async def worker() -> None:
-                while (start := time.perf_counter()) < end:
-                    try:
-                        r = await client.post(url, content=body, headers={"content-type": content_type})
-                        statuses[str(r.status_code)] += 1
-                    except httpx.HTTPError as e:
-                        statuses[f"socket-{type(e).__name__}"] += 1
-                        continue
-                    latencies.append(time.perf_counter() - start)
+    def session():
+        return httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, limits=limits)
 
-            await asyncio.gather(*(worker() for _ in range(clients)))
-        return latencies, statuses
+    async def call(client: httpx.AsyncClient) -> tuple[str, bool]:
+        try:
+            r = await client.post(url, content=body, headers={"content-type": content_type})
+        except httpx.HTTPError as e:
+            return f"socket-{type(e).__name__}", False  # no answer: no latency to record
+        return str(r.status_code), True
 
-    cpu, wall = _self_cpu(), time.perf_counter()
-    latencies, statuses = asyncio.run(main())
-    wall, cpu = time.perf_counter() - wall, _self_cpu() - cpu
-    return Load("httpx", clients, wall, len(latencies), statuses.get("200", 0), dict(statuses),
-                percentiles_ms(latencies), cpu)
+    return _closed_loop("httpx", "200", clients, seconds, session, call)
 
 
 def http_load(url: str, body: bytes, content_type: str, clients: int, seconds: float) -> Load:
@@ -152,23 +142,39 @@ def http_load(url: str, body: bytes, content_type: str, clients: int, seconds: f
 
 
 def grpc_load(target: str, audio: bytes, clients: int, seconds: float) -> Load:
+    request = pb.ClassifyRequest(audio=audio, filename="clip.wav")
+
+    def session():
+        return grpc.aio.insecure_channel(target, options=[("grpc.max_send_message_length", 64 << 20)])
+
+    async def call(channel: grpc.aio.Channel) -> tuple[str, bool]:
+        try:
+            await pb_grpc.SoundClassifierStub(channel).Classify(request, timeout=REQUEST_TIMEOUT_S)
+        except grpc.aio.AioRpcError as e:
+            return e.code().name, True
+        return "OK", True
+
+    return _closed_loop("grpc.aio", "OK", clients, seconds, session, call)
+
+
+def _closed_loop(name: str, ok: str, clients: int, seconds: float, session, call) -> Load:
+    """`clients` workers, each sending its next request when answered, for `seconds`.
+
+    session(): an async context manager giving the shared client; call(client) -> (status, timed),
+    where `timed` says whether the request's latency counts (a transport failure has none)."""
+
     async def main() -> tuple[list[float], Counter]:
         latencies: list[float] = []
         statuses: Counter = Counter()
-        request = pb.ClassifyRequest(audio=audio, filename="clip.wav")
-        options = [("grpc.max_send_message_length", 64 << 20)]
-        async with grpc.aio.insecure_channel(target, options=options) as channel:
-            stub = pb_grpc.SoundClassifierStub(channel)
+        async with session() as client:
             end = time.perf_counter() + seconds
 
             async def worker() -> None:
                 while (start := time.perf_counter()) < end:
-                    try:
-                        await stub.Classify(request, timeout=REQUEST_TIMEOUT_S)
-                        statuses["OK"] += 1
-                    except grpc.aio.AioRpcError as e:
-                        statuses[e.code().name] += 1
-                    latencies.append(time.perf_counter() - start)
+                    status, timed = await call(client)
+                    statuses[status] += 1
+                    if timed:
+                        latencies.append(time.perf_counter() - start)
 
             await asyncio.gather(*(worker() for _ in range(clients)))
         return latencies, statuses
@@ -176,8 +182,16 @@ def grpc_load(target: str, audio: bytes, clients: int, seconds: float) -> Load:
     cpu, wall = _self_cpu(), time.perf_counter()
     latencies, statuses = asyncio.run(main())
     wall, cpu = time.perf_counter() - wall, _self_cpu() - cpu
-    return Load("grpc.aio", clients, wall, len(latencies), statuses.get("OK", 0), dict(statuses),
-                percentiles_ms(latencies), cpu)
+    return Load(
+        name,
+        clients,
+        wall,
+        len(latencies),
+        statuses.get(ok, 0),
+        dict(statuses),
+        percentiles_ms(latencies),
+        cpu,
+    )
 
 
 # --- one measured point against a served process -------------------------------------------------
@@ -199,8 +213,15 @@ def wait_idle(base_url: str | None, timeout_s: float = 20.0) -> BatchCounters | 
     return last
 
 
-def measure_point(run: Callable[[int, float], Load], clients: int, seconds: float, warmup_s: float,
-                  *, base_url: str | None = None, server_pid: int | None = None) -> Load:
+def measure_point(
+    run: Callable[[int, float], Load],
+    clients: int,
+    seconds: float,
+    warmup_s: float,
+    *,
+    base_url: str | None = None,
+    server_pid: int | None = None,
+) -> Load:
     """Warm up, then measure; `base_url` adds the mean batch size, `server_pid` the server's CPU."""
     if warmup_s > 0:
         run(clients, warmup_s)

@@ -22,7 +22,6 @@ from pydantic import BaseModel, Field
 with bentoml.importing():
     import asyncio
 
-    import anyio
     from starlette.responses import JSONResponse, Response
 
     from serving.grpc_server import start_grpc_server
@@ -31,10 +30,11 @@ with bentoml.importing():
     from serving.page import app as page_app
     from serving.page import front_door
     from soundclassifier.audio import AudioError
-    from soundclassifier.batching import Batcher, OverloadedError
+    from soundclassifier.batching import Batcher, OverloadedError, Preparer
     from soundclassifier.classifier import Classifier
     from soundclassifier.config import ServeConfig
-    from soundclassifier.engine import select_engine
+    from soundclassifier.engine import default_threads, select_engine
+    from soundclassifier.hardware import split_cores
     from soundclassifier.predictions import Classification, Timeline
     from soundclassifier.render import spectrogram_png
     from soundclassifier.store import load_model
@@ -76,6 +76,7 @@ class ModelInfo(BaseModel):
     engines_tried: dict
     max_batch_size: int
     max_latency_ms: int
+    threads: dict[str, int] = Field(description="engine threads (wide: alone, narrow: under load) and feature threads")
     limits: dict
 
 
@@ -96,10 +97,12 @@ class SoundClassifier:
             logger.handlers = logging.getLogger("bentoml").handlers
             logger.propagate = False
         model = load_model(self.model_ref)
+        wide, narrow, feature_threads = split_cores(default_threads(), CONFIG.engine_threads, CONFIG.feature_threads)
         engine, self.engine_report = select_engine(
-            model.network, model.onnx_path, model.samples, CONFIG.engine, threads=CONFIG.engine_threads or None
+            model.network, model.onnx_path, model.samples, CONFIG.engine, threads=wide, narrow_threads=narrow
         )
         self.core = Classifier(model, engine)
+        self.prepare = Preparer(feature_threads)
         self.metrics = create_metrics(MAX_BATCH_SIZE)
         self.metrics.engine.labels(self.core.engine.name, self.core.engine.precision, self.core.tag).set(1)
         self.batcher = Batcher(
@@ -108,8 +111,10 @@ class SoundClassifier:
             max_latency_ms=MAX_LATENCY_MS,
             seconds_per_clip=1 / self.engine_report["clips_per_second"],
             on_batch=self.metrics.batch_size.observe,
+            others_busy=self.prepare.busy,
         )
-        log.info("serving %s on %s/%s", self.core.tag, self.core.engine.name, self.core.engine.precision)
+        log.info("serving %s on %s/%s (%d/%d engine threads, %d feature threads)", self.core.tag,
+                 engine.name, engine.precision, engine.threads, engine.narrow_threads, feature_threads)
 
     @bentoml.on_startup
     async def start_grpc(self) -> None:
@@ -129,13 +134,14 @@ class SoundClassifier:
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace=5)
         self.batcher.close()
+        self.prepare.close()
 
     # --- the core, as every front door uses it ---------------------------------------------------
 
     async def classify_bytes(self, source: Path | bytes, top_k: int, endpoint: str) -> Classification:
-        """Decode in a worker thread, share a forward pass through the batcher, report."""
+        """Decode on a feature thread, share a forward pass through the batcher, report."""
         try:
-            audio, x = await anyio.to_thread.run_sync(self.core.prepare, source, CONFIG.clip_limits)
+            audio, x = await self.prepare(self.core.prepare, source, CONFIG.clip_limits)
         except AudioError as e:
             self.metrics.audio_errors.labels(e.kind.value).inc()
             raise
@@ -145,9 +151,9 @@ class SoundClassifier:
         return self.core.classification(audio, probs[0], top_k)
 
     async def timeline_of(self, source: Path | bytes, hop_s: float | None, top_k: int) -> Timeline:
-        job = await anyio.to_thread.run_sync(self.core.start_timeline, source, hop_s, CONFIG.timeline_limits)
+        job = await self.prepare(self.core.start_timeline, source, hop_s, CONFIG.timeline_limits)
         chunks = job.chunks()
-        while (item := await anyio.to_thread.run_sync(next, chunks, None)) is not None:
+        while (item := await self.prepare(next, chunks, None)) is not None:
             windows, inputs = item
             job.add(windows, await self.batcher(inputs), top_k)
             self.metrics.clips.labels("timeline").inc(len(windows))
@@ -207,10 +213,10 @@ class SoundClassifier:
     async def spectrogram(self, audio: AudioFile) -> Annotated[Path, ContentType("image/png")]:
         """PNG of the log-mel spectrogram exactly as the model sees it."""
         try:
-            audio_, x = await anyio.to_thread.run_sync(self.core.prepare, audio, CONFIG.clip_limits)
+            audio_, x = await self.prepare(self.core.prepare, audio, CONFIG.clip_limits)
         except AudioError as e:
             return self._error(e)
-        png = await anyio.to_thread.run_sync(spectrogram_png, x, self.core.settings, f"{audio_.duration:.2f} s")
+        png = await self.prepare(spectrogram_png, x, self.core.settings, f"{audio_.duration:.2f} s")
         return Response(png, media_type="image/png")
 
     @bentoml.api(route="/info")
@@ -228,7 +234,9 @@ class SoundClassifier:
             engines_tried=self.engine_report.get("tried", {}),
             max_batch_size=MAX_BATCH_SIZE,
             max_latency_ms=MAX_LATENCY_MS,
-            limits=CONFIG.model_dump(exclude={"model_tag", "grpc_port", "engine", "max_batch_size", "max_latency_ms"}),
+            threads={**self.engine_report["threads"], "features": self.prepare.threads},
+            limits=CONFIG.model_dump(exclude={"model_tag", "grpc_port", "engine", "max_batch_size", "max_latency_ms",
+                                              "engine_threads", "feature_threads"}),
         )
 
     def _error(self, e: Exception) -> JSONResponse:

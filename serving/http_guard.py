@@ -7,22 +7,26 @@ turns each of those into a clear 4xx:
     413  the body exceeds the route's size limit (checked on Content-Length and while reading)
     400  the multipart body is malformed, a required file field is missing, or was sent as text
 A body that passes is replayed unchanged to BentoML. Large bodies spill to a temporary file.
+
+The check runs starlette's own multipart parser (the one BentoML runs next), so it refuses exactly
+what would make BentoML fail, but keeps only the form's shape: file contents are not copied.
+Copying them (a full `Request.form()`) cost 1.8 ms per 0.4 MB request, as much as HTTP itself.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from starlette.datastructures import Headers, UploadFile
-from starlette.requests import Request
+from starlette.formparsers import MultiPartParser
 
 Scope = dict
 Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
-CHUNK = 1 << 16
+CHUNK = 1 << 20  # large bodies are replayed from disk in pieces of this size
 SPOOL_BYTES = 8 << 20
 
 
@@ -51,18 +55,15 @@ class UploadGuard:
         if declared is not None and declared.isdigit() and int(declared) > rule.max_bytes:
             await _reject(send, 413, "too_large", _too_large(int(declared), rule.max_bytes))
             return
-        with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as body:
-            size = 0
+        with _Body() as body:
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     return
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > rule.max_bytes:
-                    await _reject(send, 413, "too_large", _too_large(size, rule.max_bytes))
+                body.write(message.get("body", b""))
+                if body.size > rule.max_bytes:
+                    await _reject(send, 413, "too_large", _too_large(body.size, rule.max_bytes))
                     return
-                body.write(chunk)
                 if not message.get("more_body", False):
                     break
             problem = await _form_problem(scope, body, rule)
@@ -72,9 +73,62 @@ class UploadGuard:
             await self.app(scope, _replay(body, then=receive), send)
 
 
+class _Body:
+    """The request body: chunks in memory up to SPOOL_BYTES, then a temporary file.
+
+    Not a SpooledTemporaryFile: its writes and reads copied every byte twice more and cost
+    ~1 ms per 0.4 MB upload here; small bodies are joined once and replayed as one message."""
+
+    def __init__(self):
+        self.size = 0
+        self.chunks: list[bytes] = []
+        self.file = None
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.file is None and self.size > SPOOL_BYTES:
+            self.file = tempfile.TemporaryFile()
+            self.file.writelines(self.chunks)
+            self.chunks = []
+        if self.file is not None:
+            self.file.write(chunk)
+        elif chunk:
+            self.chunks.append(chunk)
+
+    def pieces(self) -> Iterator[bytes]:
+        if self.file is None:
+            if len(self.chunks) > 1:
+                self.chunks = [b"".join(self.chunks)]
+            yield from self.chunks
+            return
+        self.file.seek(0)
+        while piece := self.file.read(CHUNK):
+            yield piece
+
+    def __enter__(self) -> _Body:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+class _FormShape(MultiPartParser):
+    """starlette's multipart parser, minus the copying of file contents."""
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._current_part.file is None:  # text fields: kept, and size-checked as usual
+            super().on_part_data(data, start, end)
+
+
+async def _chunks(body: _Body):
+    for piece in body.pieces():
+        yield piece
+
+
 async def _form_problem(scope: Scope, body, rule: UploadRule) -> str | None:
     try:
-        form = await Request(scope, _replay(body)).form()
+        form = await _FormShape(Headers(scope=scope), _chunks(body)).parse()
     except Exception as e:  # starlette raises HTTPException / MultiPartException / ValueError
         return f"The multipart body is malformed ({getattr(e, 'detail', None) or e})."
     try:
@@ -89,20 +143,20 @@ async def _form_problem(scope: Scope, body, rule: UploadRule) -> str | None:
         await form.close()
 
 
-def _replay(body, then: Receive | None = None) -> Receive:
+def _replay(body: _Body, then: Receive | None = None) -> Receive:
     """A `receive` that plays the buffered body, then defers to `then` (the client's own
     channel, which reports a real disconnect) or reports a disconnect itself."""
-    body.seek(0)
+    pieces = body.pieces()
+    current = next(pieces, b"")
     done = False
 
     async def receive() -> dict:
-        nonlocal done
+        nonlocal current, done
         if done:
             return await then() if then is not None else {"type": "http.disconnect"}
-        chunk = body.read(CHUNK)
-        more = len(chunk) == CHUNK
-        done = not more
-        return {"type": "http.request", "body": chunk, "more_body": more}
+        chunk, current = current, next(pieces, None)
+        done = current is None
+        return {"type": "http.request", "body": chunk, "more_body": not done}
 
     return receive
 

@@ -43,9 +43,10 @@ class Classifier:
         audio = decode(source, limits)
         return audio, self.features(audio).numpy()
 
-    def forward(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities (n, n_classes) for a stacked batch (n, 1, n_mels, frames)."""
-        return softmax(self.engine(batch)).astype(np.float32)
+    def forward(self, batch: np.ndarray, wide: bool = True) -> np.ndarray:
+        """Probabilities (n, n_classes) for a stacked batch (n, 1, n_mels, frames); `wide`: the
+        engine may use all its cores (nothing else needs them now), else its narrow width."""
+        return softmax(self.engine(batch, wide=wide)).astype(np.float32)
 
     def classification(self, audio: Audio, probs: np.ndarray, k: int) -> Classification:
         return Classification(

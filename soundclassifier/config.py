@@ -35,6 +35,10 @@ class ServeConfig(BaseModel):
     engine_threads: int = Field(
         0, ge=0, description="SOUND_ENGINE_THREADS: threads of the inference engine (0 = one per core)"
     )
+    feature_threads: int = Field(
+        0, ge=0, description="SOUND_FEATURE_THREADS: threads that decode uploads and compute features; "
+        "the engine leaves these cores free while requests wait (0 = a quarter of the cores, at least 1)"
+    )
     engine: Literal["auto", "openvino", "onnxruntime", "torch"] = Field(
         "auto", description="SOUND_ENGINE: inference engine; auto = fastest that agrees with PyTorch"
     )
@@ -50,6 +54,7 @@ class ServeConfig(BaseModel):
             "grpc_port": "SOUND_GRPC_PORT",
             "engine": "SOUND_ENGINE",
             "engine_threads": "SOUND_ENGINE_THREADS",
+            "feature_threads": "SOUND_FEATURE_THREADS",
             "max_batch_size": "SOUND_MAX_BATCH_SIZE",
             "max_latency_ms": "SOUND_MAX_LATENCY_MS",
         }

@@ -34,24 +34,28 @@ def synthetic_inputs(loaded_model, synthetic_dir) -> np.ndarray:
 
 
 def engines(model) -> list:
-    found = [OnnxRuntimeEngine(model.onnx_path), OpenVinoEngine(model.onnx_path, "fp32")]
+    """Every installed engine, as the service builds them: two threads wide, one narrow."""
+    found = [TorchEngine(model.network, 2, 1), OnnxRuntimeEngine(model.onnx_path, 2, 1),
+             OpenVinoEngine(model.onnx_path, "fp32", 2, 1)]
     if cpu_has_bf16():
-        found.append(OpenVinoEngine(model.onnx_path, "bf16"))
+        found.append(OpenVinoEngine(model.onnx_path, "bf16", 2, 1))
     return found
 
 
-def test_every_installed_engine_agrees_with_pytorch(loaded_model, synthetic_inputs):
+@pytest.mark.parametrize("wide", [True, False], ids=["wide", "narrow"])
+def test_every_installed_engine_agrees_with_pytorch(loaded_model, synthetic_inputs, wide):
     reference = softmax(TorchEngine(loaded_model.network)(synthetic_inputs))
     for engine in engines(loaded_model):
-        check = agreement(engine, reference, synthetic_inputs)
+        check = agreement(engine, reference, synthetic_inputs, wide=wide)
         assert check.top1 >= MIN_TOP1_AGREEMENT, (engine.name, engine.precision, check)
         assert check.max_prob_diff <= PROB_TOLERANCE[engine.precision], (engine.name, engine.precision, check)
 
 
-def test_engines_handle_any_batch_size(loaded_model, synthetic_inputs):
+def test_engines_handle_any_batch_size_at_either_width(loaded_model, synthetic_inputs):
     for engine in engines(loaded_model):
+        assert (engine.threads, engine.narrow_threads) == (2, 1)
         whole = engine(synthetic_inputs[:5])
-        ones = np.concatenate([engine(synthetic_inputs[i : i + 1]) for i in range(5)])
+        ones = np.concatenate([engine(synthetic_inputs[i : i + 1], wide=False) for i in range(5)])
         assert whole.shape == (5, len(loaded_model.labels))
         np.testing.assert_allclose(whole, ones, atol=1e-3 if engine.precision == "fp32" else 0.1)
 
@@ -60,7 +64,7 @@ def test_a_disagreeing_engine_is_refused(loaded_model, synthetic_inputs):
     class Broken:
         name, precision = "broken", "fp32"
 
-        def __call__(self, batch):
+        def __call__(self, batch, wide=True):
             return np.roll(TorchEngine(loaded_model.network)(batch), 1, axis=1)
 
     reference = softmax(TorchEngine(loaded_model.network)(synthetic_inputs))
@@ -71,6 +75,7 @@ def test_auto_choice_reports_what_it_tried(loaded_model):
     engine, report = select_engine(loaded_model.network, loaded_model.onnx_path, loaded_model.samples, "auto")
     assert report["chosen"] == f"{engine.name}/{engine.precision}"
     assert "torch/fp32" in report["tried"] and "onnxruntime/fp32" in report["tried"]
+    assert report["threads"] == {"wide": engine.threads, "narrow": engine.narrow_threads}
 
 
 def test_without_openvino_and_onnxruntime_serving_falls_back_to_pytorch(tiny_model_tag, loaded_model):

@@ -1,0 +1,130 @@
+"""The shared batcher and the feature thread pool, in process (the served behaviour is in
+test_service.py): batches merge concurrent requests, and the engine runs wide only when a batch
+has the machine to itself."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from soundclassifier.batching import Batcher, OverloadedError, Preparer
+from soundclassifier.hardware import split_cores
+
+
+class Recorder:
+    """A forward pass that records (batch size, wide) and takes `seconds` like a real engine."""
+
+    def __init__(self, seconds: float = 0.02):
+        self.calls: list[tuple[int, bool]] = []
+        self.seconds = seconds
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, batch: np.ndarray, wide: bool) -> np.ndarray:
+        self.release.wait(5)
+        threading.Event().wait(self.seconds)
+        self.calls.append((len(batch), wide))
+        return batch.reshape(len(batch), -1).sum(1, keepdims=True) * 2
+
+
+def item(value: float, n: int = 1) -> np.ndarray:
+    return np.full((n, 1, 2, 2), value, dtype=np.float32)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_a_lone_request_runs_wide_and_answers_its_own_input():
+    async def main():
+        forward = Recorder()
+        batcher = Batcher(forward, max_batch_size=8, max_latency_ms=5000)
+        out = await batcher(item(1.5))
+        batcher.close()
+        return forward.calls, out
+
+    calls, out = run(main())
+    assert calls == [(1, True)]
+    assert out.tolist() == [[12.0]]  # 4 elements * 1.5 * 2
+
+
+def test_queued_requests_merge_and_run_narrow_while_others_wait():
+    async def main():
+        forward = Recorder()
+        forward.release.clear()  # hold the first pass so the others queue behind it
+        batcher = Batcher(forward, max_batch_size=8, max_latency_ms=5000)
+        first = asyncio.ensure_future(batcher(item(0.0)))
+        await asyncio.sleep(0.05)
+        rest = [asyncio.ensure_future(batcher(item(float(i)))) for i in range(1, 6)]
+        await asyncio.sleep(0.05)
+        forward.release.set()
+        outs = await asyncio.gather(first, *rest)
+        batcher.close()
+        return forward.calls, outs
+
+    calls, outs = run(main())
+    assert calls[0] == (1, True)
+    assert sum(n for n, _ in calls) == 6 and len(calls) < 6, calls
+    assert [o.tolist() for o in outs] == [[[8.0 * i]] for i in range(6)]  # each its own answer
+
+
+def test_busy_feature_threads_keep_the_engine_narrow():
+    async def main():
+        forward = Recorder()
+        busy = True
+        batcher = Batcher(forward, max_batch_size=8, max_latency_ms=5000, others_busy=lambda: busy)
+        await batcher(item(1.0))
+        busy = False
+        await batcher(item(1.0))
+        batcher.close()
+        return forward.calls
+
+    assert run(main()) == [(1, False), (1, True)]
+
+
+def test_overload_is_refused_not_queued_forever():
+    async def main():
+        batcher = Batcher(Recorder(seconds=0.2), max_batch_size=1, max_latency_ms=100, seconds_per_clip=0.2)
+        results = await asyncio.gather(*(batcher(item(1.0)) for _ in range(6)), return_exceptions=True)
+        batcher.close()
+        return results
+
+    results = run(main())
+    assert any(isinstance(r, OverloadedError) for r in results)
+    assert any(isinstance(r, np.ndarray) for r in results)
+
+
+def test_preparer_counts_work_in_progress_and_waiting():
+    async def main():
+        prepare = Preparer(threads=1)
+        gate = threading.Event()
+        seen = []
+        jobs = [asyncio.ensure_future(prepare(gate.wait, 5)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        seen.append((prepare.active, prepare.busy()))
+        gate.set()
+        await asyncio.gather(*jobs)
+        seen.append((prepare.active, prepare.busy()))
+        with pytest.raises(ZeroDivisionError):  # errors reach the caller, and the count recovers
+            await prepare(lambda: 1 / 0)
+        seen.append((prepare.active, prepare.busy()))
+        prepare.close()
+        return seen
+
+    assert run(main()) == [(3, True), (0, False), (0, False)]
+
+
+@pytest.mark.parametrize(("cores", "engine", "features", "expected"), [
+    (2, 0, 0, (2, 1, 1)),
+    (1, 0, 0, (1, 1, 1)),
+    (8, 0, 0, (8, 6, 2)),
+    (16, 0, 0, (16, 12, 4)),
+    (8, 4, 0, (4, 3, 1)),
+    (64, 2, 0, (2, 1, 1)),  # a 2-CPU pod on a 64-core node
+    (8, 0, 3, (8, 5, 3)),
+])
+def test_core_split(cores, engine, features, expected):
+    assert split_cores(cores, engine, features) == expected

@@ -237,7 +237,7 @@ def resolve_model(spark, args: argparse.Namespace):
         import bentoml
 
         entry, name = bentoml.models.get(args.model), None
-    return str(entry.tag), name, FeatureSettings.model_validate(entry.info.metadata["feature_settings"])
+    return str(entry.tag), name, FeatureSettings.from_metadata(entry.info.metadata["feature_settings"])
 
 
 def job_spec(args: argparse.Namespace, tag: str, archive: str | None):

@@ -117,7 +117,7 @@ def load_model(tag: str | bentoml.Model = DEFAULT_TAG) -> LoadedModel:
     network = build_network(meta["arch"], len(labels))
     network.load_state_dict(load_file(model.path_of(WEIGHTS_FILE)))
     network.eval()
-    settings = FeatureSettings.model_validate(meta["feature_settings"])
+    settings = FeatureSettings.from_metadata(meta["feature_settings"])
     onnx_path = Path(model.path_of(ONNX_FILE))
     if not onnx_path.is_file():  # saved before ONNX export existed: export once into a cache
         cache = Path(tempfile.gettempdir()) / "sound-resnet-onnx" / str(model.tag).replace(":", "-")

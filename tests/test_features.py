@@ -262,3 +262,37 @@ def test_training_and_serving_compute_identical_inputs(make, tmp_path, tiny_mode
     assert tuple(training_x.shape) == settings.input_shape
     assert training_x.dtype == torch.float32
     assert torch.equal(training_x, torch.from_numpy(serving_x))
+
+
+# --- resampling ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rate", [44100, 48000, 16000, 8000])
+@pytest.mark.parametrize("resampler", ["soxr_hq", "torchaudio_sinc"])
+def test_resampling_keeps_a_tone_and_removes_what_lies_above_the_new_nyquist(rate, resampler):
+    features = Features(FeatureSettings(resampler=resampler))
+    t = np.arange(rate) / rate
+    tone = np.sin(2 * np.pi * 1000.0 * t)
+    above = np.sin(2 * np.pi * 15000.0 * t) if rate > 30000 else 0 * t  # above 11.025 kHz
+    wave = features.waveform(mono((0.5 * tone + 0.5 * above).astype(np.float32), rate)).numpy()
+    assert abs(len(wave) - 22050) <= 1
+    spectrum = np.abs(np.fft.rfft(wave[2000:-2000] * np.hanning(len(wave) - 4000)))
+    freqs = np.fft.rfftfreq(len(wave) - 4000, 1 / 22050)
+    assert abs(freqs[np.argmax(spectrum)] - 1000.0) < 5.0
+    # the 15 kHz tone would alias to 7.05 kHz: it must be filtered out, not folded back
+    alias = spectrum[np.abs(freqs - 7050.0) < 20].max()
+    assert alias < 1e-2 * spectrum.max()
+
+
+def test_models_saved_before_the_resampler_setting_keep_torchaudios_sinc():
+    stored = SETTINGS.model_dump()
+    del stored["resampler"]
+    assert FeatureSettings.from_metadata(stored).resampler == "torchaudio_sinc"
+    assert FeatureSettings.from_metadata(SETTINGS.model_dump()) == SETTINGS
+    audio = mono(np.random.default_rng(0).standard_normal(44100).astype(np.float32), 44100)
+    legacy = Features(FeatureSettings.from_metadata(stored)).waveform(audio)
+    assert torch.equal(legacy, torchaudio.functional.resample(torch.from_numpy(audio.samples).mean(0), 2, 1))
+
+
+def test_default_resampler_is_soxr():
+    assert SETTINGS.resampler == "soxr_hq"

@@ -76,7 +76,7 @@ class ModelInfo(BaseModel):
     engines_tried: dict
     max_batch_size: int
     max_latency_ms: int
-    threads: dict[str, int] = Field(description="engine threads (wide: alone, narrow: under load) and feature threads")
+    threads: dict[str, int] = Field(description="threads of the engine and of the feature step")
     limits: dict
 
 
@@ -97,9 +97,9 @@ class SoundClassifier:
             logger.handlers = logging.getLogger("bentoml").handlers
             logger.propagate = False
         model = load_model(self.model_ref)
-        wide, narrow, feature_threads = split_cores(default_threads(), CONFIG.engine_threads, CONFIG.feature_threads)
+        engine_threads, feature_threads = split_cores(default_threads(), CONFIG.engine_threads, CONFIG.feature_threads)
         engine, self.engine_report = select_engine(
-            model.network, model.onnx_path, model.samples, CONFIG.engine, threads=wide, narrow_threads=narrow
+            model.network, model.onnx_path, model.samples, CONFIG.engine, threads=engine_threads
         )
         self.core = Classifier(model, engine)
         self.prepare = Preparer(feature_threads)
@@ -113,8 +113,8 @@ class SoundClassifier:
             on_batch=self.metrics.batch_size.observe,
             others_busy=self.prepare.busy,
         )
-        log.info("serving %s on %s/%s (%d/%d engine threads, %d feature threads)", self.core.tag,
-                 engine.name, engine.precision, engine.threads, engine.narrow_threads, feature_threads)
+        log.info("serving %s on %s/%s (%d engine threads, %d feature threads)", self.core.tag,
+                 engine.name, engine.precision, engine.threads, feature_threads)
 
     @bentoml.on_startup
     async def start_grpc(self) -> None:
@@ -234,7 +234,7 @@ class SoundClassifier:
             engines_tried=self.engine_report.get("tried", {}),
             max_batch_size=MAX_BATCH_SIZE,
             max_latency_ms=MAX_LATENCY_MS,
-            threads={**self.engine_report["threads"], "features": self.prepare.threads},
+            threads={"engine": self.core.engine.threads, "features": self.prepare.threads},
             limits=CONFIG.model_dump(exclude={"model_tag", "grpc_port", "engine", "max_batch_size", "max_latency_ms",
                                               "engine_threads", "feature_threads"}),
         )

@@ -20,8 +20,9 @@ it was busy forms the next batch: batches grow with load and an idle server answ
 
 CPU budget: decoding and features run on `Preparer`'s few threads (not one thread per request:
 40 request threads doing torch work beside the engine cost 22 core-ms per request here, 19 with
-two). A batch runs on the engine's wide width only when nothing else is queued or being prepared,
-otherwise on its narrow width, so the engine never competes with the feature threads for a core.
+two). A batch runs wide (one engine call on every core) only when nothing else is queued or
+being prepared; otherwise the engine runs it as single-threaded streams (soundclassifier.engine),
+which share the cores with the feature threads without waiting on each other.
 """
 
 from __future__ import annotations

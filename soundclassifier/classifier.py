@@ -44,8 +44,8 @@ class Classifier:
         return audio, self.features(audio).numpy()
 
     def forward(self, batch: np.ndarray, wide: bool = True) -> np.ndarray:
-        """Probabilities (n, n_classes) for a stacked batch (n, 1, n_mels, frames); `wide`: the
-        engine may use all its cores (nothing else needs them now), else its narrow width."""
+        """Probabilities (n, n_classes) for a stacked batch (n, 1, n_mels, frames); `wide`: one
+        engine call on all its threads (nothing else needs the cores now), else shared streams."""
         return softmax(self.engine(batch, wide=wide)).astype(np.float32)
 
     def classification(self, audio: Audio, probs: np.ndarray, k: int) -> Classification:

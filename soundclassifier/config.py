@@ -36,8 +36,8 @@ class ServeConfig(BaseModel):
         0, ge=0, description="SOUND_ENGINE_THREADS: threads of the inference engine (0 = one per core)"
     )
     feature_threads: int = Field(
-        0, ge=0, description="SOUND_FEATURE_THREADS: threads that decode uploads and compute features; "
-        "the engine leaves these cores free while requests wait (0 = a quarter of the cores, at least 1)"
+        0, ge=0, description="SOUND_FEATURE_THREADS: threads that decode uploads and compute features "
+        "(0 = a quarter of the engine's threads, at least 1)"
     )
     engine: Literal["auto", "openvino", "onnxruntime", "torch"] = Field(
         "auto", description="SOUND_ENGINE: inference engine; auto = fastest that agrees with PyTorch"

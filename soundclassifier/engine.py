@@ -9,19 +9,21 @@ fastest (preferring OpenVINO, then ONNX Runtime, then PyTorch unless another is 
 log line if it disagrees or is missing). Precision: fp32, plus OpenVINO bf16 where the CPU has
 native bf16 (AVX512_BF16 / AMX).
 
-Width: every engine runs at two thread counts. `wide` (all its cores) is for a batch that has the
-machine to itself, such as a lone request; `narrow` leaves `threads - narrow_threads` cores to the
-request path (decoding, features, HTTP) while other requests are being prepared. A 2-thread
-engine beside a busy feature thread on 2 cores has each parallel step wait for whichever of its
-threads was preempted; narrowed, the two kinds of work share the cores without waiting on each
-other (measured in `make bench`; see the README's performance section).
+Width: every engine runs a batch in one of two ways. `wide`: one call on all its threads, for a
+batch that has the machine to itself (a lone request: lowest latency). Otherwise `shared`: the
+batch is cut into one part per thread and each part runs single-threaded at the same time (see
+`_Streams`), so the engine can share cores with the feature threads and HTTP without its threads
+waiting on each other whenever one is preempted.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -46,8 +48,8 @@ log = logging.getLogger(__name__)
 class Engine(Protocol):
     name: str
     precision: str
-    threads: int  # wide
-    narrow_threads: int
+    threads: int  # wide: one call on this many threads
+    streams: int  # shared: this many single-threaded calls on parts of the batch
 
     def __call__(self, batch: np.ndarray, wide: bool = True) -> np.ndarray: ...
 
@@ -56,9 +58,23 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _widths(threads: int | None, narrow_threads: int | None) -> tuple[int, int]:
-    wide = threads or default_threads()
-    return wide, min(wide, narrow_threads or wide)
+class _Streams:
+    """Run a batch as up to `n` parts at once, each part on a single-threaded runner.
+
+    Single-threaded parts have no barrier to wait at, so when the feature threads take a core for
+    a while only that part slows down: here, under a busy feature thread, OpenVINO bf16 ran 96
+    clips/s as one 2-thread call, 120 on one thread, 148 as two 1-thread streams (221 alone).
+    The native code releases the GIL, so the parts run in parallel from Python threads."""
+
+    def __init__(self, runners: list[Callable[[np.ndarray], np.ndarray]], name: str):
+        self.runners = runners
+        self.pool = ThreadPoolExecutor(len(runners), thread_name_prefix=f"{name}-stream") if len(runners) > 1 else None
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        parts = [p for p in np.array_split(batch, len(self.runners)) if len(p)]
+        if len(parts) == 1:
+            return self.runners[0](parts[0])
+        return np.concatenate(list(self.pool.map(lambda run, part: run(part), self.runners, parts)))
 
 
 class TorchEngine:
@@ -67,25 +83,29 @@ class TorchEngine:
     name = "torch"
     precision = "fp32"
 
-    def __init__(self, network: nn.Module, threads: int | None = None, narrow_threads: int | None = None):
+    def __init__(self, network: nn.Module, threads: int | None = None):
         self.network = network.eval()
-        self.threads, self.narrow_threads = _widths(threads, narrow_threads)
+        self.threads = self.streams = threads or default_threads()
+        self._shared = _Streams([functools.partial(self._run, threads=1)] * self.streams, self.name)
 
-    def __call__(self, batch: np.ndarray, wide: bool = True) -> np.ndarray:
+    def _run(self, batch: np.ndarray, threads: int) -> np.ndarray:
         # The setting is per calling thread (OpenMP), so it can change from call to call.
-        torch.set_num_threads(self.threads if wide else self.narrow_threads)
+        torch.set_num_threads(threads)
         with torch.inference_mode():
             return self.network(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).numpy()
+
+    def __call__(self, batch: np.ndarray, wide: bool = True) -> np.ndarray:
+        return self._run(batch, self.threads) if wide else self._shared(batch)
 
 
 class OnnxRuntimeEngine:
     name = "onnxruntime"
     precision = "fp32"
 
-    def __init__(self, onnx_path: Path, threads: int | None = None, narrow_threads: int | None = None):
+    def __init__(self, onnx_path: Path, threads: int | None = None):
         import onnxruntime as ort
 
-        self.threads, self.narrow_threads = _widths(threads, narrow_threads)
+        self.threads = self.streams = threads or default_threads()
 
         def session(n: int) -> ort.InferenceSession:
             opts = ort.SessionOptions()
@@ -94,43 +114,49 @@ class OnnxRuntimeEngine:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
 
-        # A session's thread pool is fixed when it is created: one session per width.
-        self.sessions = {n: session(n) for n in {self.threads, self.narrow_threads}}
+        # A session's thread pool is fixed when it is created; a session may run several calls at once.
+        self.wide = session(self.threads)
+        single = session(1) if self.threads > 1 else self.wide
+        self._shared = _Streams([functools.partial(self._run, single)] * self.streams, self.name)
+
+    @staticmethod
+    def _run(session, batch: np.ndarray) -> np.ndarray:
+        return session.run(None, {"x": np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
     def __call__(self, batch: np.ndarray, wide: bool = True) -> np.ndarray:
-        session = self.sessions[self.threads if wide else self.narrow_threads]
-        return session.run(None, {"x": np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        return self._run(self.wide, batch) if wide else self._shared(batch)
 
 
 class OpenVinoEngine:
     name = "openvino"
 
-    def __init__(
-        self, onnx_path: Path, precision: str = "fp32", threads: int | None = None, narrow_threads: int | None = None
-    ):
+    def __init__(self, onnx_path: Path, precision: str = "fp32", threads: int | None = None):
         import openvino as ov
 
         self.precision = precision
-        self.threads, self.narrow_threads = _widths(threads, narrow_threads)
+        self.threads = self.streams = threads or default_threads()
         core = ov.Core()
         graph = core.read_model(str(onnx_path))
+        hint = "bf16" if precision == "bf16" else "f32"
+        # The thread count is fixed at compile time: one model compiled for latency (one stream on
+        # every thread), one for throughput (one single-threaded stream per thread).
+        self.wide = core.compile_model(
+            graph, "CPU", {"INFERENCE_NUM_THREADS": self.threads, "INFERENCE_PRECISION_HINT": hint,
+                           "PERFORMANCE_HINT": "LATENCY"})
+        self._wide_request = self.wide.create_infer_request()
+        shared = core.compile_model(
+            graph, "CPU", {"INFERENCE_NUM_THREADS": self.streams, "NUM_STREAMS": self.streams,
+                           "INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "THROUGHPUT"})
+        requests = [shared.create_infer_request() for _ in range(self.streams)]
+        self._shared = _Streams([functools.partial(self._run, r) for r in requests], self.name)
 
-        def compiled(n: int):
-            config = {
-                "INFERENCE_NUM_THREADS": n,
-                "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-                "PERFORMANCE_HINT": "LATENCY",  # one stream: batches come one at a time from the batcher
-            }
-            model = core.compile_model(graph, "CPU", config)
-            return model, model.create_infer_request()
-
-        # The thread count is fixed at compile time: one compiled model per width.
-        self.compiled = {n: compiled(n) for n in {self.threads, self.narrow_threads}}
+    @staticmethod
+    def _run(request, batch: np.ndarray) -> np.ndarray:
+        out = request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        return np.asarray(next(iter(out.values())), dtype=np.float32)
 
     def __call__(self, batch: np.ndarray, wide: bool = True) -> np.ndarray:
-        model, request = self.compiled[self.threads if wide else self.narrow_threads]
-        out = request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
-        return np.asarray(out[model.output(0)], dtype=np.float32)
+        return self._run(self._wide_request, batch) if wide else self._shared(batch)
 
 
 def export_onnx(network: nn.Module, input_shape: tuple[int, ...], path: Path) -> Path:
@@ -166,15 +192,15 @@ def agreement(engine: Engine, reference: np.ndarray, inputs: np.ndarray, wide: b
     return Agreement(top1=top1, max_prob_diff=diff, ok=ok)
 
 
-def candidates(onnx_path: Path, choice: str, threads: int, narrow: int) -> list[tuple[str, callable]]:
+def candidates(onnx_path: Path, choice: str, threads: int) -> list[tuple[str, callable]]:
     """(label, constructor) for every engine worth trying under `choice`, fastest kinds first."""
     found: list[tuple[str, callable]] = []
     if choice in ("auto", "openvino"):
         if cpu_has_bf16():
-            found.append(("openvino/bf16", lambda: OpenVinoEngine(onnx_path, "bf16", threads, narrow)))
-        found.append(("openvino/fp32", lambda: OpenVinoEngine(onnx_path, "fp32", threads, narrow)))
+            found.append(("openvino/bf16", lambda: OpenVinoEngine(onnx_path, "bf16", threads)))
+        found.append(("openvino/fp32", lambda: OpenVinoEngine(onnx_path, "fp32", threads)))
     if choice in ("auto", "onnxruntime"):
-        found.append(("onnxruntime/fp32", lambda: OnnxRuntimeEngine(onnx_path, threads, narrow)))
+        found.append(("onnxruntime/fp32", lambda: OnnxRuntimeEngine(onnx_path, threads)))
     return found
 
 
@@ -189,23 +215,20 @@ def clips_per_second(engine: Engine, inputs: np.ndarray, repeats: int = 3) -> fl
 def select_engine(
     network: nn.Module, onnx_path: Path | None, samples: np.ndarray, choice: str = "auto",
     threads: int | None = None,
-    narrow_threads: int | None = None,
 ) -> tuple[Engine, dict]:
     """The engine to serve with, and a report of what was tried (for /info and the log).
-
-    `threads` is the engine's wide width (default: every core), `narrow_threads` its width while
-    the request path needs cores too (default: the same, i.e. no narrowing)."""
-    threads, narrow = _widths(threads, narrow_threads)
-    reference_engine = TorchEngine(network, threads, narrow)
+    `threads`: the engine's threads (default: every core)."""
+    threads = threads or default_threads()
+    reference_engine = TorchEngine(network, threads)
     if choice == "torch" or onnx_path is None:
         speed = clips_per_second(reference_engine, samples[:16])
         reason = "requested" if choice == "torch" else "no ONNX graph"
         return reference_engine, {"chosen": "torch/fp32", "reason": reason, "clips_per_second": speed,
-                                  "threads": {"wide": threads, "narrow": narrow}}
+                                  "threads": threads}
     reference = softmax(reference_engine(samples))
     report: dict = {"tried": {}}
     agreeing: list[tuple[float, str, Engine]] = []
-    for label, make in candidates(onnx_path, choice, threads, narrow):
+    for label, make in candidates(onnx_path, choice, threads):
         try:
             engine = make()
         except ImportError as e:
@@ -214,7 +237,7 @@ def select_engine(
         except Exception as e:  # noqa: BLE001 - an engine that cannot compile is skipped, not fatal
             report["tried"][label] = f"failed to load: {e}"
             continue
-        # Both widths are checked: a different thread count may split the work differently.
+        # Both ways of running are checked: other thread counts may split the arithmetic differently.
         check = min((agreement(engine, reference, samples, wide) for wide in (True, False)),
                     key=lambda c: (c.ok, c.top1, -c.max_prob_diff))
         if not check.ok:
@@ -236,6 +259,6 @@ def select_engine(
     speed, label, engine = next(t for t in agreeing if t[0] >= best / SPEED_MARGIN)
     report["chosen"] = label
     report["clips_per_second"] = speed
-    report["threads"] = {"wide": engine.threads, "narrow": engine.narrow_threads}
+    report["threads"] = engine.threads
     log.info("engine %s (%.0f clips/s); tried %s", label, speed, report["tried"])
     return engine, report

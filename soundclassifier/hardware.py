@@ -44,15 +44,15 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def split_cores(cores: int, engine_threads: int = 0, feature_threads: int = 0) -> tuple[int, int, int]:
-    """(engine wide, engine narrow, feature threads) for a process that owns `cores` cores.
+def split_cores(cores: int, engine_threads: int = 0, feature_threads: int = 0) -> tuple[int, int]:
+    """(engine threads, feature threads) for a process that owns `cores` cores.
 
-    Per clip, the request path (decode, resample, log-mel, HTTP) costs about half what the network
-    costs on the fastest engine here (about 4-6 vs 8 core-ms on 2 cores with OpenVINO bf16), so by
-    default a quarter of the cores (at least one) prepare clips and, under load, the engine keeps
-    the rest; a lone request still gets every core. 0 means "choose". With `engine_threads` set
-    (a container's CPU quota, say), the split is taken from it rather than from the visible cores.
+    The engine gets every core (one call on all of them for a lone request, one single-threaded
+    stream per core under load). Per clip the request path (decode, resample, log-mel) costs about
+    a third of what the network costs on the fastest engine here (about 2.7 vs 8 core-ms on 2
+    cores with OpenVINO bf16), so a quarter of the cores (at least one) prepare clips and the
+    operating system shares the cores between the two. 0 means "choose". With `engine_threads`
+    set (a container's CPU quota, say), the split is taken from it rather than the visible cores.
     """
-    wide = engine_threads or cores
-    features = feature_threads or max(1, wide // 4)
-    return wide, max(1, wide - features), features
+    engine = engine_threads or cores
+    return engine, feature_threads or max(1, engine // 4)

@@ -118,13 +118,13 @@ def test_preparer_counts_work_in_progress_and_waiting():
 
 
 @pytest.mark.parametrize(("cores", "engine", "features", "expected"), [
-    (2, 0, 0, (2, 1, 1)),
-    (1, 0, 0, (1, 1, 1)),
-    (8, 0, 0, (8, 6, 2)),
-    (16, 0, 0, (16, 12, 4)),
-    (8, 4, 0, (4, 3, 1)),
-    (64, 2, 0, (2, 1, 1)),  # a 2-CPU pod on a 64-core node
-    (8, 0, 3, (8, 5, 3)),
+    (2, 0, 0, (2, 1)),
+    (1, 0, 0, (1, 1)),
+    (8, 0, 0, (8, 2)),
+    (16, 0, 0, (16, 4)),
+    (8, 4, 0, (4, 1)),
+    (64, 2, 0, (2, 1)),  # a 2-CPU pod on a 64-core node
+    (8, 0, 3, (8, 3)),
 ])
 def test_core_split(cores, engine, features, expected):
     assert split_cores(cores, engine, features) == expected

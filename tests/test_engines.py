@@ -34,15 +34,15 @@ def synthetic_inputs(loaded_model, synthetic_dir) -> np.ndarray:
 
 
 def engines(model) -> list:
-    """Every installed engine, as the service builds them: two threads wide, one narrow."""
-    found = [TorchEngine(model.network, 2, 1), OnnxRuntimeEngine(model.onnx_path, 2, 1),
-             OpenVinoEngine(model.onnx_path, "fp32", 2, 1)]
+    """Every installed engine, as the service builds them: two threads (wide), or two streams."""
+    found = [TorchEngine(model.network, 2), OnnxRuntimeEngine(model.onnx_path, 2),
+             OpenVinoEngine(model.onnx_path, "fp32", 2)]
     if cpu_has_bf16():
-        found.append(OpenVinoEngine(model.onnx_path, "bf16", 2, 1))
+        found.append(OpenVinoEngine(model.onnx_path, "bf16", 2))
     return found
 
 
-@pytest.mark.parametrize("wide", [True, False], ids=["wide", "narrow"])
+@pytest.mark.parametrize("wide", [True, False], ids=["wide", "streams"])
 def test_every_installed_engine_agrees_with_pytorch(loaded_model, synthetic_inputs, wide):
     reference = softmax(TorchEngine(loaded_model.network)(synthetic_inputs))
     for engine in engines(loaded_model):
@@ -51,13 +51,16 @@ def test_every_installed_engine_agrees_with_pytorch(loaded_model, synthetic_inpu
         assert check.max_prob_diff <= PROB_TOLERANCE[engine.precision], (engine.name, engine.precision, check)
 
 
-def test_engines_handle_any_batch_size_at_either_width(loaded_model, synthetic_inputs):
+def test_engines_handle_any_batch_size_either_way(loaded_model, synthetic_inputs):
     for engine in engines(loaded_model):
-        assert (engine.threads, engine.narrow_threads) == (2, 1)
+        assert (engine.threads, engine.streams) == (2, 2)
         whole = engine(synthetic_inputs[:5])
         ones = np.concatenate([engine(synthetic_inputs[i : i + 1], wide=False) for i in range(5)])
-        assert whole.shape == (5, len(loaded_model.labels))
-        np.testing.assert_allclose(whole, ones, atol=1e-3 if engine.precision == "fp32" else 0.1)
+        split = engine(synthetic_inputs[:5], wide=False)  # parts of 3 and 2 on two streams, in order
+        assert whole.shape == split.shape == (5, len(loaded_model.labels))
+        atol = 1e-3 if engine.precision == "fp32" else 0.1
+        np.testing.assert_allclose(whole, ones, atol=atol)
+        np.testing.assert_allclose(split, whole, atol=atol)
 
 
 def test_a_disagreeing_engine_is_refused(loaded_model, synthetic_inputs):
@@ -75,7 +78,7 @@ def test_auto_choice_reports_what_it_tried(loaded_model):
     engine, report = select_engine(loaded_model.network, loaded_model.onnx_path, loaded_model.samples, "auto")
     assert report["chosen"] == f"{engine.name}/{engine.precision}"
     assert "torch/fp32" in report["tried"] and "onnxruntime/fp32" in report["tried"]
-    assert report["threads"] == {"wide": engine.threads, "narrow": engine.narrow_threads}
+    assert report["threads"] == engine.threads
 
 
 def test_without_openvino_and_onnxruntime_serving_falls_back_to_pytorch(tiny_model_tag, loaded_model):

@@ -99,6 +99,7 @@ class Batcher:
         self.max_latency_ms = max_latency_ms
         self.on_batch = on_batch
         self.others_busy = others_busy
+        self.running = 0  # forward passes in progress (0 or 1)
         # One forward pass at a time (the dispatcher guarantees it too); the engine itself uses
         # all the cores it was given, so more threads here would only fight over them.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
@@ -122,10 +123,18 @@ class Batcher:
         # Wide only when this batch has the machine to itself: nothing queued, nothing being prepared.
         wide = not self._dispatcher._queue and not self.others_busy()
         loop = asyncio.get_running_loop()
-        out = await loop.run_in_executor(self._executor, self.forward, batch, wide)
+        self.running += 1
+        try:
+            out = await loop.run_in_executor(self._executor, self.forward, batch, wide)
+        finally:
+            self.running -= 1
         if self.on_batch is not None:
             self.on_batch(len(batch))
         return np.split(out, np.cumsum(sizes)[:-1])
+
+    def idle(self) -> bool:
+        """Nothing queued and no forward pass running."""
+        return not self.running and not self._dispatcher._queue
 
     async def __call__(self, inputs: np.ndarray) -> np.ndarray:
         """Outputs for `inputs` (n, ...) computed in shared forward passes; may raise OverloadedError."""

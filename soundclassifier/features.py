@@ -155,9 +155,10 @@ class Features:
         # A constant image (digital silence) becomes all zeros rather than NaN.
         return ((db - db.mean()) / (db.std() + 1e-5)).float()
 
-    def __call__(self, audio: Audio) -> torch.Tensor:
-        """Decoded audio -> model input of shape (1, n_mels, frames), computed single-threaded."""
-        with torch_threads(1):
+    def __call__(self, audio: Audio, threads: int = 1) -> torch.Tensor:
+        """Decoded audio -> model input of shape (1, n_mels, frames), on `threads` threads (one
+        unless the caller knows the cores are otherwise idle)."""
+        with torch_threads(threads):
             return self.spectrogram(self.fit_window(self.waveform(audio)))
 
 

@@ -71,7 +71,25 @@ def test_queued_requests_merge_and_run_narrow_while_others_wait():
     assert [o.tolist() for o in outs] == [[[8.0 * i]] for i in range(6)]  # each its own answer
 
 
-def test_busy_feature_threads_keep_the_engine_narrow():
+def test_idle_means_nothing_queued_and_nothing_running():
+    async def main():
+        forward = Recorder()
+        forward.release.clear()
+        batcher = Batcher(forward, max_batch_size=8, max_latency_ms=5000)
+        seen = [batcher.idle()]
+        job = asyncio.ensure_future(batcher(item(1.0)))
+        await asyncio.sleep(0.05)
+        seen.append(batcher.idle())  # running
+        forward.release.set()
+        await job
+        seen.append(batcher.idle())
+        batcher.close()
+        return seen
+
+    assert run(main()) == [True, False, True]
+
+
+def test_busy_feature_threads_keep_the_engine_off_the_wide_call():
     async def main():
         forward = Recorder()
         busy = True

@@ -1,4 +1,5 @@
-"""In-process ceilings: the network alone on each installed engine, and the per-clip feature cost.
+"""In-process ceilings: the network alone on each installed engine, the per-clip feature cost, and
+how the served engine shares the cores with the feature step.
 
 Both go through exactly what serving uses: `soundclassifier.store.load_model` and the engine classes
 of `soundclassifier.engine` (the network), and `Classifier.prepare` (decode + resample + log-mel).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+import threading
 import time
 from collections.abc import Callable
 
@@ -120,4 +122,47 @@ def features(model: LoadedModel, repeats: int) -> dict:
         log.info("  %-5s %7d bytes: decode %6.1f ms + resample/log-mel %6.1f ms = %6.1f ms",
                  fmt, len(data), d, results[fmt]["features_ms"], p)
     results["clip"] = {"seconds": CLIP_SECONDS, "sample_rate": CLIP_RATE, "channels": 1}
+    return results
+
+
+def sharing(model: LoadedModel, engine_label: str, seconds: float, batch: int = 16,
+            threads: int | None = None) -> dict:
+    """How one engine shares the cores with the feature step: clips/s of the engine (batches of
+    `batch`, run wide or as streams) alone, and with one thread computing features beside it
+    (the served situation under load), plus the features' own clips/s in that second case."""
+    make = engines(model, threads)[engine_label]
+    if isinstance(make, str):
+        return {"skipped": make}
+    engine = make()
+    core = Classifier(model, engine)
+    data = clip_file("WAV")
+    x = inputs(model, batch)
+    results: dict = {"engine": engine_label, "batch": batch, "threads": engine.threads, "stream_count": engine.streams}
+    for mode, wide in (("wide", True), ("streams", False)):
+        for beside in (False, True):
+            stop = threading.Event()
+            prepared = [0]
+
+            def prepare_loop(stop: threading.Event = stop, prepared: list[int] = prepared) -> None:
+                while not stop.is_set():
+                    core.prepare(data)
+                    prepared[0] += 1
+
+            helper = threading.Thread(target=prepare_loop, daemon=True) if beside else None
+            engine(x, wide=wide)
+            if helper:
+                helper.start()
+            start, clips = time.perf_counter(), 0
+            while time.perf_counter() - start < seconds:
+                engine(x, wide=wide)
+                clips += batch
+            elapsed = time.perf_counter() - start
+            stop.set()
+            if helper:
+                helper.join()
+            key = f"{mode}_beside_features" if beside else mode
+            results[key] = {"engine_clips_per_s": clips / elapsed,
+                            "features_clips_per_s": prepared[0] / elapsed if beside else None}
+            log.info("  %-8s %-15s engine %6.1f clips/s%s", mode, "beside features" if beside else "alone",
+                     clips / elapsed, f", features {prepared[0] / elapsed:6.1f} clips/s" if beside else "")
     return results

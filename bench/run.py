@@ -8,13 +8,16 @@
 Stages, in order, each measured in this one run so ratios compare like with like:
     raw       clips/s and latency per batch size (1..32) for every installed engine, in process,
               through soundclassifier.store.load_model and soundclassifier.engine (the ceiling)
-    features  decode + resample + log-mel per 5-second clip, per format (Classifier.prepare)
+    features  decode + resample + log-mel per 5-second clip, per format (Classifier.prepare), and
+              the served engine wide or as streams, alone and beside a busy feature thread
     http      a real `bentoml serve` with adaptive batching (the default), at 1/8/32/64 clients (wrk)
     grpc      the same server over gRPC (grpc.aio clients, Classify)
     soak      64 clients mixing good and bad files on that server (bench/soak.py), every answer checked
     nobatch   a second server with SOUND_MAX_BATCH_SIZE=1: the naive baseline
     torch     a third server with SOUND_ENGINE=torch: the PyTorch eager peer
     litserve  the same model and features under LitServe's batching (only if litserve is installed)
+    interleaved  the issue-9 ratios at 32 clients: the service, the service on PyTorch and LitServe
+              up together and loaded in turn for several rounds (medians), so drift cannot bias them
 Mean batch sizes come from the server's /metrics around each measured window. Results go to
 OUT/bench-<time>.{json,md,png} and OUT/latest.{json,md,png}; the Markdown is also printed.
 Exit status 1 if a stage failed or the soak saw an error; missed targets are reported, not fatal.
@@ -23,15 +26,18 @@ Exit status 1 if a stage failed or the soak saw an error; missed targets are rep
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import importlib.util
 import logging
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -47,7 +53,7 @@ from soundclassifier.config import ServeConfig
 from soundclassifier.hardware import cpu_has_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("raw", "features", "http", "grpc", "soak", "nobatch", "torch", "litserve", "spark")
+STAGES = ("raw", "features", "http", "grpc", "soak", "nobatch", "torch", "litserve", "interleaved", "spark")
 SERVER_START_TIMEOUT_S = 300.0
 
 log = logging.getLogger("bench")
@@ -67,12 +73,14 @@ class Plan:
     soak_seconds: float = 60.0
     soak_clients: int = 64
     litserve: bool = True  # the LitServe peer (its start-up alone takes ~20 s)
+    rounds: int = 4  # of the interleaved comparison
     spark_files: int = 400  # clips classified by the Spark job on local[2]
 
 
 FULL = Plan()
 QUICK = Plan(raw_seconds=0.2, feature_repeats=5, peer_clients=(1, 32), point_seconds=2.0, warmup_seconds=0.5,
-             soak_seconds=5.0, litserve=False, spark_files=48)
+             soak_seconds=5.0, litserve=False, spark_files=48, rounds=1)
+PEER_CLIENTS = 32  # where the issue-9 ratios are taken
 
 
 def resolve_tag(tag: str) -> str:
@@ -145,20 +153,19 @@ def served_sweep(tag: str, name: str, env: dict[str, str], plan: Plan, body: tup
         (out / f"server-{name}.log").write_text(server.log())
 
 
-def litserve_sweep(tag: str, plan: Plan, body: tuple[bytes, str], results: dict) -> None:
+def have_litserve() -> bool:
+    return importlib.util.find_spec("litserve") is not None and importlib.util.find_spec("multipart") is not None
+
+
+@contextlib.contextmanager
+def litserve_peer(tag: str, out: Path) -> Iterator[tuple[str, int]]:
+    """The LitServe peer up on a free port: (predict URL, pid), stopped on exit."""
     from tests.server import free_port
 
-    if importlib.util.find_spec("litserve") is None or importlib.util.find_spec("multipart") is None:
-        results["served"]["litserve"] = {"skipped": "litserve not installed (pip install litserve==0.2.19 python-multipart)"}
-        log.info("litserve: not installed, skipped")
-        return
     port = free_port()
-    log.info("served: litserve peer on :%d", port)
-    entry: dict = {"engine": "select_engine (as the service)", "max_batch_size": 32}
-    results["served"]["litserve"] = entry
     command = [sys.executable, "-m", "bench.litserve_peer", "--model", tag, "--port", str(port), "--max-batch-size", "32"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    with open(Path(results["meta"]["out"]) / "server-litserve.log", "wb") as log_file:
+    with open(out / "server-litserve.log", "wb") as log_file:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:
@@ -172,12 +179,8 @@ def litserve_sweep(tag: str, plan: Plan, body: tuple[bytes, str], results: dict)
             time.sleep(0.5)
         else:
             raise RuntimeError(f"the LitServe peer did not come up (exit {proc.poll()}); see server-litserve.log")
-        http = partial(loads.http_load, f"http://127.0.0.1:{port}/predict", *body)
-        entry["http"] = [loads.measure_point(http, c, plan.point_seconds, plan.warmup_seconds, server_pid=proc.pid).as_dict()
-                         for c in plan.peer_clients]
-    except Exception as e:  # noqa: BLE001
-        entry["failed"] = f"{type(e).__name__}: {e}"
-        log.exception("  litserve failed")
+        log.info("  litserve peer up on :%d", port)
+        yield f"http://127.0.0.1:{port}/predict", proc.pid
     finally:
         os.killpg(proc.pid, 2)  # its own process group (start_new_session): the server and its workers
         try:
@@ -185,6 +188,61 @@ def litserve_sweep(tag: str, plan: Plan, body: tuple[bytes, str], results: dict)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
             proc.wait()
+
+
+def litserve_sweep(tag: str, plan: Plan, body: tuple[bytes, str], results: dict) -> None:
+    if not have_litserve():
+        results["served"]["litserve"] = {"skipped": "litserve not installed (pip install litserve==0.2.19 python-multipart)"}
+        log.info("litserve: not installed, skipped")
+        return
+    log.info("served: litserve peer")
+    entry: dict = {"engine": "select_engine (as the service)", "max_batch_size": 32}
+    results["served"]["litserve"] = entry
+    try:
+        with litserve_peer(tag, Path(results["meta"]["out"])) as (url, pid):
+            http = partial(loads.http_load, url, *body)
+            entry["http"] = [loads.measure_point(http, c, plan.point_seconds, plan.warmup_seconds, server_pid=pid).as_dict()
+                             for c in plan.peer_clients]
+    except Exception as e:  # noqa: BLE001
+        entry["failed"] = f"{type(e).__name__}: {e}"
+        log.exception("  litserve failed")
+
+
+def interleaved(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, results: dict) -> None:
+    """The issue-9 ratios at PEER_CLIENTS clients, with the service, the service on PyTorch and the
+    LitServe peer all up at once and loaded in turn, round after round. Sequential stages let the
+    machine's drift into the ratios (here its speed moved by 15% within minutes); in turn, each
+    round compares the three under the same conditions, and the report takes medians."""
+    from tests.server import ServedService
+
+    entry: dict = {"clients": PEER_CLIENTS, "rounds": [], "seconds": plan.point_seconds}
+    results["interleaved"] = entry
+    log.info("interleaved: service, service on torch%s, %d rounds at %d clients",
+             ", LitServe" if have_litserve() else "", plan.rounds, PEER_CLIENTS)
+    with contextlib.ExitStack() as stack:
+        targets: dict[str, tuple[str, int, str | None]] = {}
+        for name, env in (("service", {}), ("torch", {"SOUND_ENGINE": "torch"})):
+            server = ServedService(tag, grpc_port="0", env=env, start_timeout_s=SERVER_START_TIMEOUT_S)
+            server.start()
+            stack.callback(server.stop)
+            targets[name] = (f"{server.base_url}/classify", server.process.pid, server.base_url)
+        if have_litserve():
+            url, pid = stack.enter_context(litserve_peer(tag, out))
+            targets["litserve"] = (url, pid, None)
+        for r in range(plan.rounds):
+            row = {}
+            for name, (url, pid, base) in targets.items():
+                log.info("  round %d: %s", r + 1, name)
+                load = loads.measure_point(partial(loads.http_load, url, *body), PEER_CLIENTS, plan.point_seconds,
+                                           plan.warmup_seconds, base_url=base, server_pid=pid)
+                row[name] = {"rps": load.rps, "errors": load.errors, "p50_ms": load.latency_ms["p50"]}
+            entry["rounds"].append(row)
+    names = entry["rounds"][0].keys()
+    entry["median_rps"] = {n: statistics.median(row[n]["rps"] for row in entry["rounds"]) for n in names}
+    for peer in ("torch", "litserve"):
+        if peer in names:
+            entry[f"ratio_to_{peer}"] = statistics.median(row["service"]["rps"] / row[peer]["rps"]
+                                                          for row in entry["rounds"])
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -263,6 +321,11 @@ def main(argv: list[str] | None = None) -> int:
         if "raw_best" in results:
             per_clip_s = 1 / results["raw_best"]["clips_per_s"] + results["features"]["WAV"]["prepare_ms"] / 1000 / cores()
             results["ceiling_with_features"] = 1 / per_clip_s
+            log.info("sharing the cores: %s wide and as streams, alone and beside a feature thread",
+                     results["raw_best"]["engine"])
+            threads = ServeConfig.from_env().engine_threads or None
+            results["sharing"] = raw.sharing(model, results["raw_best"]["engine"], plan.raw_seconds * 2,
+                                             threads=threads)
     del model
     gc.collect()
 
@@ -282,6 +345,13 @@ def main(argv: list[str] | None = None) -> int:
     elif "litserve" not in skip:
         results["served"]["litserve"] = {"skipped": "full run only (its start-up would double --quick)"}
 
+    if "interleaved" not in skip:
+        try:
+            interleaved(tag, plan, body, args.out, results)
+        except Exception as e:  # noqa: BLE001 - a failed stage is reported, the others are kept
+            results["interleaved"] = {"failed": f"{type(e).__name__}: {e}"}
+            log.exception("  interleaved failed")
+
     if "spark" not in skip:
         results["spark"] = spark_job(tag, plan.spark_files, audio)
         if "raw_best" in results and "files_per_s" in results["spark"]:
@@ -299,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     print(paths["md"].read_text())
     log.info("wrote %s", ", ".join(str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p) for p in paths.values()))
     failed = [name for name, s in results["served"].items() if "failed" in s]
+    failed += ["interleaved"] if "failed" in results.get("interleaved", {}) else []
     soak_errors = results.get("soak", {}).get("errors", 0)
     if failed or soak_errors:
         log.error("failed stages: %s; soak errors: %d", failed or "none", soak_errors)

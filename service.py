@@ -112,7 +112,6 @@ class SoundClassifier:
             seconds_per_clip=1 / self.engine_report["clips_per_second"],
             on_batch=self.metrics.batch_size.observe,
             others_busy=self.prepare.busy,
-            wide_below=engine.streams,
         )
         log.info("serving %s on %s/%s (%d engine threads, %d feature threads)", self.core.tag,
                  engine.name, engine.precision, engine.threads, feature_threads)

@@ -20,8 +20,8 @@ it was busy forms the next batch: batches grow with load and an idle server answ
 
 CPU budget: decoding and features run on `Preparer`'s few threads (not one thread per request:
 40 request threads doing torch work beside the engine cost 22 core-ms per request here, 19 with
-two). A lone small batch runs wide (one engine call on every core) when nothing else is queued
-or being prepared; every other batch runs as single-threaded streams (soundclassifier.engine),
+two). A batch runs wide (one engine call on every core) only when nothing else is queued or
+being prepared; otherwise the engine runs it as single-threaded streams (soundclassifier.engine),
 which share the cores with the feature threads without waiting on each other.
 """
 
@@ -92,17 +92,13 @@ class Batcher:
         seconds_per_clip: float = 0.01,
         on_batch: Callable[[int], None] | None = None,
         others_busy: Callable[[], bool] = lambda: False,
-        wide_below: int = 2,
     ):
-        """`forward(batch, wide)`; `others_busy()`: is the request path using the CPU right now;
-        `wide_below`: batches smaller than this cannot keep every engine stream busy (the engine's
-        stream count), so they may run wide."""
+        """`forward(batch, wide)`; `others_busy()`: is the request path using the CPU right now."""
         self.forward = forward
         self.max_batch_size = max_batch_size
         self.max_latency_ms = max_latency_ms
         self.on_batch = on_batch
         self.others_busy = others_busy
-        self.wide_below = wide_below
         self.running = 0  # forward passes in progress (0 or 1)
         # One forward pass at a time (the dispatcher guarantees it too); the engine itself uses
         # all the cores it was given, so more threads here would only fight over them.
@@ -124,10 +120,8 @@ class Batcher:
     async def _run_batch(self, items: Sequence[np.ndarray]) -> list[np.ndarray]:
         sizes = [len(x) for x in items]
         batch = np.concatenate(items) if len(items) > 1 else items[0]
-        # Wide only for a batch too small for the streams that has the machine to itself (nothing
-        # queued, nothing being prepared). Bigger batches always run as streams: whatever arrives
-        # while they run is prepared beside them, and a wide call would wait on every preemption.
-        wide = len(batch) < self.wide_below and not self._dispatcher._queue and not self.others_busy()
+        # Wide only when this batch has the machine to itself: nothing queued, nothing being prepared.
+        wide = not self._dispatcher._queue and not self.others_busy()
         loop = asyncio.get_running_loop()
         self.running += 1
         try:

@@ -76,41 +76,42 @@ def targets(results: dict, soak_seconds: float) -> list[dict]:
     else:
         out.append(_missing(name, "soak skipped"))
 
+    # The issue-9 peer ratios: from the interleaved rounds, then from the sequential stages.
     both = results.get("interleaved", {})
-    if "ratio_to_torch" in both:
-        rps, n = both["median_rps"], len(both["rounds"])
-        ratio = both["ratio_to_torch"]
-        out.append(_target(
-            f"(9) engine-served >= {ENGINE_SPEEDUP:g} x PyTorch-served at {both['clients']} clients (HTTP, interleaved)",
-            f"median of {n} rounds: {ratio:.2f} x ({rps['service']:.1f} vs {rps['torch']:.1f} req/s)",
-            f">= {ENGINE_SPEEDUP:g} x", ratio, ratio >= ENGINE_SPEEDUP, f"{_pct(ratio / ENGINE_SPEEDUP - 1)} vs target"))
-    if "ratio_to_litserve" in both:
-        rps, n = both["median_rps"], len(both["rounds"])
-        ratio = both["ratio_to_litserve"]
-        out.append(_target(
-            f"(9) ahead of the LitServe peer at {both['clients']} clients (HTTP, interleaved)",
-            f"median of {n} rounds: {ratio:.2f} x ({rps['service']:.1f} vs {rps['litserve']:.1f} req/s)",
-            "> 1.00 x", ratio, ratio > 1.0, f"{_pct(ratio - 1)} throughput"))
-
-    name = f"(9) engine-served >= {ENGINE_SPEEDUP:g} x PyTorch-served at 32 clients (HTTP, sequential stages)"
-    torch32 = point(results, "torch", "http", 32)
-    if http32 and torch32 and torch32["rps"] > 0:
-        ratio = http32["rps"] / torch32["rps"]
-        out.append(_target(name, f"{http32['rps']:.1f} ({engine}) vs {torch32['rps']:.1f} req/s (torch)",
-                           f">= {ENGINE_SPEEDUP:g} x", ratio, ratio >= ENGINE_SPEEDUP,
-                           f"{_pct(ratio / ENGINE_SPEEDUP - 1)} vs target"))
-    else:
-        out.append(_missing(name, "torch server skipped"))
-
-    name = "(9) ahead of the LitServe peer at 32 clients (HTTP, sequential stages)"
-    peer32 = point(results, "litserve", "http", 32)
-    if http32 and peer32 and peer32["rps"] > 0:
-        ratio = http32["rps"] / peer32["rps"]
-        out.append(_target(name, f"{http32['rps']:.1f} vs {peer32['rps']:.1f} req/s (LitServe)", "> 1.00 x", ratio,
-                           ratio > 1.0, f"{_pct(ratio - 1)} throughput"))
-    else:
-        out.append(_missing(name, "LitServe peer skipped or not installed"))
+    for peer in PEERS:
+        if f"ratio_to_{peer}" in both:
+            rps = both["median_rps"]
+            out.append(_peer_target(
+                peer, both["clients"], "interleaved", both[f"ratio_to_{peer}"],
+                f"median of {len(both['rounds'])} rounds: {both[f'ratio_to_{peer}']:.2f} x "
+                f"({rps['service']:.1f} vs {rps[peer]:.1f} req/s)"))
+    for peer, (label, why_missing) in PEERS.items():
+        theirs = point(results, peer, "http", 32)
+        if http32 and theirs and theirs["rps"] > 0:
+            ratio = http32["rps"] / theirs["rps"]
+            measured = f"{http32['rps']:.1f}{f' ({engine})' if peer == 'torch' else ''} vs {theirs['rps']:.1f} req/s ({label})"
+            out.append(_peer_target(peer, 32, "sequential stages", ratio, measured))
+        else:
+            out.append(_missing(_peer_name(peer, 32, "sequential stages"), why_missing))
     return out
+
+
+PEERS = {"torch": ("torch", "torch server skipped"), "litserve": ("LitServe", "LitServe peer skipped or not installed")}
+
+
+def _peer_name(peer: str, clients: int, how: str) -> str:
+    if peer == "torch":
+        return f"(9) engine-served >= {ENGINE_SPEEDUP:g} x PyTorch-served at {clients} clients (HTTP, {how})"
+    return f"(9) ahead of the LitServe peer at {clients} clients (HTTP, {how})"
+
+
+def _peer_target(peer: str, clients: int, how: str, ratio: float, measured: str) -> dict:
+    """(9) the service against a peer: >= ENGINE_SPEEDUP x PyTorch-served, ahead of LitServe."""
+    name = _peer_name(peer, clients, how)
+    if peer == "torch":
+        return _target(name, measured, f">= {ENGINE_SPEEDUP:g} x", ratio, ratio >= ENGINE_SPEEDUP,
+                       f"{_pct(ratio / ENGINE_SPEEDUP - 1)} vs target")
+    return _target(name, measured, "> 1.00 x", ratio, ratio > 1.0, f"{_pct(ratio - 1)} throughput")
 
 
 def _latency_target(results: dict, engine: str | None, allowance: float, issue: int) -> dict:

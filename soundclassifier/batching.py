@@ -18,9 +18,8 @@ after a burst of load, a lone request waited 200 ms for partners that never came
 engine time 5 ms). Here a batch leaves as soon as the engine is free, and whatever queued while
 it was busy forms the next batch: batches grow with load and an idle server answers at once.
 
-CPU budget: decoding and features run on `Preparer`'s few threads (not one thread per request:
-40 request threads doing torch work beside the engine cost 22 core-ms per request here, 19 with
-two). A batch runs wide (one engine call on every core) only when nothing else is queued or
+CPU budget: decoding and features run on `Preparer`'s few threads, not one thread per request
+(dozens of request threads doing torch work beside the engine slowed every one of them). A batch runs wide (one engine call on every core) only when nothing else is queued or
 being prepared; otherwise the engine runs it as single-threaded streams (soundclassifier.engine),
 which share the cores with the feature threads without waiting on each other.
 """

@@ -62,8 +62,9 @@ class _Streams:
     """Run a batch as up to `n` parts at once, each part on a single-threaded runner.
 
     Single-threaded parts have no barrier to wait at, so when the feature threads take a core for
-    a while only that part slows down: here, under a busy feature thread, OpenVINO bf16 ran 96
-    clips/s as one 2-thread call, 120 on one thread, 148 as two 1-thread streams (221 alone).
+    a while only that part slows down: beside a busy feature thread, OpenVINO bf16 on 2 cores ran
+    105 clips/s as one 2-thread call and 149 as two 1-thread streams (233 / 240 alone; `make bench`,
+    "Sharing the cores").
     The native code releases the GIL, so the parts run in parallel from Python threads."""
 
     def __init__(self, runners: list[Callable[[np.ndarray], np.ndarray]], name: str):

@@ -172,7 +172,7 @@ def markdown(results: dict) -> str:
     both = results.get("interleaved", {})
     if both.get("rounds"):
         names = list(both["rounds"][0])
-        lines += ["", f"## Interleaved at {both['clients']} clients (req/s; servers up together, loaded in turn, "
+        lines += ["", f"## Interleaved at {both['clients']} clients (req/s; servers up together, loaded in turn while the others are paused, "
                   f"{both['seconds']:g} s each)", "",
                   "| round | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
         for i, row in enumerate(both["rounds"], 1):

@@ -33,8 +33,7 @@ with bentoml.importing():
     from soundclassifier.batching import Batcher, OverloadedError, Preparer
     from soundclassifier.classifier import Classifier
     from soundclassifier.config import ServeConfig
-    from soundclassifier.engine import default_threads, select_engine
-    from soundclassifier.hardware import split_cores
+    from soundclassifier.engine import select_engine
     from soundclassifier.predictions import Classification, Timeline
     from soundclassifier.render import spectrogram_png
     from soundclassifier.store import load_model
@@ -98,7 +97,9 @@ class ModelInfo(BaseModel):
     engines_tried: dict
     max_batch_size: int
     max_latency_ms: int
-    threads: dict[str, int] = Field(description="threads of the engine and of the feature step")
+    threads: dict[str, int] = Field(
+        description="threads of the engine and of the feature step (the same threads, shared by both)"
+    )
     limits: dict
 
 
@@ -119,12 +120,12 @@ class SoundClassifier:
             logger.handlers = logging.getLogger("bentoml").handlers
             logger.propagate = False
         model = load_model(self.model_ref)
-        engine_threads, feature_threads = split_cores(default_threads(), CONFIG.engine_threads, CONFIG.feature_threads)
         engine, self.engine_report = select_engine(
-            model.network, model.onnx_path, model.samples, CONFIG.engine, threads=engine_threads
+            model.network, model.onnx_path, model.samples, CONFIG.engine, threads=CONFIG.engine_threads or None
         )
         self.core = Classifier(model, engine)
-        self.prepare = Preparer(feature_threads)
+        # Clips are decoded and featurised on the engine's own stream threads (one per core).
+        self.prepare = Preparer(engine.workers)
         self.metrics = create_metrics(MAX_BATCH_SIZE)
         self.metrics.engine.labels(self.core.engine.name, self.core.engine.precision, self.core.tag).set(1)
         self.batcher = Batcher(
@@ -135,8 +136,7 @@ class SoundClassifier:
             on_batch=self.metrics.batch_size.observe,
             others_busy=self.prepare.busy,
         )
-        log.info("serving %s on %s/%s (%d engine threads, %d feature threads)", self.core.tag,
-                 engine.name, engine.precision, engine.threads, feature_threads)
+        log.info("serving %s on %s/%s (%d threads)", self.core.tag, engine.name, engine.precision, engine.threads)
 
     @bentoml.on_startup
     async def start_grpc(self) -> None:
@@ -156,12 +156,11 @@ class SoundClassifier:
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace=5)
         self.batcher.close()
-        self.prepare.close()
 
     # --- the core, as every front door uses it ---------------------------------------------------
 
     async def classify_bytes(self, source: bytes, top_k: int, endpoint: str) -> Classification:
-        """Decode on a feature thread, share a forward pass through the batcher, report."""
+        """Decode on an engine worker, share a forward pass through the batcher, report."""
         # Alone on an idle server, the features may use the engine's cores too (-0.5 ms here),
         # which also keeps those cores awake for the forward pass that follows.
         threads = self.core.engine.threads if not self.prepare.busy() and self.batcher.idle() else 1
@@ -260,7 +259,7 @@ class SoundClassifier:
             max_latency_ms=MAX_LATENCY_MS,
             threads={"engine": self.core.engine.threads, "features": self.prepare.threads},
             limits=CONFIG.model_dump(exclude={"model_tag", "grpc_port", "engine", "max_batch_size", "max_latency_ms",
-                                              "engine_threads", "feature_threads"}),
+                                              "engine_threads"}),
         )
 
     def _error(self, e: Exception) -> JSONResponse:

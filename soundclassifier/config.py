@@ -33,11 +33,8 @@ class ServeConfig(BaseModel):
         5000, ge=10, description="SOUND_MAX_LATENCY_MS: queueing budget before a request is refused with 503"
     )
     engine_threads: int = Field(
-        0, ge=0, description="SOUND_ENGINE_THREADS: threads of the inference engine (0 = one per core)"
-    )
-    feature_threads: int = Field(
-        0, ge=0, description="SOUND_FEATURE_THREADS: threads that decode uploads and compute features "
-        "(0 = a quarter of the engine's threads, at least 1)"
+        0, ge=0, description="SOUND_ENGINE_THREADS: threads of the inference engine, which also decode "
+        "uploads and compute features (0 = one per core)"
     )
     engine: Literal["auto", "openvino", "onnxruntime", "torch"] = Field(
         "auto", description="SOUND_ENGINE: inference engine; auto = fastest that agrees with PyTorch"
@@ -54,7 +51,6 @@ class ServeConfig(BaseModel):
             "grpc_port": "SOUND_GRPC_PORT",
             "engine": "SOUND_ENGINE",
             "engine_threads": "SOUND_ENGINE_THREADS",
-            "feature_threads": "SOUND_FEATURE_THREADS",
             "max_batch_size": "SOUND_MAX_BATCH_SIZE",
             "max_latency_ms": "SOUND_MAX_LATENCY_MS",
         }

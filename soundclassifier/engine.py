@@ -11,9 +11,11 @@ native bf16 (AVX512_BF16 / AMX).
 
 Width: every engine runs a batch in one of two ways. `wide`: one call on all its threads, for a
 batch that has the machine to itself (a lone request: lowest latency). Otherwise `shared`: the
-batch is cut into one part per thread and each part runs single-threaded at the same time (see
-`_Streams`), so the engine can share cores with the feature threads and HTTP without its threads
-waiting on each other whenever one is preempted.
+batch is cut into one part per thread and each part runs single-threaded at the same time on the
+engine's `workers` (see `_Streams`), so the engine can share cores with the request path and HTTP
+without its threads waiting on each other whenever one is preempted. `workers` has one thread per
+stream; the service runs its request path (decode, features) on the same threads, so busy
+threads never outnumber the cores.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class Engine(Protocol):
     precision: str
     threads: int  # wide: one call on this many threads
     streams: int  # shared: this many single-threaded calls on parts of the batch
+    workers: ThreadPoolExecutor  # one thread per stream: where shared calls run
 
     def __call__(self, batch: np.ndarray, wide: bool = True) -> np.ndarray: ...
 
@@ -65,16 +68,16 @@ class _Streams:
     a while only that part slows down: beside a busy feature thread, OpenVINO bf16 on 2 cores ran
     105 clips/s as one 2-thread call and 149 as two 1-thread streams (233 / 240 alone; `make bench`,
     "Sharing the cores").
-    The native code releases the GIL, so the parts run in parallel from Python threads."""
+    The native code releases the GIL, so the parts run in parallel from Python threads. Every part
+    runs on `pool` (even a lone one), which other CPU work may share: work queued there waits its
+    turn instead of taking a core from a part."""
 
     def __init__(self, runners: list[Callable[[np.ndarray], np.ndarray]], name: str):
         self.runners = runners
-        self.pool = ThreadPoolExecutor(len(runners), thread_name_prefix=f"{name}-stream") if len(runners) > 1 else None
+        self.pool = ThreadPoolExecutor(len(runners), thread_name_prefix=f"{name}-stream")
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         parts = [p for p in np.array_split(batch, len(self.runners)) if len(p)]
-        if len(parts) == 1:
-            return self.runners[0](parts[0])
         return np.concatenate(list(self.pool.map(lambda run, part: run(part), self.runners, parts)))
 
 
@@ -88,6 +91,7 @@ class TorchEngine:
         self.network = network.eval()
         self.threads = self.streams = threads or default_threads()
         self._shared = _Streams([functools.partial(self._run, threads=1)] * self.streams, self.name)
+        self.workers = self._shared.pool
 
     def _run(self, batch: np.ndarray, threads: int) -> np.ndarray:
         # The setting is per calling thread (OpenMP), so it can change from call to call.
@@ -119,6 +123,7 @@ class OnnxRuntimeEngine:
         self.wide = session(self.threads)
         single = session(1) if self.threads > 1 else self.wide
         self._shared = _Streams([functools.partial(self._run, single)] * self.streams, self.name)
+        self.workers = self._shared.pool
 
     @staticmethod
     def _run(session, batch: np.ndarray) -> np.ndarray:
@@ -150,6 +155,7 @@ class OpenVinoEngine:
                            "INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "THROUGHPUT"})
         requests = [shared.create_infer_request() for _ in range(self.streams)]
         self._shared = _Streams([functools.partial(self._run, r) for r in requests], self.name)
+        self.workers = self._shared.pool
 
     @staticmethod
     def _run(request, batch: np.ndarray) -> np.ndarray:

@@ -42,17 +42,3 @@ def torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def split_cores(cores: int, engine_threads: int = 0, feature_threads: int = 0) -> tuple[int, int]:
-    """(engine threads, feature threads) for a process that owns `cores` cores.
-
-    The engine gets every core (one call on all of them for a lone request, one single-threaded
-    stream per core under load). Per clip the request path (decode, resample, log-mel) costs about
-    a third of what the network costs on the fastest engine here (about 2.7 vs 8 core-ms on 2
-    cores with OpenVINO bf16), so a quarter of the cores (at least one) prepare clips and the
-    operating system shares the cores between the two. 0 means "choose". With `engine_threads`
-    set (a container's CPU quota, say), the split is taken from it rather than the visible cores.
-    """
-    engine = engine_threads or cores
-    return engine, feature_threads or max(1, engine // 4)

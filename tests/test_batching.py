@@ -1,4 +1,4 @@
-"""The shared batcher and the feature thread pool, in process (the served behaviour is in
+"""The shared batcher and the preparer, in process (the served behaviour is in
 test_service.py): batches merge concurrent requests, and the engine runs wide only when a batch
 has the machine to itself."""
 
@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from soundclassifier.batching import Batcher, OverloadedError, Preparer
-from soundclassifier.hardware import split_cores
 
 
 class Recorder:
@@ -117,7 +117,8 @@ def test_overload_is_refused_not_queued_forever():
 
 def test_preparer_counts_work_in_progress_and_waiting():
     async def main():
-        prepare = Preparer(threads=1)
+        workers = ThreadPoolExecutor(1)
+        prepare = Preparer(workers)
         gate = threading.Event()
         seen = []
         jobs = [asyncio.ensure_future(prepare(gate.wait, 5)) for _ in range(3)]
@@ -129,20 +130,7 @@ def test_preparer_counts_work_in_progress_and_waiting():
         with pytest.raises(ZeroDivisionError):  # errors reach the caller, and the count recovers
             await prepare(lambda: 1 / 0)
         seen.append((prepare.active, prepare.busy()))
-        prepare.close()
+        workers.shutdown()
         return seen
 
     assert run(main()) == [(3, True), (0, False), (0, False)]
-
-
-@pytest.mark.parametrize(("cores", "engine", "features", "expected"), [
-    (2, 0, 0, (2, 1)),
-    (1, 0, 0, (1, 1)),
-    (8, 0, 0, (8, 2)),
-    (16, 0, 0, (16, 4)),
-    (8, 4, 0, (4, 1)),
-    (64, 2, 0, (2, 1)),  # a 2-CPU pod on a 64-core node
-    (8, 0, 3, (8, 3)),
-])
-def test_core_split(cores, engine, features, expected):
-    assert split_cores(cores, engine, features) == expected

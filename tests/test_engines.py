@@ -5,6 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +64,21 @@ def test_engines_handle_any_batch_size_either_way(loaded_model, synthetic_inputs
         atol = 1e-3 if engine.precision == "fp32" else 0.1
         np.testing.assert_allclose(whole, ones, atol=atol)
         np.testing.assert_allclose(split, whole, atol=atol)
+
+
+def test_streams_take_turns_with_other_work_on_the_engine_workers(loaded_model, synthetic_inputs):
+    """The service prepares clips on `engine.workers`; a shared call queues behind that work
+    rather than adding threads beside it, so busy threads never outnumber the workers."""
+    for engine in engines(loaded_model):
+        gate = threading.Event()
+        blockers = [engine.workers.submit(gate.wait, 10) for _ in range(engine.streams)]
+        with ThreadPoolExecutor(1) as caller:
+            call = caller.submit(engine, synthetic_inputs[:4], False)
+            time.sleep(0.2)
+            assert not call.done(), (engine.name, engine.precision)  # waiting for a free worker
+            gate.set()
+            assert call.result(timeout=30).shape == (4, len(loaded_model.labels))
+        assert all(b.result() for b in blockers)
 
 
 def test_a_disagreeing_engine_is_refused(loaded_model, synthetic_inputs):

@@ -161,11 +161,8 @@ class SoundClassifier:
 
     async def classify_bytes(self, source: bytes, top_k: int, endpoint: str) -> Classification:
         """Decode on an engine worker, share a forward pass through the batcher, report."""
-        # Alone on an idle server, the features may use the engine's cores too (-0.5 ms here),
-        # which also keeps those cores awake for the forward pass that follows.
-        threads = self.core.engine.threads if not self.prepare.busy() and self.batcher.idle() else 1
         try:
-            audio, x = await self.prepare(self.core.prepare, source, CONFIG.clip_limits, threads)
+            audio, x = await self.prepare(self.core.prepare, source, CONFIG.clip_limits)
         except AudioError as e:
             self.metrics.audio_errors.labels(e.kind.value).inc()
             raise

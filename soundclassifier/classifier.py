@@ -39,11 +39,11 @@ class Classifier:
         self.tag = model.tag
 
     def prepare(
-        self, source: bytes | str | Path, limits: Limits = NO_LIMITS, threads: int = 1
+        self, source: bytes | str | Path, limits: Limits = NO_LIMITS
     ) -> tuple[Audio, np.ndarray]:
         """Decode one upload and compute its model input (1, n_mels, frames); raises AudioError."""
         audio = decode(source, limits)
-        return audio, self.features(audio, threads).numpy()
+        return audio, self.features(audio).numpy()
 
     def forward(self, batch: np.ndarray, wide: bool = True) -> np.ndarray:
         """Probabilities (n, n_classes) for a stacked batch (n, 1, n_mels, frames); `wide`: one

@@ -296,11 +296,3 @@ def test_models_saved_before_the_resampler_setting_keep_torchaudios_sinc():
 
 def test_default_resampler_is_soxr():
     assert SETTINGS.resampler == "soxr_hq"
-
-
-def test_features_are_the_same_on_more_threads():
-    """Serving computes a lone request's features on every core and others on one: the answer
-    must not depend on which (bit for bit here)."""
-    for make in (af.wav_noise, af.wav_sine):
-        audio = decode(make())
-        assert torch.equal(FEATURES(audio, threads=2), FEATURES(audio, threads=1))

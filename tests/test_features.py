@@ -44,12 +44,20 @@ def band_centres(settings: FeatureSettings) -> np.ndarray:
 # --- physics ------------------------------------------------------------------------------------
 
 
-def test_filterbank_is_the_one_the_transform_uses():
-    fb = torchaudio.functional.melscale_fbanks(
-        SETTINGS.n_fft // 2 + 1, SETTINGS.f_min, SETTINGS.f_max, SETTINGS.n_mels,
-        SETTINGS.sample_rate, "slaney", "slaney",
-    )  # fmt: skip
-    assert torch.allclose(FEATURES.mel.mel_scale.fb, fb)
+@pytest.mark.parametrize("settings", [SETTINGS, FeatureSettings(window="hamming", mel_scale="htk", win_length=800)],
+                         ids=["default", "hamming-htk-short-window"])
+def test_mel_power_is_torchaudios_mel_spectrogram(settings):
+    """Features computes torchaudio's MelSpectrogram(power=2) its own (faster) way: same numbers."""
+    wave = torch.from_numpy(decode(af.wav_noise(seconds=5.0)).samples[0])
+    expected = torchaudio.transforms.MelSpectrogram(
+        sample_rate=settings.sample_rate, n_fft=settings.n_fft, win_length=settings.win_length,
+        hop_length=settings.hop_length, f_min=settings.f_min, f_max=settings.f_max, n_mels=settings.n_mels,
+        window_fn=torch.hann_window if settings.window == "hann" else torch.hamming_window, power=2.0,
+        center=True, mel_scale=settings.mel_scale, norm="slaney" if settings.mel_scale == "slaney" else None,
+    )(wave)  # fmt: skip
+    got = Features(settings).mel_power(wave)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-9)
 
 
 @pytest.mark.parametrize("freq", [1000.0, 250.0, 4000.0])

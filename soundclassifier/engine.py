@@ -145,14 +145,17 @@ class OpenVinoEngine:
         graph = core.read_model(str(onnx_path))
         hint = "bf16" if precision == "bf16" else "f32"
         # The thread count is fixed at compile time: one model compiled for latency (one stream on
-        # every thread), one for throughput (one single-threaded stream per thread).
+        # every thread), one for throughput (one single-threaded stream per thread). Threads are
+        # not pinned to cores (OpenVINO pins by default on Linux): the engine shares the cores with
+        # the request path, and a pinned thread waits for its own core while another is free
+        # (A/B at 32 clients over HTTP, 6 rounds: 111.5 vs 105.5 req/s, better in 5).
+        common = {"INFERENCE_PRECISION_HINT": hint, "ENABLE_CPU_PINNING": False}
         self.wide = core.compile_model(
-            graph, "CPU", {"INFERENCE_NUM_THREADS": self.threads, "INFERENCE_PRECISION_HINT": hint,
-                           "PERFORMANCE_HINT": "LATENCY"})
+            graph, "CPU", {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY", **common})
         self._wide_request = self.wide.create_infer_request()
         shared = core.compile_model(
             graph, "CPU", {"INFERENCE_NUM_THREADS": self.streams, "NUM_STREAMS": self.streams,
-                           "INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "THROUGHPUT"})
+                           "PERFORMANCE_HINT": "THROUGHPUT", **common})
         requests = [shared.create_infer_request() for _ in range(self.streams)]
         self._shared = _Streams([functools.partial(self._run, r) for r in requests], self.name)
         self.workers = self._shared.pool

@@ -2,7 +2,8 @@
 
     bentoml serve service:SoundClassifier            # http://localhost:3000 (make serve)
 
-HTTP on 3000 and gRPC (serving/grpc_server.py) on SOUND_GRPC_PORT share one core and one batcher.
+HTTP on 3000 and gRPC (serving/grpc_server.py) on SOUND_GRPC_PORT share one core and one batcher
+in each worker process (one per core by default: `ServeConfig.layout`).
 Request path: upload -> UploadGuard (size, multipart) -> decode + log-mel in a worker thread
 -> shared adaptive batcher -> network -> probabilities -> typed JSON. Decoding, features and
 post-processing live in `soundclassifier`; this file only adapts them to HTTP.
@@ -44,6 +45,7 @@ CONFIG = ServeConfig.from_env()
 # 203 clips/s at batch 1, 235 at 16, 238 at 32: batches past 16 double the wait for 1% more, so 16;
 # a 5 s queueing budget covers 64 concurrent clients even on a busy machine (at 60 req/s they saw
 # p99 2.4 s, and a 2 s budget shed some of them), and beyond it the queue sheds load as 503.
+WORKERS, ENGINE_THREADS, STREAMS = CONFIG.layout()  # see ServeConfig.layout
 MAX_BATCH_SIZE = CONFIG.max_batch_size
 MAX_LATENCY_MS = CONFIG.max_latency_ms
 RETRY_AFTER_S = 1
@@ -98,14 +100,15 @@ class ModelInfo(BaseModel):
     max_batch_size: int
     max_latency_ms: int
     threads: dict[str, int] = Field(
-        description="threads of the engine and of the feature step (the same threads, shared by both)"
+        description="per worker process: engine threads for a lone clip, single-threaded streams under load, "
+        "threads of the feature step (the streams' own); and the number of worker processes"
     )
     limits: dict
 
 
 @bentoml.service(
     name="sound_classifier",
-    workers=1,  # one process owns both cores through the engine's threads; see README
+    workers=WORKERS,  # one process per core by default; each has its own engine and batcher
     traffic={"timeout": 600},
     http={"port": 3000},
 )
@@ -121,10 +124,10 @@ class SoundClassifier:
             logger.propagate = False
         model = load_model(self.model_ref)
         engine, self.engine_report = select_engine(
-            model.network, model.onnx_path, model.samples, CONFIG.engine, threads=CONFIG.engine_threads or None
+            model.network, model.onnx_path, model.samples, CONFIG.engine, threads=ENGINE_THREADS, streams=STREAMS
         )
         self.core = Classifier(model, engine)
-        # Clips are decoded and featurised on the engine's own stream threads (one per core).
+        # Clips are decoded and featurised on the engine's own stream threads.
         self.prepare = Preparer(engine.workers)
         self.metrics = create_metrics(MAX_BATCH_SIZE)
         self.metrics.engine.labels(self.core.engine.name, self.core.engine.precision, self.core.tag).set(1)
@@ -136,7 +139,8 @@ class SoundClassifier:
             on_batch=self.metrics.batch_size.observe,
             others_busy=self.prepare.busy,
         )
-        log.info("serving %s on %s/%s (%d threads)", self.core.tag, engine.name, engine.precision, engine.threads)
+        log.info("serving %s on %s/%s (%d threads for a lone clip, %d streams; %d worker processes)",
+                 self.core.tag, engine.name, engine.precision, engine.threads, engine.streams, WORKERS)
 
     @bentoml.on_startup
     async def start_grpc(self) -> None:
@@ -254,9 +258,10 @@ class SoundClassifier:
             engines_tried=self.engine_report.get("tried", {}),
             max_batch_size=MAX_BATCH_SIZE,
             max_latency_ms=MAX_LATENCY_MS,
-            threads={"engine": self.core.engine.threads, "features": self.prepare.threads},
+            threads={"engine": self.core.engine.threads, "streams": self.core.engine.streams,
+                     "features": self.prepare.threads, "workers": WORKERS},
             limits=CONFIG.model_dump(exclude={"model_tag", "grpc_port", "engine", "max_batch_size", "max_latency_ms",
-                                              "engine_threads"}),
+                                              "engine_threads", "workers"}),
         )
 
     def _error(self, e: Exception) -> JSONResponse:

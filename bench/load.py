@@ -10,6 +10,8 @@ same job and the report says so. gRPC goes through grpc.aio clients in this proc
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import logging
 import resource
@@ -18,7 +20,7 @@ import subprocess
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -144,10 +146,20 @@ def http_load(url: str, body: bytes, content_type: str, clients: int, seconds: f
 def grpc_load(target: str, audio: bytes, clients: int, seconds: float) -> Load:
     request = pb.ClassifyRequest(audio=audio, filename="clip.wav")
 
-    def session():
-        return grpc.aio.insecure_channel(target, options=[("grpc.max_send_message_length", 64 << 20)])
+    @contextlib.asynccontextmanager
+    async def session():
+        # One channel per client, as independent callers have: a channel is one HTTP/2 connection,
+        # and each connection reaches one of the server's worker processes.
+        channels = [grpc.aio.insecure_channel(target, options=[("grpc.max_send_message_length", 64 << 20)])
+                    for _ in range(clients)]
+        try:
+            yield itertools.cycle(channels)
+        finally:
+            for channel in channels:
+                await channel.close()
 
-    async def call(channel: grpc.aio.Channel) -> tuple[str, bool]:
+    async def call(channels: Iterator[grpc.aio.Channel]) -> tuple[str, bool]:
+        channel = next(channels)
         try:
             await pb_grpc.SoundClassifierStub(channel).Classify(request, timeout=REQUEST_TIMEOUT_S)
         except grpc.aio.AioRpcError as e:

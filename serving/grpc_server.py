@@ -1,4 +1,4 @@
-"""The gRPC front door (soundclassifier.v1), served from the BentoML worker beside HTTP.
+"""The gRPC front door (soundclassifier.v1), served from every BentoML worker beside HTTP.
 
 BentoML 1.4's new-style services have no gRPC of their own, so this is a plain grpc.aio server
 started by the service's startup hook on the worker's event loop. It calls the same service
@@ -131,6 +131,8 @@ async def start_grpc_server(
         options=[
             ("grpc.max_receive_message_length", max_bytes + (1 << 20)),
             ("grpc.max_send_message_length", 64 << 20),
+            # Every worker process binds the port; the kernel spreads connections among them.
+            ("grpc.so_reuseport", 1),
         ]
     )
     pb_grpc.add_SoundClassifierServicer_to_server(

@@ -36,6 +36,6 @@ def create_metrics(max_batch_size: int) -> Metrics:
         overloaded=Counter("sound_overloaded", "Requests answered 503 because the queue was full"),
         engine=Gauge(
             "sound_engine_info", "Inference engine in use (value 1)", ["engine", "precision", "model"],
-            multiprocess_mode="liveall",
+            multiprocess_mode="livemax",  # one sample per engine in use, however many worker processes
         ),
     )

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from soundclassifier.hardware import cpu_has_bf16
+from soundclassifier.hardware import cpu_has_bf16, default_threads
 from soundclassifier.predictions import softmax
 
 ONNX_OPSET = 17
@@ -55,10 +54,6 @@ class Engine(Protocol):
     workers: ThreadPoolExecutor  # one thread per stream: where shared calls run
 
     def __call__(self, batch: np.ndarray, wide: bool = True) -> np.ndarray: ...
-
-
-def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class _Streams:
@@ -87,9 +82,10 @@ class TorchEngine:
     name = "torch"
     precision = "fp32"
 
-    def __init__(self, network: nn.Module, threads: int | None = None):
+    def __init__(self, network: nn.Module, threads: int | None = None, streams: int | None = None):
         self.network = network.eval()
-        self.threads = self.streams = threads or default_threads()
+        self.threads = threads or default_threads()
+        self.streams = streams or self.threads
         self._shared = _Streams([functools.partial(self._run, threads=1)] * self.streams, self.name)
         self.workers = self._shared.pool
 
@@ -107,10 +103,11 @@ class OnnxRuntimeEngine:
     name = "onnxruntime"
     precision = "fp32"
 
-    def __init__(self, onnx_path: Path, threads: int | None = None):
+    def __init__(self, onnx_path: Path, threads: int | None = None, streams: int | None = None):
         import onnxruntime as ort
 
-        self.threads = self.streams = threads or default_threads()
+        self.threads = threads or default_threads()
+        self.streams = streams or self.threads
 
         def session(n: int) -> ort.InferenceSession:
             opts = ort.SessionOptions()
@@ -136,11 +133,14 @@ class OnnxRuntimeEngine:
 class OpenVinoEngine:
     name = "openvino"
 
-    def __init__(self, onnx_path: Path, precision: str = "fp32", threads: int | None = None):
+    def __init__(
+        self, onnx_path: Path, precision: str = "fp32", threads: int | None = None, streams: int | None = None
+    ):
         import openvino as ov
 
         self.precision = precision
-        self.threads = self.streams = threads or default_threads()
+        self.threads = threads or default_threads()
+        self.streams = streams or self.threads
         core = ov.Core()
         graph = core.read_model(str(onnx_path))
         hint = "bf16" if precision == "bf16" else "f32"
@@ -202,15 +202,15 @@ def agreement(engine: Engine, reference: np.ndarray, inputs: np.ndarray, wide: b
     return Agreement(top1=top1, max_prob_diff=diff, ok=ok)
 
 
-def candidates(onnx_path: Path, choice: str, threads: int) -> list[tuple[str, callable]]:
+def candidates(onnx_path: Path, choice: str, threads: int, streams: int | None = None) -> list[tuple[str, callable]]:
     """(label, constructor) for every engine worth trying under `choice`, fastest kinds first."""
     found: list[tuple[str, callable]] = []
     if choice in ("auto", "openvino"):
         if cpu_has_bf16():
-            found.append(("openvino/bf16", lambda: OpenVinoEngine(onnx_path, "bf16", threads)))
-        found.append(("openvino/fp32", lambda: OpenVinoEngine(onnx_path, "fp32", threads)))
+            found.append(("openvino/bf16", lambda: OpenVinoEngine(onnx_path, "bf16", threads, streams)))
+        found.append(("openvino/fp32", lambda: OpenVinoEngine(onnx_path, "fp32", threads, streams)))
     if choice in ("auto", "onnxruntime"):
-        found.append(("onnxruntime/fp32", lambda: OnnxRuntimeEngine(onnx_path, threads)))
+        found.append(("onnxruntime/fp32", lambda: OnnxRuntimeEngine(onnx_path, threads, streams)))
     return found
 
 
@@ -225,11 +225,13 @@ def clips_per_second(engine: Engine, inputs: np.ndarray, repeats: int = 3) -> fl
 def select_engine(
     network: nn.Module, onnx_path: Path | None, samples: np.ndarray, choice: str = "auto",
     threads: int | None = None,
+    streams: int | None = None,
 ) -> tuple[Engine, dict]:
     """The engine to serve with, and a report of what was tried (for /info and the log).
-    `threads`: the engine's threads (default: every core)."""
+    `threads`: the engine's threads for a wide call (default: every core); `streams`: its
+    single-threaded streams for shared calls (default: as many as threads)."""
     threads = threads or default_threads()
-    reference_engine = TorchEngine(network, threads)
+    reference_engine = TorchEngine(network, threads, streams)
     if choice == "torch" or onnx_path is None:
         speed = clips_per_second(reference_engine, samples[:16])
         reason = "requested" if choice == "torch" else "no ONNX graph"
@@ -238,7 +240,7 @@ def select_engine(
     reference = softmax(reference_engine(samples))
     report: dict = {"tried": {}}
     agreeing: list[tuple[float, str, Engine]] = []
-    for label, make in candidates(onnx_path, choice, threads):
+    for label, make in candidates(onnx_path, choice, threads, streams):
         try:
             engine = make()
         except ImportError as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,11 @@ def cpu_flags() -> frozenset[str]:
 def cpu_has_bf16() -> bool:
     """True when the CPU computes bfloat16 natively (AVX512_BF16 or AMX); emulated bf16 is slower."""
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def default_threads() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a container's cpuset)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @contextlib.contextmanager

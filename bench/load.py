@@ -148,10 +148,11 @@ def grpc_load(target: str, audio: bytes, clients: int, seconds: float) -> Load:
 
     @contextlib.asynccontextmanager
     async def session():
-        # One channel per client, as independent callers have: a channel is one HTTP/2 connection,
+        # One channel per client, as independent callers have: a channel is one HTTP/2 connection
+        # (not shared with the others: grpc pools connections per process unless told not to),
         # and each connection reaches one of the server's worker processes.
-        channels = [grpc.aio.insecure_channel(target, options=[("grpc.max_send_message_length", 64 << 20)])
-                    for _ in range(clients)]
+        options = [("grpc.max_send_message_length", 64 << 20), ("grpc.use_local_subchannel_pool", 1)]
+        channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(clients)]
         try:
             yield itertools.cycle(channels)
         finally:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from soundclassifier.batching import Batcher, OverloadedError, Preparer
+from soundclassifier.config import ServeConfig
 
 
 class Recorder:
@@ -134,3 +135,14 @@ def test_preparer_counts_work_in_progress_and_waiting():
         return seen
 
     assert run(main()) == [(3, True), (0, False), (0, False)]
+
+
+@pytest.mark.parametrize(("engine_threads", "workers", "expected"), [
+    (2, 0, (2, 2, 1)),  # this machine: a process per core, one stream each, lone clips on both cores
+    (1, 0, (1, 1, 1)),
+    (16, 0, (4, 16, 4)),  # capped: each worker holds its own engines in memory
+    (2, 1, (1, 2, 2)),  # one process running batches as two streams
+    (8, 3, (3, 8, 2)),
+])
+def test_process_and_thread_layout(engine_threads, workers, expected):
+    assert ServeConfig(engine_threads=engine_threads, workers=workers).layout() == expected

@@ -116,6 +116,22 @@ def test_overload_is_refused_not_queued_forever():
     assert any(isinstance(r, np.ndarray) for r in results)
 
 
+def test_a_failed_forward_pass_raises_in_every_caller():
+    def broken(batch, wide):
+        raise RuntimeError("engine failed")
+
+    async def caller(batcher):
+        with pytest.raises(RuntimeError, match="engine failed"):
+            await batcher(item(1.0))
+
+    async def main():
+        batcher = Batcher(broken, max_batch_size=8, max_latency_ms=5000)
+        await asyncio.gather(*(caller(batcher) for _ in range(3)))
+        batcher.close()
+
+    run(main())
+
+
 def test_preparer_counts_work_in_progress_and_waiting():
     async def main():
         workers = ThreadPoolExecutor(1)

@@ -668,7 +668,10 @@ def test_short_soak_mixed_good_and_bad(served):
     from bench.soak import soak
 
     result = asyncio.run(soak(served.base_url, clients=64, seconds=10.0, seed=1))
-    assert result["errors"] == 0, result["failures"]
+    # A rare client-side ReadError on one upload (always 2s.flac so far) is not understood yet:
+    # keep what the server said about it.
+    warnings = [line for line in served.log().splitlines() if re.search(r"WARNING|ERROR|Traceback|Exception", line)]
+    assert result["errors"] == 0, (result["failures"], warnings[-40:])
     assert result["good_ok"] >= 64 and result["bad_refused_correctly"] >= 16, result
     assert result["readyz_after"] == 200
 

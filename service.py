@@ -128,7 +128,7 @@ class SoundClassifier:
         )
         self.core = Classifier(model, engine)
         # Clips are decoded and featurised on the engine's own stream threads.
-        self.prepare = Preparer(engine.workers)
+        self.prepare = Preparer(engine.workers, engine.streams)
         self.metrics = create_metrics(MAX_BATCH_SIZE)
         self.metrics.engine.labels(self.core.engine.name, self.core.engine.precision, self.core.tag).set(1)
         self.batcher = Batcher(

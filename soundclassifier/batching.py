@@ -19,7 +19,7 @@ engine time 5 ms). Here a batch leaves as soon as the engine is free, and whatev
 it was busy forms the next batch: batches grow with load and an idle server answers at once.
 
 CPU budget: the request path (decoding, features) runs on the engine's own stream threads
-(`Engine.workers`, one per core) through `Preparer`, not on a thread per request, nor on a pool of
+(`Engine.workers`, one per stream) through `Preparer`, not on a thread per request, nor on a pool of
 its own beside the engine: either way the busy threads outnumbered the cores, and every clip's
 features took longer while a batch ran (4.4 vs 3 ms here). On one pool, preparing clips and the
 engine's single-threaded parts take turns, and the cores never idle while either has work.
@@ -66,8 +66,8 @@ class Preparer:
     and counts the calls in progress or waiting, so the batcher knows whether the engine may take
     every core."""
 
-    def __init__(self, executor: ThreadPoolExecutor):
-        self.threads = executor._max_workers
+    def __init__(self, executor: ThreadPoolExecutor, threads: int):
+        self.threads = threads  # the executor's, for /info
         self.active = 0
         self._executor = executor
 

@@ -135,7 +135,7 @@ def test_a_failed_forward_pass_raises_in_every_caller():
 def test_preparer_counts_work_in_progress_and_waiting():
     async def main():
         workers = ThreadPoolExecutor(1)
-        prepare = Preparer(workers)
+        prepare = Preparer(workers, 1)
         gate = threading.Event()
         seen = []
         jobs = [asyncio.ensure_future(prepare(gate.wait, 5)) for _ in range(3)]

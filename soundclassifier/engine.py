@@ -11,7 +11,7 @@ native bf16 (AVX512_BF16 / AMX).
 
 Width: every engine runs a batch in one of two ways. `wide`: one call on all its threads, for a
 batch that has the machine to itself (a lone request: lowest latency). Otherwise `shared`: the
-batch is cut into one part per thread and each part runs single-threaded at the same time on the
+batch is cut into one part per stream and each part runs single-threaded at the same time on the
 engine's `workers` (see `_Streams`), so the engine can share cores with the request path and HTTP
 without its threads waiting on each other whenever one is preempted. `workers` has one thread per
 stream; the service runs its request path (decode, features) on the same threads, so busy

@@ -106,7 +106,7 @@ def decode(source: bytes | str | Path, limits: Limits = NO_LIMITS) -> Audio:
     """Decode a whole file (bytes or a path) into `Audio`, or raise `AudioError`."""
     with open_checked(source, limits) as f:
         try:
-            samples = f.read(dtype="float32", always_2d=True)
+            samples = _read_float32(f)
         except (sf.LibsndfileError, RuntimeError) as e:
             raise AudioError(
                 ErrorKind.CORRUPT, f"The audio file is damaged or truncated ({e})."
@@ -119,6 +119,18 @@ def decode(source: bytes | str | Path, limits: Limits = NO_LIMITS) -> Audio:
             )
         fmt, rate = f.format, f.samplerate
     return as_audio(samples.T, rate, fmt)
+
+
+_PCM16_SCALE = np.float32(1 / 32768)
+
+
+def _read_float32(f: sf.SoundFile) -> np.ndarray:
+    """All frames as float32 (frames, channels), scaled as libsndfile scales them."""
+    if f.subtype == "PCM_16":
+        # libsndfile copies 16-bit PCM into an int16 buffer as it is, but converts to float through
+        # a small staging buffer: 0.45 ms per 5 s clip here against 0.1 ms for this, same values.
+        return np.multiply(f.read(dtype="int16", always_2d=True), _PCM16_SCALE, dtype=np.float32)
+    return f.read(dtype="float32", always_2d=True)
 
 
 def open_checked(source: bytes | str | Path, limits: Limits = NO_LIMITS) -> sf.SoundFile:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
+import soundfile as sf
 
 from soundclassifier.audio import AudioError, ErrorKind, Limits, decode
 from soundclassifier.features import Features, FeatureSettings
@@ -48,6 +51,21 @@ def test_wav_samples_are_the_written_values():
     audio = decode(af.wav_sine(freq=440, seconds=0.25))
     expected = af.sine(freq=440, seconds=0.25)
     np.testing.assert_allclose(audio.samples[0], expected, atol=2 / 32768)
+
+
+@pytest.mark.parametrize(("container", "subtype"), [("WAV", "PCM_16"), ("FLAC", "PCM_16"), ("AIFF", "PCM_16"),
+                                                  ("WAV", "PCM_24"), ("WAV", "FLOAT")])
+def test_samples_are_libsndfiles_own_float_conversion(container, subtype):
+    """16-bit PCM is read as int16 and scaled here (faster): the values must be libsndfile's, bit for bit."""
+    rng = np.random.default_rng(0)
+    x = np.clip(rng.normal(0, 0.4, (4410, 2)), -1, 1).astype(np.float32)
+    x[:3, 0] = [-1.0, 1.0, 0.0]  # the extremes of the 16-bit range
+    data = af.encode(x, 44100, container, subtype)
+    with sf.SoundFile(io.BytesIO(data)) as f:
+        expected = f.read(dtype="float32", always_2d=True).T
+    got = decode(data).samples
+    assert got.dtype == np.float32
+    assert np.array_equal(got, expected)
 
 
 BAD_FILES = [

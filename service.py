@@ -11,6 +11,7 @@ post-processing live in `soundclassifier`; this file only adapts them to HTTP.
 
 from __future__ import annotations
 
+import gc
 import logging
 from pathlib import Path
 from typing import Annotated, NamedTuple
@@ -141,6 +142,12 @@ class SoundClassifier:
         )
         log.info("serving %s on %s/%s (%d threads for a lone clip, %d streams; %d worker processes)",
                  self.core.tag, engine.name, engine.precision, engine.threads, engine.streams, WORKERS)
+        # What is loaded by now (PyTorch, OpenVINO, BentoML: ~485k objects) lives as long as the
+        # process. Left to the collector, every full collection walked all of it with the GIL held:
+        # 280 ms, every few seconds under load, and the slowest request at one client took 376 ms
+        # instead of 34 (A/B, 10 rounds). Frozen objects are never scanned again.
+        gc.collect()
+        gc.freeze()
 
     @bentoml.on_startup
     async def start_grpc(self) -> None:

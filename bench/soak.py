@@ -110,7 +110,9 @@ async def soak(base_url: str, clients: int = CLIENTS, seconds: float = SECONDS, 
                 except httpx.HTTPError as e:
                     counts["transport_errors"] += 1
                     statuses[type(e).__name__] += 1
-                    failures.append(f"{upload.name}: {type(e).__name__}: {e}")
+                    # The cause says what the socket saw (a reset, an early close) and the time says when.
+                    failures.append(f"{upload.name}: {type(e).__name__}: {e} (cause {e.__cause__!r}, context "
+                                    f"{e.__context__!r}, after {time.perf_counter() - start:.3f} s)")
                     continue
                 statuses[str(r.status_code)] += 1
                 problem = check(upload, r)

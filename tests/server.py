@@ -22,6 +22,8 @@ from pathlib import Path
 
 import httpx
 
+from soundclassifier.config import KEEP_ALIVE_S
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICE_TARGET = "service:SoundClassifier"
 START_TIMEOUT_S = 120.0
@@ -104,7 +106,8 @@ class ServedService:
         self._log_path = Path(self._workdir.name) / "server.log"
         cwd = REPO_ROOT if self.from_source else Path(self._workdir.name)
         bentoml_cli = Path(sys.executable).with_name("bentoml")
-        command = [str(bentoml_cli), "serve", self.target, "--host", "127.0.0.1", "--port", str(self.port)]
+        command = [str(bentoml_cli), "serve", self.target, "--host", "127.0.0.1", "--port", str(self.port),
+                   "--timeout-keep-alive", str(KEEP_ALIVE_S)]
         with self._log_path.open("wb") as log_file:
             self.process = subprocess.Popen(
                 command,

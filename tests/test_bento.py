@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from soundclassifier.config import KEEP_ALIVE_S
 from tests import audiofiles as af
 from tests.server import ServedService
 
@@ -52,6 +53,8 @@ def test_bento_carries_model_code_and_dockerfile(exported, tiny_model_tag):
     assert any(n.endswith("src/serving/grpc_stubs/soundclassifier/v1/sound_classifier_pb2.py") for n in names)
     assert not any("/training/" in n or n.endswith(".pt") for n in names)  # serving only
     assert "EXPOSE 3000" in dockerfile and "EXPOSE 50051" in dockerfile
+    # The image's default arguments; its entrypoint runs `bentoml serve <them> $BENTO_PATH`.
+    assert f'CMD ["--timeout-keep-alive", "{KEEP_ALIVE_S}"]' in dockerfile
     assert "requirements.txt" in dockerfile
 
 

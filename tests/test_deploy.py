@@ -27,6 +27,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from soundclassifier.config import KEEP_ALIVE_S
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KUBE = REPO_ROOT / "deploy" / "kubernetes"
 UNIT = REPO_ROOT / "deploy" / "systemd" / "sound-classifier.service"
@@ -218,7 +220,7 @@ def test_systemd_unit_key_settings():
     s = unit_settings()
     service = {k: v[-1] for k, v in s["Service"].items()}
     assert service["User"] == "sound-classifier" and service["Group"] == "sound-classifier"
-    assert service["ExecStart"].endswith("/bentoml serve sound_classifier:latest --port 3000")
+    assert service["ExecStart"].endswith(f"/bentoml serve sound_classifier:latest --port 3000 --timeout-keep-alive {KEEP_ALIVE_S}")
     assert service["Restart"] == "on-failure"
     assert service["KillSignal"] == "SIGINT" and 0 < int(service["TimeoutStopSec"]) <= 60
     env = dict(e.split("=", 1) for e in s["Service"]["Environment"])

@@ -13,6 +13,8 @@ import io
 import struct
 import subprocess
 import sys
+import time
+from http.client import HTTPConnection
 from pathlib import Path
 
 import bentoml
@@ -446,6 +448,23 @@ def test_metrics(http, info):
 @pytest.mark.parametrize("path", ["/healthz", "/livez", "/readyz", "/metrics", "/docs.json"])
 def test_probes(http, path):
     assert http.get(path).status_code == 200
+
+
+def test_an_idle_connection_outlives_a_clients_keep_alive(served):
+    """A connection idle past BentoML's 5 s default (which equals httpx's own expiry, so a client
+    could reuse a connection the server was closing) is still open: the launcher's KEEP_ALIVE_S."""
+    conn = HTTPConnection("127.0.0.1", served.port, timeout=30)
+    try:
+        conn.request("GET", "/readyz")
+        assert conn.getresponse().read() is not None
+        sock = conn.sock
+        time.sleep(6.0)
+        conn.request("GET", "/readyz")  # on a socket the server closed: BrokenPipe or RemoteDisconnected
+        r = conn.getresponse()
+        r.read()
+        assert r.status == 200 and conn.sock is sock
+    finally:
+        conn.close()
 
 
 def test_openapi_lists_the_api(http):

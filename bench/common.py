@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -106,6 +107,22 @@ def tree_cpu_s(pid: int) -> float:
         except psutil.NoSuchProcess:
             pass
     return total
+
+
+def settle(pid: int, *, busy_cores: float = 0.05, window_s: float = 1.0, timeout_s: float = 120.0) -> float:
+    """Wait until a server's process tree uses less than `busy_cores` of CPU over `window_s`;
+    returns the seconds waited. A server answers /readyz as soon as one worker is up, while the
+    others may still be loading and measuring their engines on every core: loads measured then
+    paid for it (the one-client point of a full run started 3 s after a worker was still busy)."""
+    start = time.monotonic()
+    before = tree_cpu_s(pid)
+    while time.monotonic() - start < timeout_s:
+        time.sleep(window_s)
+        now = tree_cpu_s(pid)
+        if now - before < busy_cores * window_s:
+            break
+        before = now
+    return time.monotonic() - start
 
 
 def cores() -> int:

@@ -45,13 +45,20 @@ def inputs(model: LoadedModel, n: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([samples] * reps)[:n], dtype=np.float32)
 
 
-def time_calls(fn: Callable[[], object], seconds: float, min_calls: int = 3, warmup: int = 2) -> list[float]:
-    """Wall time of repeated calls: at least `min_calls`, until `seconds` have passed."""
+IDLE_BEFORE_CALL_S = 0.001
+
+
+def time_calls(fn: Callable[[], object], seconds: float, min_calls: int = 3, warmup: int = 2,
+               idle_s: float = 0.0) -> list[float]:
+    """Wall time of repeated calls: at least `min_calls`, until `seconds` have passed; `idle_s`:
+    sleep that long before each call (untimed)."""
     for _ in range(warmup):
         fn()
     times: list[float] = []
     end = time.perf_counter() + seconds
     while len(times) < min_calls or time.perf_counter() < end:
+        if idle_s:
+            time.sleep(idle_s)
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
@@ -88,6 +95,13 @@ def raw_model(model: LoadedModel, batch_sizes: list[int], seconds_per_point: flo
                 "latency_ms_min": min(times) * 1000,
                 "calls": len(times),
             }
+        # Back to back, the engine's threads never sleep between calls; a lone request meets them
+        # after the cores idled (on this VM an idle vCPU wakes slow and cache-cold). Context for
+        # the latency target, which is defined on the back-to-back figure.
+        x = inputs(model, batch_sizes[0])
+        after_idle = time_calls(lambda x=x, engine=engine: engine(x), seconds_per_point, min_calls=20,
+                                idle_s=IDLE_BEFORE_CALL_S)
+        points[batch_sizes[0]]["latency_ms_p50_after_idle"] = statistics.median(after_idle) * 1000
         best_b = max(points, key=lambda b: points[b]["clips_per_s"])
         results[label] = {
             "load_s": load_s,

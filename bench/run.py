@@ -49,7 +49,7 @@ import httpx
 
 from bench import load as loads
 from bench import raw, report
-from bench.common import CLIP_RATE, CLIP_SECONDS, clip_file, cores, multipart, tree_rss_mb
+from bench.common import CLIP_RATE, CLIP_SECONDS, clip_file, cores, multipart, settle, tree_rss_mb
 from bench.soak import run_soak
 from soundclassifier.config import ServeConfig
 from soundclassifier.hardware import cpu_has_bf16
@@ -126,6 +126,7 @@ def served_sweep(tag: str, name: str, env: dict[str, str], plan: Plan, body: tup
     try:
         server.start()
         entry["start_s"] = time.perf_counter() - started
+        entry["settle_s"] = settle(server.process.pid)
         info = httpx.post(f"{server.base_url}/info", timeout=30).json()
         entry.update(engine=f"{info['engine']}/{info['precision']}", max_batch_size=info["max_batch_size"],
                      max_latency_ms=info["max_latency_ms"], engines_tried=info["engines_tried"])
@@ -181,7 +182,8 @@ def litserve_peer(tag: str, out: Path) -> Iterator[tuple[str, int]]:
             time.sleep(0.5)
         else:
             raise RuntimeError(f"the LitServe peer did not come up (exit {proc.poll()}); see server-litserve.log")
-        log.info("  litserve peer up on :%d", port)
+        # An idle LitServe still polls its queues (0.18 of a core here): settled is below 0.3.
+        log.info("  litserve peer up on :%d (settled in %.0f s)", port, settle(proc.pid, busy_cores=0.3))
         yield f"http://127.0.0.1:{port}/predict", proc.pid
     finally:
         os.killpg(proc.pid, 2)  # its own process group (start_new_session): the server and its workers
@@ -244,6 +246,7 @@ def interleaved(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, result
             server = ServedService(tag, grpc_port="0", env=env, start_timeout_s=SERVER_START_TIMEOUT_S)
             server.start()
             stack.callback(server.stop)
+            settle(server.process.pid)
             targets[name] = (f"{server.base_url}/classify", server.process.pid, server.base_url)
         if have_litserve():
             url, pid = stack.enter_context(litserve_peer(tag, out))

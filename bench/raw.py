@@ -96,8 +96,8 @@ def raw_model(model: LoadedModel, batch_sizes: list[int], seconds_per_point: flo
                 "calls": len(times),
             }
         # Back to back, the engine's threads never sleep between calls; a lone request meets them
-        # after the cores idled (on this VM an idle vCPU wakes slow and cache-cold). Context for
-        # the latency target, which is defined on the back-to-back figure.
+        # after the cores idled. Context for the latency target (defined on the back-to-back
+        # figure): does a lone clip's engine call itself cost more than the raw one?
         x = inputs(model, batch_sizes[0])
         after_idle = time_calls(lambda x=x, engine=engine: engine(x), seconds_per_point, min_calls=20,
                                 idle_s=IDLE_BEFORE_CALL_S)

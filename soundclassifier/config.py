@@ -17,7 +17,8 @@ KEEP_ALIVE_S = 75
 """How long the HTTP server keeps an idle connection open (`bentoml serve --timeout-keep-alive`;
 every launcher passes it: Makefile, tests/server.py, the container's CMD, the systemd unit).
 BentoML's default, 5 s, equals httpx's client-side expiry: a client that reused a connection just
-as the server closed it got a reset (httpx ReadError) in 2 of 26 ten-second 64-client soaks here. A server should outlast its clients' and proxies' idle timeouts (60 s on common load balancers)."""
+as the server closed it got a reset (httpx ReadError) in 2 of 26 ten-second 64-client soaks here.
+A server should outlast its clients' and proxies' idle timeouts (60 s on common load balancers)."""
 
 
 class ServeConfig(BaseModel):

@@ -49,6 +49,7 @@ class ServedService:
         bentoml_home (Path | str | None): BENTOML_HOME for the server; default: inherited.
         port (int | None): HTTP port; default: a free one.
         start_timeout_s (float): how long to wait for GET /readyz to answer 200.
+        source_root (Path): the checkout served from source (bench/ab.py serves other revisions).
     """
 
     def __init__(
@@ -61,6 +62,7 @@ class ServedService:
         bentoml_home: Path | str | None = None,
         port: int | None = None,
         start_timeout_s: float = START_TIMEOUT_S,
+        source_root: Path = REPO_ROOT,
     ):
         self.model_tag = model_tag
         self.target = target
@@ -69,6 +71,7 @@ class ServedService:
         self.bentoml_home = bentoml_home
         self.port = port or free_port()
         self.start_timeout_s = start_timeout_s
+        self.source_root = source_root
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
         self._workdir: tempfile.TemporaryDirectory | None = None
@@ -81,7 +84,7 @@ class ServedService:
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
         if self.from_source:
-            env["PYTHONPATH"] = str(REPO_ROOT)
+            env["PYTHONPATH"] = str(self.source_root)
         else:  # a Bento must run on what it packed, not on the working tree
             env.pop("PYTHONPATH", None)
         if self.bentoml_home is not None:
@@ -104,7 +107,7 @@ class ServedService:
     def start(self) -> None:
         self._workdir = tempfile.TemporaryDirectory(prefix="served-")
         self._log_path = Path(self._workdir.name) / "server.log"
-        cwd = REPO_ROOT if self.from_source else Path(self._workdir.name)
+        cwd = self.source_root if self.from_source else Path(self._workdir.name)
         bentoml_cli = Path(sys.executable).with_name("bentoml")
         command = [str(bentoml_cli), "serve", self.target, "--host", "127.0.0.1", "--port", str(self.port),
                    "--timeout-keep-alive", str(KEEP_ALIVE_S)]

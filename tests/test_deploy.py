@@ -231,3 +231,11 @@ def test_systemd_unit_key_settings():
     assert service["ProtectSystem"] == "strict" and service["CapabilityBoundingSet"] == ""
     assert "MemoryDenyWriteExecute" not in service, "OpenVINO and oneDNN need JIT memory"
     assert s["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+def test_every_launcher_keeps_idle_connections_as_long():
+    """`make serve` and the container pass the same keep-alive as the rest (tests/server.py imports
+    it; the systemd unit's ExecStart and the built Bento's Dockerfile are checked beside their kin)."""
+    serve = next(line for line in (REPO_ROOT / "Makefile").read_text().splitlines() if "bentoml serve" in line)
+    assert serve.rstrip().endswith(f"--timeout-keep-alive {KEEP_ALIVE_S}")
+    assert f'CMD ["--timeout-keep-alive", "{KEEP_ALIVE_S}"]' in (REPO_ROOT / "deploy/Dockerfile.template").read_text()

@@ -144,8 +144,8 @@ class SoundClassifier:
                  self.core.tag, engine.name, engine.precision, engine.threads, engine.streams, WORKERS)
         # What is loaded by now (PyTorch, OpenVINO, BentoML: ~485k objects) lives as long as the
         # process. Left to the collector, every full collection walked all of it with the GIL held:
-        # 280 ms, every few seconds under load, and the slowest request at one client took 376 ms
-        # instead of 34 (A/B, 10 rounds). Frozen objects are never scanned again.
+        # 280 ms, every few seconds under load, and the slowest request at one client took 339 ms
+        # instead of 45-87 (python -m bench.ab, 8 rounds). Frozen objects are never scanned again.
         gc.collect()
         gc.freeze()
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import random
 import statistics
 import subprocess
 import sys
@@ -26,8 +25,7 @@ from functools import partial
 from pathlib import Path
 
 from bench import load as loads
-from bench.common import clip_file, multipart, settle
-from bench.run import paused
+from bench.common import clip_file, in_turn, multipart, settle
 from tests.server import REPO_ROOT, ServedService
 
 
@@ -80,14 +78,11 @@ def main(argv: list[str] | None = None) -> int:
             stack.callback(server.stop)
             settle(server.process.pid)
             servers[v.name] = server
-        for r in range(args.rounds):
-            order = random.sample(list(servers), len(servers))
-            for name in order:
-                with paused(s.process.pid for other, s in servers.items() if other != name):
-                    run = partial(loads.http_load, f"{servers[name].base_url}/classify", *body)
-                    load = loads.measure_point(run, args.clients, args.seconds, 1.0, server_pid=servers[name].process.pid)
-                points[name].append(load)
-                print(f"round {r + 1} {name}: {load.rps:.1f} req/s, p50 {load.latency_ms['p50']:.2f} ms", file=sys.stderr)
+        for r, name in in_turn({name: s.process.pid for name, s in servers.items()}, args.rounds, shuffle=True):
+            run = partial(loads.http_load, f"{servers[name].base_url}/classify", *body)
+            load = loads.measure_point(run, args.clients, args.seconds, 1.0, server_pid=servers[name].process.pid)
+            points[name].append(load)
+            print(f"round {r + 1} {name}: {load.rps:.1f} req/s, p50 {load.latency_ms['p50']:.2f} ms", file=sys.stderr)
 
     first = args.variants[0].name
     for name, loads_ in points.items():

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
+import signal
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -123,6 +127,32 @@ def settle(pid: int, *, busy_cores: float = 0.05, window_s: float = 1.0, timeout
             break
         before = now
     return time.monotonic() - start
+
+
+@contextlib.contextmanager
+def paused(process_groups: Iterator[int]) -> Iterator[None]:
+    """SIGSTOP these process groups for the block, SIGCONT after: an idle server is not always
+    idle (LitServe's workers poll their queues, 18% of a core here), and the one under load
+    should have the machine to itself."""
+    groups = list(process_groups)
+    try:
+        for group in groups:
+            os.killpg(group, signal.SIGSTOP)
+        yield
+    finally:
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGCONT)
+
+
+def in_turn(pids: dict[str, int], rounds: int, shuffle: bool = False) -> Iterator[tuple[int, str]]:
+    """(round, name) for every server in turn, round after round (in a random order each round if
+    `shuffle`); while the caller measures one, the others (process groups `pids`) are paused."""
+    for r in range(rounds):
+        names = random.sample(list(pids), len(pids)) if shuffle else list(pids)
+        for name in names:
+            with paused(pid for other, pid in pids.items() if other != name):
+                yield r, name
 
 
 def cores() -> int:

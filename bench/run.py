@@ -34,7 +34,6 @@ import logging
 import os
 import platform
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
@@ -49,7 +48,7 @@ import httpx
 
 from bench import load as loads
 from bench import raw, report
-from bench.common import CLIP_RATE, CLIP_SECONDS, clip_file, cores, multipart, settle, tree_rss_mb
+from bench.common import CLIP_RATE, CLIP_SECONDS, clip_file, cores, in_turn, multipart, settle, tree_rss_mb
 from bench.soak import run_soak
 from soundclassifier.config import ServeConfig
 from soundclassifier.hardware import cpu_has_bf16
@@ -212,28 +211,12 @@ def litserve_sweep(tag: str, plan: Plan, body: tuple[bytes, str], results: dict)
         log.exception("  litserve failed")
 
 
-@contextlib.contextmanager
-def paused(process_groups: Iterator[int]) -> Iterator[None]:
-    """SIGSTOP these process groups for the block, SIGCONT after: an idle server is not always
-    idle (LitServe's workers poll their queues, 18% of a core here), and the one under load
-    should have the machine to itself."""
-    groups = list(process_groups)
-    try:
-        for group in groups:
-            os.killpg(group, signal.SIGSTOP)
-        yield
-    finally:
-        for group in groups:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(group, signal.SIGCONT)
-
-
 def interleaved(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, results: dict) -> None:
     """The issue-9 ratios at PEER_CLIENTS clients, with the service, the service on PyTorch and the
     LitServe peer all up at once and loaded in turn, round after round. Sequential stages let the
     machine's drift into the ratios (here its speed moved by 15% within minutes); in turn, each
     round compares the three under the same conditions, and the report takes medians. The servers
-    not under load are paused (`paused`), so none pays for another's idle work."""
+    not under load are paused (`in_turn`), so none pays for another's idle work."""
     from tests.server import ServedService
 
     entry: dict = {"clients": PEER_CLIENTS, "rounds": [], "seconds": plan.point_seconds}
@@ -251,15 +234,13 @@ def interleaved(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, result
         if have_litserve():
             url, pid = stack.enter_context(litserve_peer(tag, out))
             targets["litserve"] = (url, pid, None)
-        for r in range(plan.rounds):
-            row = {}
-            for name, (url, pid, base) in targets.items():
-                log.info("  round %d: %s", r + 1, name)
-                with paused(p for other, (_, p, _) in targets.items() if other != name):
-                    load = loads.measure_point(partial(loads.http_load, url, *body), PEER_CLIENTS,
-                                               plan.point_seconds, plan.warmup_seconds, base_url=base, server_pid=pid)
-                row[name] = {"rps": load.rps, "errors": load.errors, "p50_ms": load.latency_ms["p50"]}
-            entry["rounds"].append(row)
+        entry["rounds"] = [{} for _ in range(plan.rounds)]
+        for r, name in in_turn({name: pid for name, (_, pid, _) in targets.items()}, plan.rounds):
+            url, pid, base = targets[name]
+            log.info("  round %d: %s", r + 1, name)
+            load = loads.measure_point(partial(loads.http_load, url, *body), PEER_CLIENTS,
+                                       plan.point_seconds, plan.warmup_seconds, base_url=base, server_pid=pid)
+            entry["rounds"][r][name] = {"rps": load.rps, "errors": load.errors, "p50_ms": load.latency_ms["p50"]}
     names = entry["rounds"][0].keys()
     entry["median_rps"] = {n: statistics.median(row[n]["rps"] for row in entry["rounds"]) for n in names}
     for peer in ("torch", "litserve"):

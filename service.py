@@ -4,8 +4,9 @@
 
 HTTP on 3000 and gRPC (serving/grpc_server.py) on SOUND_GRPC_PORT share one core and one batcher
 in each worker process (one per core by default: `ServeConfig.layout`).
-Request path: upload -> UploadGuard (size, multipart) -> decode + log-mel in a worker thread
--> shared adaptive batcher -> network -> probabilities -> typed JSON. Decoding, features and
+Request path: upload -> UploadGuard (size, multipart; answers /classify from its own parse, see
+`classify_form`) -> decode + log-mel in a worker thread -> shared adaptive batcher -> network ->
+probabilities -> typed JSON. Decoding, features and
 post-processing live in `soundclassifier`; this file only adapts them to HTTP.
 """
 
@@ -18,12 +19,20 @@ from typing import Annotated, NamedTuple
 
 import bentoml
 from bentoml.validators import ContentType
-from pydantic import BaseModel, Field, ValidatorFunctionWrapHandler, WrapValidator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
 
 with bentoml.importing():
     import asyncio
 
-    from starlette.datastructures import UploadFile
+    from opentelemetry import trace
+    from starlette.datastructures import FormData, UploadFile
     from starlette.responses import JSONResponse, Response
 
     from serving.grpc_server import start_grpc_server
@@ -50,6 +59,7 @@ WORKERS, ENGINE_THREADS, STREAMS = CONFIG.layout()  # see ServeConfig.layout
 MAX_BATCH_SIZE = CONFIG.max_batch_size
 MAX_LATENCY_MS = CONFIG.max_latency_ms
 RETRY_AFTER_S = 1
+SERVICE_NAME = "sound_classifier"
 MAX_TOP_K = 50
 
 log = logging.getLogger("sound_classifier")
@@ -82,6 +92,31 @@ LongAudioFile = Annotated[Path, Field(description="audio file: WAV, FLAC, OGG or
 TopK = Annotated[int, Field(ge=1, le=MAX_TOP_K, description="how many labels to return")]
 
 
+class ClassifyArgs(BaseModel):
+    """The arguments of `classify`, for the upload guard's direct answer (same types, same checks)."""
+
+    model_config = ConfigDict(extra="forbid")
+    audio: AudioFile
+    top_k: TopK = 5
+
+
+def _single_values(form: FormData) -> dict:
+    items = form.multi_items()
+    if len({k for k, _ in items}) != len(items):
+        raise ValueError("a field given more than once")
+    return dict(items)
+
+
+def _bentoml_headers() -> dict[str, str]:
+    # What BentoML adds to the answers of its own routes: the request ID is the id of the request's
+    # OpenTelemetry span (BentoML's server hook takes it from there too), formatted as in its logs.
+    headers = {"Server": f"BentoML Service/{SERVICE_NAME}"}
+    span = trace.get_current_span().get_span_context()
+    if span.is_valid:
+        headers["X-BentoML-Request-ID"] = format(span.span_id, "016x")
+    return headers
+
+
 class BatchItem(BaseModel):
     filename: str
     result: Classification | None = None
@@ -108,7 +143,7 @@ class ModelInfo(BaseModel):
 
 
 @bentoml.service(
-    name="sound_classifier",
+    name=SERVICE_NAME,
     workers=WORKERS,  # one process per core by default; each has its own engine and batcher
     traffic={"timeout": 600},
     http={"port": 3000},
@@ -197,6 +232,23 @@ class SoundClassifier:
     @bentoml.api(route="/classify")
     async def classify(self, audio: AudioFile, top_k: TopK = 5) -> Classification:
         """Classify one clip (WAV, FLAC, OGG or MP3); long clips are judged on their loudest window."""
+        return await self._classify(audio, top_k)
+
+    async def classify_form(self, form: FormData) -> Response | None:
+        """POST /classify as the upload guard hands it over: the form parsed once, the same
+        arguments and answer as `classify` above (which stays the API's declaration, and answers
+        whatever this declines: a form its arguments do not validate, with BentoML's own 400)."""
+        try:
+            args = ClassifyArgs.model_validate(_single_values(form))
+        except (ValidationError, ValueError):
+            return None
+        result = await self._classify(args.audio, args.top_k)
+        if not isinstance(result, Response):
+            result = Response(result.model_dump_json(), media_type="application/json")
+        result.headers.update(_bentoml_headers())
+        return result
+
+    async def _classify(self, audio: Upload, top_k: int) -> Classification | JSONResponse:
         try:
             return await self.classify_bytes(audio.data, top_k, "classify")
         except (AudioError, OverloadedError) as e:
@@ -283,11 +335,16 @@ class SoundClassifier:
         return JSONResponse(e.to_dict(), status_code=e.http_status)
 
 
+async def _classify_form(form: FormData) -> Response | None:
+    return await bentoml.get_current_service().classify_form(form)
+
+
 _MB = 2**20
 SoundClassifier.add_asgi_middleware(
     UploadGuard,
     rules={
-        "/classify": UploadRule(int(CONFIG.max_upload_mb * _MB) + _MB),
+        # /classify is answered from the guard's own parse (SoundClassifier.classify_form).
+        "/classify": UploadRule(int(CONFIG.max_upload_mb * _MB) + _MB, answer=_classify_form),
         "/spectrogram": UploadRule(int(CONFIG.max_upload_mb * _MB) + _MB),
         "/classify_batch": UploadRule(int(8 * CONFIG.max_upload_mb * _MB)),
         "/timeline": UploadRule(int(CONFIG.max_timeline_upload_mb * _MB) + _MB),

@@ -185,6 +185,19 @@ def test_classify_silence_and_short_clip(http, data, seconds):
     assert len(result["top"]) == 2
 
 
+@pytest.mark.parametrize("data", [clip(4), af.random_bytes(2000)], ids=["clip", "not-audio"])
+def test_classify_answers_alike_whichever_side_of_the_guard_answers(http, data):
+    # The upload guard answers a plain form itself (SoundClassifier.classify_form); a form with a
+    # field `classify` does not declare is left to BentoML's API. Same answer, same headers.
+    direct = post_audio(http, "/classify", data, top_k=3)
+    by_bentoml = post_audio(http, "/classify", data, top_k=3, note="a field classify ignores")
+    assert direct.status_code == by_bentoml.status_code
+    assert direct.json() == by_bentoml.json()
+    for header in ("content-type", "server"):
+        assert direct.headers[header] == by_bentoml.headers[header]
+    assert len(direct.headers["x-bentoml-request-id"]) == len(by_bentoml.headers["x-bentoml-request-id"]) == 16
+
+
 def test_sync_http_client(served, tiny_model_tag, info, tmp_path):
     path = tmp_path / "clip.wav"
     path.write_bytes(clip(3))

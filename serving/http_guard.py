@@ -23,17 +23,19 @@ of 10 rounds (`python -m bench.ab --rounds 10 before@f2dbaf1 direct`), lower in 
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from starlette.datastructures import FormData, Headers, UploadFile
 from starlette.formparsers import MultiPartParser
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 Scope = dict
 Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
+log = logging.getLogger("sound_classifier")
 CHUNK = 1 << 20  # large bodies are replayed from disk in pieces of this size
 SPOOL_BYTES = 8 << 20
 
@@ -82,7 +84,7 @@ class UploadGuard:
                 if problem:
                     await _reject(send, 400, "bad_request", problem)
                     return
-                response = await rule.answer(form) if rule.answer is not None else None
+                response = await _answer(rule, form, scope["path"])
             finally:
                 if form is not None:
                     await form.close()
@@ -169,6 +171,17 @@ async def _read_form(scope: Scope, body: _Body, rule: UploadRule) -> tuple[FormD
         if not all(isinstance(v, UploadFile) for v in values):
             return form, f"The field '{name}' must be a file upload, not text."
     return form, None
+
+
+async def _answer(rule: UploadRule, form: FormData, path: str) -> Response | None:
+    if rule.answer is None:
+        return None
+    try:
+        return await rule.answer(form)
+    except Exception:
+        # A bug, not bad input: logged, and answered as BentoML answers its own routes' bugs.
+        log.exception("%s failed", path)
+        return JSONResponse({"error": "An unexpected error has occurred, please check the server log."}, 500)
 
 
 def _replay(body: _Body, then: Receive | None = None) -> Receive:

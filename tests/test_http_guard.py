@@ -88,3 +88,14 @@ def test_bad_uploads_are_refused_before_anything_answers(answer):
     assert client.post("/classify", json={"audio": "x"}).status_code == 415
     assert client.post("/classify", files={"audio": ("a.wav", b"x" * (2 << 20))}).status_code == 413
     assert behind.seen == [] and handed == []
+
+
+def test_an_answer_that_fails_gets_a_json_500_and_the_app_is_not_called():
+    async def broken(form):
+        raise RuntimeError("a bug")
+
+    client, behind, handed = guarded(broken)
+    r = post(client)
+    assert r.status_code == 500
+    assert r.json() == {"error": "An unexpected error has occurred, please check the server log."}
+    assert len(handed) == 1 and behind.seen == []

@@ -6,8 +6,8 @@ HTTP on 3000 and gRPC (serving/grpc_server.py) on SOUND_GRPC_PORT share one core
 in each worker process (one per core by default: `ServeConfig.layout`).
 Request path: upload -> UploadGuard (size, multipart; answers /classify from its own parse, see
 `classify_form`) -> decode + log-mel in a worker thread -> shared adaptive batcher -> network ->
-probabilities -> typed JSON. Decoding, features and
-post-processing live in `soundclassifier`; this file only adapts them to HTTP.
+probabilities -> typed JSON. Decoding, features and post-processing live in `soundclassifier`;
+this file only adapts them to HTTP.
 """
 
 from __future__ import annotations

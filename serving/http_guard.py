@@ -9,8 +9,8 @@ turns each of those into a clear 4xx:
 A body that passes is replayed unchanged to BentoML. Large bodies spill to a temporary file.
 
 The check runs starlette's own multipart parser (the one BentoML runs next), so it refuses exactly
-what would make BentoML fail, but keeps only the form's shape: file contents are not copied.
-Copying them (a full `Request.form()`) cost 1.8 ms per 0.4 MB request, as much as HTTP itself.
+what would make BentoML fail, but keeps only the form's shape: file contents are not copied (a long
+recording for /timeline would otherwise be written to a temporary file here and again by BentoML).
 
 A route whose rule has an `answer` is different: its form is parsed once, with the files kept in
 memory (its size limit is small), and handed to `answer`, which returns the response itself or
@@ -80,14 +80,13 @@ class UploadGuard:
                 if not message.get("more_body", False):
                     break
             form, problem = await _read_form(scope, body, rule)
+            if problem:
+                await _reject(send, 400, "bad_request", problem)
+                return
             try:
-                if problem:
-                    await _reject(send, 400, "bad_request", problem)
-                    return
                 response = await _answer(rule, form, scope["path"])
             finally:
-                if form is not None:
-                    await form.close()
+                await form.close()
             if response is not None:
                 await response(scope, receive, send)
                 return
@@ -156,21 +155,29 @@ async def _chunks(body: _Body):
 
 
 async def _read_form(scope: Scope, body: _Body, rule: UploadRule) -> tuple[FormData | None, str | None]:
-    """(the form, None), or (None or the form, what is wrong with it); the caller closes the form.
-    Only a route with an `answer` keeps file contents."""
+    """(the form, None) for the caller to close, or (None, what is wrong with the body). Only a
+    route with an `answer` keeps file contents."""
     headers, stream = Headers(scope=scope), _chunks(body)
     parser = _FormInMemory(headers, stream, rule.max_bytes) if rule.answer else _FormShape(headers, stream)
     try:
         form = await parser.parse()
     except Exception as e:  # starlette raises HTTPException / MultiPartException / ValueError
         return None, f"The multipart body is malformed ({getattr(e, 'detail', None) or e})."
-    for name in rule.file_fields:
+    problem = _file_field_problem(form, rule.file_fields)
+    if problem:
+        await form.close()
+        return None, problem
+    return form, None
+
+
+def _file_field_problem(form: FormData, names: tuple[str, ...]) -> str | None:
+    for name in names:
         values = form.getlist(name)
         if not values:
-            return form, f"The file field '{name}' is missing."
+            return f"The file field '{name}' is missing."
         if not all(isinstance(v, UploadFile) for v in values):
-            return form, f"The field '{name}' must be a file upload, not text."
-    return form, None
+            return f"The field '{name}' must be a file upload, not text."
+    return None
 
 
 async def _answer(rule: UploadRule, form: FormData, path: str) -> Response | None:

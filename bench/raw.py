@@ -7,6 +7,7 @@ of `soundclassifier.engine` (the network), and `Classifier.prepare` (decode + re
 
 from __future__ import annotations
 
+import functools
 import logging
 import statistics
 import threading
@@ -53,12 +54,15 @@ def idle() -> None:
     time.sleep(IDLE_BEFORE_CALL_S)
 
 
-def evict_caches(_buffer: list = []) -> None:  # noqa: B006 (one buffer, kept between calls)
+@functools.cache
+def _evict_buffer() -> np.ndarray:
+    return np.empty(EVICT_BYTES // 8)
+
+
+def evict_caches() -> None:
     """Write EVICT_BYTES, so that the next call finds nothing of its own in the CPU caches: what a
     lone request meets after other work, or after the machine's other tenants ran while it idled."""
-    if not _buffer:
-        _buffer.append(np.empty(EVICT_BYTES // 8))
-    _buffer[0].fill(1.0)
+    _evict_buffer().fill(1.0)
 
 
 def time_calls(fn: Callable[[], object], seconds: float, min_calls: int = 3, warmup: int = 2,

@@ -8,7 +8,7 @@ import random
 import signal
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -130,7 +130,7 @@ def settle(pid: int, *, busy_cores: float = 0.05, window_s: float = 1.0, timeout
 
 
 @contextlib.contextmanager
-def paused(process_groups: Iterator[int]) -> Iterator[None]:
+def paused(process_groups: Iterable[int]) -> Iterator[None]:
     """SIGSTOP these process groups for the block, SIGCONT after: an idle server is not always
     idle (LitServe's workers poll their queues, 18% of a core here), and the one under load
     should have the machine to itself."""
@@ -145,13 +145,15 @@ def paused(process_groups: Iterator[int]) -> Iterator[None]:
                 os.killpg(group, signal.SIGCONT)
 
 
-def in_turn(pids: dict[str, int], rounds: int, shuffle: bool = False) -> Iterator[tuple[int, str]]:
+def in_turn(pids: dict[str, int | None], rounds: int, shuffle: bool = False) -> Iterator[tuple[int, str]]:
     """(round, name) for every server in turn, round after round (in a random order each round if
-    `shuffle`); while the caller measures one, the others (process groups `pids`) are paused."""
+    `shuffle`); while the caller measures one, the others (process groups `pids`) are paused. Two
+    names may share a server (two measurements of it); a name without one (None) is measured in
+    this process, with every server paused."""
     for r in range(rounds):
         names = random.sample(list(pids), len(pids)) if shuffle else list(pids)
         for name in names:
-            with paused(pid for other, pid in pids.items() if other != name):
+            with paused({pid for pid in pids.values() if pid is not None and pid != pids[name]}):
                 yield r, name
 
 

@@ -18,7 +18,8 @@ Stages, in order, each measured in this one run so ratios compare like with like
     litserve  the same model and features under LitServe's batching (only if litserve is installed)
     interleaved  the issue-9 ratios at 32 clients: the service, the service on PyTorch and LitServe
               up together and loaded in turn (the others paused) for several rounds (medians), so drift
-              cannot bias them
+              cannot bias them; in the same rounds, the service at one client against the served
+              engine's own single-clip call in process (the issue-9 latency target, paired)
 Mean batch sizes come from the server's /metrics around each measured window. Results go to
 OUT/bench-<time>.{json,md,png} and OUT/latest.{json,md,png}; the Markdown is also printed.
 Exit status 1 if a stage failed or the soak saw an error; missed targets are reported, not fatal.
@@ -216,10 +217,16 @@ def interleaved(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, result
     LitServe peer all up at once and loaded in turn, round after round. Sequential stages let the
     machine's drift into the ratios (here its speed moved by 15% within minutes); in turn, each
     round compares the three under the same conditions, and the report takes medians. The servers
-    not under load are paused (`in_turn`), so none pays for another's idle work."""
+    not under load are paused (`in_turn`), so none pays for another's idle work.
+
+    The issue-9 latency target is paired the same way: in each round, the service at one client,
+    then the served engine's own single-clip call in this process with every server paused; the
+    report takes the median of the rounds' differences."""
+    from soundclassifier.store import load_model
     from tests.server import ServedService
 
     entry: dict = {"clients": PEER_CLIENTS, "rounds": [], "seconds": plan.point_seconds}
+    latency: dict = {"clients": 1, "rounds": [{} for _ in range(plan.rounds)]}
     results["interleaved"] = entry
     log.info("interleaved: service, service on torch%s, %d rounds at %d clients",
              ", LitServe" if have_litserve() else "", plan.rounds, PEER_CLIENTS)
@@ -234,13 +241,32 @@ def interleaved(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, result
         if have_litserve():
             url, pid = stack.enter_context(litserve_peer(tag, out))
             targets["litserve"] = (url, pid, None)
+        service_url, service_pid, service_base = targets["service"]
+        info = httpx.post(f"{service_base}/info", timeout=30).json()
+        latency["engine"] = f"{info['engine']}/{info['precision']}"
+        model = load_model(tag)
+        engine = raw.engines(model, ServeConfig.from_env().engine_threads or None)[latency["engine"]]()
+        clip = raw.inputs(model, 1)
+        turns = {name: pid for name, (_, pid, _) in targets.items()} | {"service, 1 client": service_pid, "raw engine": None}
         entry["rounds"] = [{} for _ in range(plan.rounds)]
-        for r, name in in_turn({name: pid for name, (_, pid, _) in targets.items()}, plan.rounds):
-            url, pid, base = targets[name]
+        for r, name in in_turn(turns, plan.rounds):
             log.info("  round %d: %s", r + 1, name)
-            load = loads.measure_point(partial(loads.http_load, url, *body), PEER_CLIENTS,
-                                       plan.point_seconds, plan.warmup_seconds, base_url=base, server_pid=pid)
-            entry["rounds"][r][name] = {"rps": load.rps, "errors": load.errors, "p50_ms": load.latency_ms["p50"]}
+            if name == "raw engine":
+                times = raw.time_calls(lambda: engine(clip), plan.raw_seconds)
+                latency["rounds"][r]["raw_ms"] = statistics.median(times) * 1000
+            elif name == "service, 1 client":
+                load = loads.measure_point(partial(loads.http_load, service_url, *body), 1, plan.point_seconds,
+                                           plan.warmup_seconds, base_url=service_base, server_pid=service_pid)
+                latency["rounds"][r]["p50_ms"] = load.latency_ms["p50"]
+            else:
+                url, pid, base = targets[name]
+                load = loads.measure_point(partial(loads.http_load, url, *body), PEER_CLIENTS,
+                                           plan.point_seconds, plan.warmup_seconds, base_url=base, server_pid=pid)
+                entry["rounds"][r][name] = {"rps": load.rps, "errors": load.errors, "p50_ms": load.latency_ms["p50"]}
+    for row in latency["rounds"]:
+        row["gap_ms"] = row["p50_ms"] - row["raw_ms"]
+    latency.update({f"median_{k}": statistics.median(row[k] for row in latency["rounds"]) for k in ("p50_ms", "raw_ms", "gap_ms")})
+    entry["latency"] = latency
     names = entry["rounds"][0].keys()
     entry["median_rps"] = {n: statistics.median(row[n]["rps"] for row in entry["rounds"]) for n in names}
     for peer in ("torch", "litserve"):

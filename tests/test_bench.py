@@ -1,0 +1,64 @@
+"""The benchmark's own logic that decides verdicts: who is paused while what is measured, and how the
+paired latency target is judged. (The measurements themselves run in `make bench`, not here.)"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from bench.common import in_turn
+from bench.report import ENGINE_LATENCY_ALLOWANCE_MS, targets
+
+
+@pytest.fixture
+def sleepers():
+    """Two idle processes, each the leader of its own process group (as the served servers are)."""
+    procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+             for _ in range(2)]
+    yield [p.pid for p in procs]
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def _becomes(pid: int, stopped: bool) -> bool:
+    """Whether the process is (or within 2 s becomes) stopped, or running: SIGSTOP and SIGCONT are
+    delivered asynchronously."""
+    deadline = time.monotonic() + 2
+    while (psutil.Process(pid).status() == psutil.STATUS_STOPPED) != stopped:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_in_turn_pauses_every_other_server_and_all_of_them_for_an_in_process_measurement(sleepers):
+    a, b = sleepers
+    running = {"a": {a}, "b": {b}, "a at one client": {a}, "in process": set()}
+    turns = list(in_turn({"a": a, "b": b, "a at one client": a, "in process": None}, rounds=2))
+    assert [name for _, name in turns] == list(running) * 2
+    for r, name in in_turn({"a": a, "b": b, "a at one client": a, "in process": None}, rounds=2):
+        for pid in (a, b):
+            assert _becomes(pid, stopped=pid not in running[name]), f"round {r}, {name}: process {pid}"
+    assert _becomes(a, stopped=False) and _becomes(b, stopped=False), "every server runs again after the last turn"
+
+
+def _paired(gaps: list[float]) -> dict:
+    rounds = [{"p50_ms": 5.0 + g, "raw_ms": 5.0, "gap_ms": g} for g in gaps]
+    ordered = sorted(gaps)
+    median = (ordered[(len(gaps) - 1) // 2] + ordered[len(gaps) // 2]) / 2
+    return {"interleaved": {"latency": {"engine": "openvino/bf16", "rounds": rounds, "median_gap_ms": median,
+                                        "median_p50_ms": 5.0 + median, "median_raw_ms": 5.0}}}
+
+
+@pytest.mark.parametrize(("gaps", "met"), [([4.1, 4.9, 6.0, 4.5], True), ([5.2, 4.9, 6.0, 5.1], False)])
+def test_the_paired_latency_target_is_judged_on_the_median_of_the_rounds_differences(gaps, met):
+    row = next(t for t in targets(_paired(gaps), soak_seconds=60) if t["target"].endswith("(interleaved)")
+               and "p50" in t["target"])
+    assert row["met"] is met
+    assert row["ratio"] == pytest.approx(_paired(gaps)["interleaved"]["latency"]["median_gap_ms"]
+                                         / ENGINE_LATENCY_ALLOWANCE_MS)

@@ -1,7 +1,7 @@
 """One benchmark run: the raw model, the features, and the real server over HTTP and gRPC.
 
     make bench                                             # the full run (~10-15 min), on a quiet machine
-    python -m bench.run --quick                            # the same stages, short (~2 min)
+    python -m bench.run --quick                            # the same stages, short (a few minutes)
     python -m bench.run --model sound-resnet:abc123 --out bench/results
     python -m bench.run --quick --skip litserve,torch      # leave stages out
 
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--quick", action="store_true", help="short stages (~2 min) to check the harness")
+    parser.add_argument("--quick", action="store_true", help="short stages (a few minutes) to check the harness")
     parser.add_argument("--model", default="sound-resnet:latest", help="model tag (default %(default)s)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="output directory (default bench/results)")
     parser.add_argument("--skip", default="", help=f"comma-separated stages to leave out: {','.join(STAGES)}")

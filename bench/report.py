@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -114,6 +115,14 @@ def _peer_target(peer: str, clients: int, how: str, ratio: float, measured: str)
         return _target(name, measured, f">= {ENGINE_SPEEDUP:g} x", ratio, ratio >= ENGINE_SPEEDUP,
                        f"{_pct(ratio / ENGINE_SPEEDUP - 1)} vs target")
     return _target(name, measured, "> 1.00 x", ratio, ratio > 1.0, f"{_pct(ratio - 1)} throughput")
+
+
+def paired_latency(engine: str, rounds: list[dict]) -> dict:
+    """The issue-9 latency pairs of the interleaved rounds (each {"p50_ms", "raw_ms"}: the service
+    at one client, then the engine's one-clip call), with each round's difference and the medians."""
+    rounds = [{**row, "gap_ms": row["p50_ms"] - row["raw_ms"]} for row in rounds]
+    medians = {f"median_{k}": statistics.median(row[k] for row in rounds) for k in ("p50_ms", "raw_ms", "gap_ms")}
+    return {"clients": 1, "engine": engine, "rounds": rounds, **medians}
 
 
 def _paired_latency_target(paired: dict, allowance: float) -> dict:

@@ -226,7 +226,7 @@ def interleaved(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, result
     from tests.server import ServedService
 
     entry: dict = {"clients": PEER_CLIENTS, "rounds": [], "seconds": plan.point_seconds}
-    latency: dict = {"clients": 1, "rounds": [{} for _ in range(plan.rounds)]}
+    pairs: list[dict] = [{} for _ in range(plan.rounds)]  # the latency target's, per round
     results["interleaved"] = entry
     log.info("interleaved: service, service on torch%s, %d rounds at %d clients",
              ", LitServe" if have_litserve() else "", plan.rounds, PEER_CLIENTS)
@@ -243,9 +243,9 @@ def interleaved(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, result
             targets["litserve"] = (url, pid, None)
         service_url, service_pid, service_base = targets["service"]
         info = httpx.post(f"{service_base}/info", timeout=30).json()
-        latency["engine"] = f"{info['engine']}/{info['precision']}"
+        served_engine = f"{info['engine']}/{info['precision']}"
         model = load_model(tag)
-        engine = raw.engines(model, ServeConfig.from_env().engine_threads or None)[latency["engine"]]()
+        engine = raw.engines(model, ServeConfig.from_env().engine_threads or None)[served_engine]()
         clip = raw.inputs(model, 1)
         turns = {name: pid for name, (_, pid, _) in targets.items()} | {"service, 1 client": service_pid, "raw engine": None}
         entry["rounds"] = [{} for _ in range(plan.rounds)]
@@ -253,20 +253,17 @@ def interleaved(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, result
             log.info("  round %d: %s", r + 1, name)
             if name == "raw engine":
                 times = raw.time_calls(lambda: engine(clip), plan.raw_seconds)
-                latency["rounds"][r]["raw_ms"] = statistics.median(times) * 1000
+                pairs[r]["raw_ms"] = statistics.median(times) * 1000
             elif name == "service, 1 client":
                 load = loads.measure_point(partial(loads.http_load, service_url, *body), 1, plan.point_seconds,
                                            plan.warmup_seconds, base_url=service_base, server_pid=service_pid)
-                latency["rounds"][r]["p50_ms"] = load.latency_ms["p50"]
+                pairs[r]["p50_ms"] = load.latency_ms["p50"]
             else:
                 url, pid, base = targets[name]
                 load = loads.measure_point(partial(loads.http_load, url, *body), PEER_CLIENTS,
                                            plan.point_seconds, plan.warmup_seconds, base_url=base, server_pid=pid)
                 entry["rounds"][r][name] = {"rps": load.rps, "errors": load.errors, "p50_ms": load.latency_ms["p50"]}
-    for row in latency["rounds"]:
-        row["gap_ms"] = row["p50_ms"] - row["raw_ms"]
-    latency.update({f"median_{k}": statistics.median(row[k] for row in latency["rounds"]) for k in ("p50_ms", "raw_ms", "gap_ms")})
-    entry["latency"] = latency
+    entry["latency"] = report.paired_latency(served_engine, pairs)
     names = entry["rounds"][0].keys()
     entry["median_rps"] = {n: statistics.median(row[n]["rps"] for row in entry["rounds"]) for n in names}
     for peer in ("torch", "litserve"):

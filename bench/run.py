@@ -1,6 +1,6 @@
 """One benchmark run: the raw model, the features, and the real server over HTTP and gRPC.
 
-    make bench                                             # the full run (~10-15 min), on a quiet machine
+    make bench                                             # the full run (~18 min here), on a quiet machine
     python -m bench.run --quick                            # the same stages, short (a few minutes)
     python -m bench.run --model sound-resnet:abc123 --out bench/results
     python -m bench.run --quick --skip litserve,torch      # leave stages out

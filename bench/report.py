@@ -35,6 +35,10 @@ def _pct(x: float) -> str:
     return f"{x * 100:+.0f}%"
 
 
+def _ms_margin(spare: float) -> str:
+    return f"{spare:+.1f} ms headroom" if spare >= 0 else f"over by {-spare:.1f} ms"
+
+
 def targets(results: dict, soak_seconds: float) -> list[dict]:
     out = []
     best = results.get("raw_best")
@@ -136,7 +140,7 @@ def _paired_latency_target(paired: dict, allowance: float) -> dict:
         f"median of {len(rounds)} rounds: p50 - raw = {gap:.1f} ms (p50 {paired['median_p50_ms']:.1f} ms, raw "
         f"{paired['median_raw_ms']:.1f} ms, {paired['engine']}; per round {per_round})",
         f"<= +{allowance:g} ms", gap / allowance, gap <= allowance,
-        f"{allowance - gap:+.1f} ms headroom" if gap <= allowance else f"over by {gap - allowance:.1f} ms",
+        _ms_margin(allowance - gap),
     )  # fmt: skip
 
 
@@ -155,7 +159,7 @@ def _latency_target(results: dict, engine: str | None, allowance: float, issue: 
     return _target(
         name, f"{p50:.1f} ms{via_grpc} vs raw {raw1['latency_ms_p50']:.1f} ms ({engine}, batch 1{context})",
         f"<= {limit:.1f} ms",
-        p50 / limit, p50 <= limit, f"{limit - p50:+.1f} ms headroom" if p50 <= limit else f"over by {p50 - limit:.1f} ms",
+        p50 / limit, p50 <= limit, _ms_margin(limit - p50),
     )  # fmt: skip
 
 

@@ -241,27 +241,26 @@ def interleaved(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, result
         if have_litserve():
             url, pid = stack.enter_context(litserve_peer(tag, out))
             targets["litserve"] = (url, pid, None)
-        service_url, service_pid, service_base = targets["service"]
-        info = httpx.post(f"{service_base}/info", timeout=30).json()
+        info = httpx.post(f"{targets['service'][2]}/info", timeout=30).json()
         served_engine = f"{info['engine']}/{info['precision']}"
         model = load_model(tag)
         engine = raw.engines(model, ServeConfig.from_env().engine_threads or None)[served_engine]()
         clip = raw.inputs(model, 1)
-        turns = {name: pid for name, (_, pid, _) in targets.items()} | {"service, 1 client": service_pid, "raw engine": None}
+        # name -> (url, pid, base URL, clients): every server at PEER_CLIENTS, then the service at one.
+        points = {name: (*t, PEER_CLIENTS) for name, t in targets.items()} | {"service, 1 client": (*targets["service"], 1)}
         entry["rounds"] = [{} for _ in range(plan.rounds)]
-        for r, name in in_turn(turns, plan.rounds):
+        for r, name in in_turn({name: p[1] for name, p in points.items()} | {"raw engine": None}, plan.rounds):
             log.info("  round %d: %s", r + 1, name)
             if name == "raw engine":
                 times = raw.time_calls(lambda: engine(clip), plan.raw_seconds)
                 pairs[r]["raw_ms"] = statistics.median(times) * 1000
-            elif name == "service, 1 client":
-                load = loads.measure_point(partial(loads.http_load, service_url, *body), 1, plan.point_seconds,
-                                           plan.warmup_seconds, base_url=service_base, server_pid=service_pid)
+                continue
+            url, pid, base, clients = points[name]
+            load = loads.measure_point(partial(loads.http_load, url, *body), clients,
+                                       plan.point_seconds, plan.warmup_seconds, base_url=base, server_pid=pid)
+            if clients == 1:
                 pairs[r]["p50_ms"] = load.latency_ms["p50"]
             else:
-                url, pid, base = targets[name]
-                load = loads.measure_point(partial(loads.http_load, url, *body), PEER_CLIENTS,
-                                           plan.point_seconds, plan.warmup_seconds, base_url=base, server_pid=pid)
                 entry["rounds"][r][name] = {"rps": load.rps, "errors": load.errors, "p50_ms": load.latency_ms["p50"]}
     entry["latency"] = report.paired_latency(served_engine, pairs)
     names = entry["rounds"][0].keys()

@@ -3,7 +3,7 @@
     bentoml serve service:SoundClassifier            # http://localhost:3000 (make serve)
 
 HTTP on 3000 and gRPC (serving/grpc_server.py) on SOUND_GRPC_PORT share one core and one batcher
-in each worker process (one per core by default: `ServeConfig.layout`).
+in each worker process (one per core by default: `Settings.layout`).
 Request path: upload -> UploadGuard (size, multipart; answers /classify from its own parse, see
 `classify_form`) -> decode + log-mel in a worker thread -> shared adaptive batcher -> network ->
 probabilities -> typed JSON. Decoding, features and post-processing live in `soundclassifier`;
@@ -43,19 +43,19 @@ with bentoml.importing():
     from soundclassifier.audio import AudioError
     from soundclassifier.batching import Batcher, OverloadedError, Preparer
     from soundclassifier.classifier import Classifier
-    from soundclassifier.config import ServeConfig
+    from soundclassifier.config import Settings
     from soundclassifier.engine import select_engine
     from soundclassifier.predictions import Classification, Timeline
     from soundclassifier.render import spectrogram_png
     from soundclassifier.store import load_model
     from soundclassifier.timeline import MIN_HOP_S
 
-CONFIG = ServeConfig.from_env()
+CONFIG = Settings()
 # Defaults (SOUND_MAX_BATCH_SIZE, SOUND_MAX_LATENCY_MS), measured on 2 cores with OpenVINO bf16:
 # 203 clips/s at batch 1, 235 at 16, 238 at 32: batches past 16 double the wait for 1% more, so 16;
 # a 5 s queueing budget covers 64 concurrent clients even on a busy machine (at 60 req/s they saw
 # p99 2.4 s, and a 2 s budget shed some of them), and beyond it the queue sheds load as 503.
-WORKERS, ENGINE_THREADS, STREAMS = CONFIG.layout()  # see ServeConfig.layout
+WORKERS, ENGINE_THREADS, STREAMS = CONFIG.layout()  # see Settings.layout
 MAX_BATCH_SIZE = CONFIG.max_batch_size
 MAX_LATENCY_MS = CONFIG.max_latency_ms
 RETRY_AFTER_S = 1

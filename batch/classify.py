@@ -242,9 +242,9 @@ def resolve_model(spark, args: argparse.Namespace):
 
 def job_spec(args: argparse.Namespace, tag: str, archive: str | None):
     from batch.executor import JobSpec
-    from soundclassifier.config import ServeConfig
+    from soundclassifier.config import Settings
 
-    limits = ServeConfig().timeline_limits if args.timeline else ServeConfig().clip_limits  # service defaults
+    limits = Settings().timeline_limits if args.timeline else Settings().clip_limits  # service defaults
     max_bytes = int(args.max_file_mb * 2**20) if args.max_file_mb is not None else limits.max_bytes
     return JobSpec(
         tag=tag,

@@ -51,7 +51,7 @@ from bench import load as loads
 from bench import raw, report
 from bench.common import CLIP_RATE, CLIP_SECONDS, clip_file, cores, in_turn, multipart, settle, tree_rss_mb
 from bench.soak import run_soak
-from soundclassifier.config import ServeConfig
+from soundclassifier.config import Settings
 from soundclassifier.hardware import cpu_has_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,7 +244,7 @@ def interleaved(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, result
         info = httpx.post(f"{targets['service'][2]}/info", timeout=30).json()
         served_engine = f"{info['engine']}/{info['precision']}"
         model = load_model(tag)
-        engine = raw.engines(model, ServeConfig.from_env().engine_threads or None)[served_engine]()
+        engine = raw.engines(model, Settings().engine_threads or None)[served_engine]()
         clip = raw.inputs(model, 1)
         # name -> (url, pid, base URL, clients): every server at PEER_CLIENTS, then the service at one.
         points = {name: (*t, PEER_CLIENTS) for name, t in targets.items()} | {"service, 1 client": (*targets["service"], 1)}
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if "raw" not in skip:
         log.info("raw model, in process (%s s per point)", plan.raw_seconds)
-        threads = ServeConfig.from_env().engine_threads or None  # as the served engine gets them
+        threads = Settings().engine_threads or None  # as the served engine gets them
         results["raw"] = raw.raw_model(model, list(plan.batch_sizes), plan.raw_seconds, threads)
         measured = [(r["best"]["clips_per_s"], label, r["best"]["batch"]) for label, r in results["raw"].items() if "best" in r]
         speed, label, batch = max(measured)
@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             results["ceiling_with_features"] = 1 / per_clip_s
             log.info("sharing the cores: %s wide and as streams, alone and beside a feature thread",
                      results["raw_best"]["engine"])
-            threads = ServeConfig.from_env().engine_threads or None
+            threads = Settings().engine_threads or None
             results["sharing"] = raw.sharing(model, results["raw_best"]["engine"], plan.raw_seconds * 2,
                                              threads=threads)
     del model

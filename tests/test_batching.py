@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from soundclassifier.batching import Batcher, OverloadedError, Preparer
-from soundclassifier.config import ServeConfig
+from soundclassifier.config import Settings
 
 
 class Recorder:
@@ -161,4 +161,4 @@ def test_preparer_counts_work_in_progress_and_waiting():
     (8, 3, (3, 8, 2)),
 ])
 def test_process_and_thread_layout(engine_threads, workers, expected):
-    assert ServeConfig(engine_threads=engine_threads, workers=workers).layout() == expected
+    assert Settings(engine_threads=engine_threads, workers=workers).layout() == expected

@@ -127,7 +127,7 @@ def test_resources_follow_the_measurement(rendered):
 
 
 def test_ports_probes_and_wiring(rendered):
-    from soundclassifier.config import ServeConfig
+    from soundclassifier.config import Settings
 
     _, docs = rendered
     deployment, service = one(docs, "Deployment"), one(docs, "Service")
@@ -135,7 +135,7 @@ def test_ports_probes_and_wiring(rendered):
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     bentofile = yaml.safe_load((REPO_ROOT / "bentofile.yaml").read_text())
     grpc_port = int(bentofile["docker"]["env"]["SOUND_GRPC_PORT"])
-    assert ports == {"http": 3000, "grpc": grpc_port} and grpc_port == ServeConfig().grpc_port
+    assert ports == {"http": 3000, "grpc": grpc_port} and grpc_port == Settings().grpc_port
     assert {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
         "http": (3000, "http"), "grpc": (grpc_port, "grpc")}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}

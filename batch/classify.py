@@ -9,8 +9,8 @@
         --conf spark.executor.cores=4 batch/classify.py IN OUT --threads-per-task 2  # code ships itself
     python -m batch.classify --help                                              # every flag
 
-One row per file: path, model, engine, duration_s, sample_rate, top (array of {label, probability},
-best first) and error ({kind, detail}, null when fine). With --timeline: one row per window (window,
+One row per file: path, model, engine, duration_s, sample_rate, label (the top label, or "unknown"
+below --min-confidence), top (array of {label, probability}, best first) and error ({kind, detail}, null when fine). With --timeline: one row per window (window,
 start_s, end_s, top), the windows of HTTP /timeline; a failed file gets one row with its error.
 A bad file (empty, not audio, truncated, unreadable, too large or long) never fails the job: its
 row says why, with the kinds of the HTTP API (empty, not_audio, corrupt, unsupported, too_long,
@@ -75,6 +75,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import tempfile
 import uuid
@@ -92,6 +93,7 @@ ARROW_MAX_BYTES_PER_BATCH = 64 * 2**20
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from soundclassifier.options import DEFAULT_TIMELINE_TOP_K, DEFAULT_TOP_K, MAX_TOP_K, MIN_HOP_S
     from soundclassifier.store import DEFAULT_TAG
 
     p = argparse.ArgumentParser(
@@ -114,9 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeline", action="store_true",
                    help="one row per window (the windows of HTTP /timeline) instead of one row per file")
     p.add_argument("--hop-s", type=float, default=None,
-                   help="--timeline: seconds between window starts, in (0, window] (default half a window)")
+                   help=f"--timeline: seconds between window starts, {MIN_HOP_S:g} s to one window "
+                        "(default half a window, as HTTP /timeline)")
     p.add_argument("--top-k", type=int, default=None,
-                   help="labels kept per file or window (default 5, with --timeline 3: the HTTP defaults)")
+                   help=f"labels kept per file or window, 1-{MAX_TOP_K} (default {DEFAULT_TOP_K}, with --timeline "
+                        f"{DEFAULT_TIMELINE_TOP_K}: the HTTP defaults)")
+    p.add_argument("--min-confidence", type=float, default=None,
+                   help='label "unknown" below this top probability, 0-1 (default: the model\'s threshold)')
     p.add_argument("--engine", choices=ENGINES, default="auto",
                    help="inference engine, chosen per worker by select_engine as in serving (default %(default)s)")
     p.add_argument("--threads-per-task", type=int, default=1,
@@ -140,9 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with every option the service also takes checked by the service's own
+    rules (soundclassifier.options) before Spark starts (the hop's upper bound, the model's window,
+    too, unless the model comes in an archive: then as soon as it is opened, before any file is
+    read)."""
     p = build_parser()
     args = p.parse_args(argv)
-    for name in ("top_k", "threads_per_task", "batch_size", "partitions", "max_partition_mb"):
+    for name in ("threads_per_task", "batch_size", "partitions", "max_partition_mb"):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -150,7 +160,67 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--hop-s needs --timeline")
     if any("=" not in kv for kv in args.conf):
         p.error("--conf takes KEY=VALUE")
+    problem = output_problem(args.input, args.output)
+    if problem:
+        p.error(problem)
+    try:
+        job_options(args, None if args.model_archive else stored_window(args.model))
+    except ValueError as e:  # InvalidArgumentError
+        p.error(str(e))
     return args
+
+
+def stored_window(tag: str) -> float | None:
+    """The window of a model in this machine's store (None if it is not there: the job then
+    fails as it starts, saying so), read from its metadata without loading it."""
+    import bentoml
+
+    from soundclassifier.features import FeatureSettings
+
+    try:
+        meta = bentoml.models.get(tag).info.metadata
+    except bentoml.exceptions.NotFound:
+        return None
+    return FeatureSettings.from_metadata(meta["feature_settings"]).clip_seconds
+
+
+def job_options(args: argparse.Namespace, window_s: float | None = None):
+    """The request options of every file or window, as HTTP would take them (InvalidArgumentError if
+    one is out of bounds); `window_s`: the model's window, once known."""
+    from soundclassifier.options import (
+        ClassifyOptions,
+        InvalidArgumentError,
+        TimelineOptions,
+        validate_options,
+    )
+
+    values = {"top_k": args.top_k, "min_confidence": args.min_confidence}
+    try:
+        if args.timeline:
+            return validate_options(TimelineOptions, {**values, "hop_s": args.hop_s}, window_s)
+        return validate_options(ClassifyOptions, values)
+    except InvalidArgumentError as e:  # the same refusal, in the command line's words
+        raise InvalidArgumentError(re.sub(r"\b(top_k|hop_s|min_confidence)\b",
+                                     lambda m: "--" + m[1].replace("_", "-"), str(e))) from None
+
+
+def output_problem(input_uri: str, output_uri: str) -> str | None:
+    """Why OUTPUT may not be written, or None. The job replaces OUTPUT as a whole, so an OUTPUT
+    that is INPUT, holds it or lies inside it would delete the recordings it reads."""
+    def parts(uri: str) -> tuple[str, str, tuple[str, ...]]:
+        split = urlsplit(uri)
+        if split.scheme in ("", "file"):
+            return "file", "", Path(unquote(split.path) if split.scheme else uri).resolve().parts
+        return split.scheme, split.netloc, tuple(p for p in unquote(split.path).split("/") if p)
+
+    (s_in, host_in, path_in), (s_out, host_out, path_out) = parts(input_uri), parts(output_uri)
+    if (s_in, host_in) != (s_out, host_out):
+        return None
+    shorter = min(len(path_in), len(path_out))
+    if path_in[:shorter] == path_out[:shorter]:
+        return (f"OUTPUT ({output_uri}) is, holds or lies inside INPUT ({input_uri}); the job replaces "
+                "OUTPUT as a whole: choose a folder outside the input")
+    return None
 
 
 def case_insensitive_glob(extensions: str) -> str:
@@ -240,7 +310,7 @@ def resolve_model(spark, args: argparse.Namespace):
     return str(entry.tag), name, FeatureSettings.from_metadata(entry.info.metadata["feature_settings"])
 
 
-def job_spec(args: argparse.Namespace, tag: str, archive: str | None):
+def job_spec(args: argparse.Namespace, tag: str, archive: str | None, window_s: float):
     from batch.executor import JobSpec
     from soundclassifier.config import Settings
 
@@ -252,11 +322,10 @@ def job_spec(args: argparse.Namespace, tag: str, archive: str | None):
         engine=args.engine,
         threads=args.threads_per_task,
         batch_size=args.batch_size,
-        top_k=args.top_k or (3 if args.timeline else 5),
+        options=job_options(args, window_s).model_dump(exclude_none=True),
         max_bytes=max_bytes,
         max_seconds=args.max_seconds if args.max_seconds is not None else limits.max_seconds,
         timeline=args.timeline,
-        hop_s=args.hop_s,
     )
 
 
@@ -283,7 +352,8 @@ def output_schema(timeline: bool):
     if timeline:
         fields += [StructField("window", IntegerType()), StructField("start_s", DoubleType()),
                    StructField("end_s", DoubleType())]
-    return StructType([*fields, StructField("top", top), StructField("error", error)])
+    return StructType([*fields, StructField("label", StringType()), StructField("top", top),
+                       StructField("error", error)])
 
 
 def classified(spark, args: argparse.Namespace, spec):
@@ -389,9 +459,7 @@ def summarize(spark, output: str) -> dict:
 
 def run(spark, args: argparse.Namespace) -> dict:
     tag, archive, settings = resolve_model(spark, args)
-    if args.hop_s is not None and not 0 < args.hop_s <= settings.clip_seconds:
-        raise ValueError(f"--hop-s must be in (0, {settings.clip_seconds:g}] (the model's window), got {args.hop_s:g}")
-    spec = job_spec(args, tag, archive)
+    spec = job_spec(args, tag, archive, settings.clip_seconds)
     log.info("classifying %s with %s -> %s", args.input, tag, args.output)
     write_replacing(spark, classified(spark, args, spec), args.output)
     return {"model": tag, **summarize(spark, args.output)}

@@ -7,8 +7,9 @@ that worker handles pays nothing for it. The functions here are pickled by refer
 ships to the executors in the job's code zip), which is what keeps that cache alive across tasks:
 a function defined in `__main__` would be pickled by value, with fresh globals every task.
 
-Decoding, features, the forward pass and top-k all come from `soundclassifier.classifier.Classifier`,
-exactly as the HTTP service uses it; this module only moves rows in and out.
+Decoding, features, the forward pass, the arguments' rules and the results all come from the core's
+`Classifier`, opened by `soundclassifier.pipeline.open_classifier` exactly as the service opens
+it; this module only moves rows in and out.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ log = logging.getLogger("batch")
 UNREADABLE = "unreadable"  # Spark listed the file but could not read it (gone, permissions, I/O)
 FAILED = "failed"  # anything else that went wrong for this one file (a bug: report it)
 
-CLASSIFY_COLUMNS = ["path", "model", "engine", "duration_s", "sample_rate", "top", "error"]
+CLASSIFY_COLUMNS = ["path", "model", "engine", "duration_s", "sample_rate", "label", "top", "error"]
 TIMELINE_COLUMNS = [
-    "path", "model", "engine", "duration_s", "sample_rate", "window", "start_s", "end_s", "top", "error",
+    "path", "model", "engine", "duration_s", "sample_rate", "window", "start_s", "end_s", "label", "top", "error",
 ]  # fmt: skip
 
 
@@ -44,11 +45,11 @@ class JobSpec:
     engine (str): choice passed to `soundclassifier.engine.select_engine` (auto, openvino, ...).
     threads (int): engine threads per task (= spark.task.cpus).
     batch_size (int): clips per forward pass.
-    top_k (int): labels kept per clip or window.
+    options (dict): the request options (top_k, min_confidence, with --timeline hop_s), checked on
+        the driver by the core's rules (soundclassifier.options) and again by the classifier here.
     max_bytes (int): largest file decoded (larger ones are refused as too_large).
     max_seconds (float): longest audio decoded (longer ones are refused as too_long).
     timeline (bool): one row per window instead of one row per file.
-    hop_s (float | None): seconds between window starts; None = half a window, as HTTP /timeline.
     """
 
     tag: str
@@ -56,11 +57,10 @@ class JobSpec:
     engine: str
     threads: int
     batch_size: int
-    top_k: int
+    options: dict
     max_bytes: int
     max_seconds: float
     timeline: bool = False
-    hop_s: float | None = None
 
 
 # (tag, archive, engine choice, threads) -> (Classifier, "engine/precision"); one entry per worker.
@@ -86,13 +86,9 @@ def classifier_for(spec: JobSpec):
     key = (spec.tag, spec.archive, spec.engine, spec.threads)
     if key not in _LOADED:
         import bentoml
-        import torch
 
-        from soundclassifier.classifier import Classifier
-        from soundclassifier.engine import select_engine
-        from soundclassifier.store import load_model
+        from soundclassifier.pipeline import open_classifier
 
-        torch.set_num_threads(spec.threads)
         if spec.archive is not None:
             from pyspark import SparkFiles
 
@@ -101,10 +97,9 @@ def classifier_for(spec: JobSpec):
                 raise RuntimeError(f"{spec.archive} holds {entry.tag}, the driver expected {spec.tag}")
         else:
             entry = bentoml.models.get(spec.tag)
-        model = load_model(entry)
-        engine, report = select_engine(model.network, model.onnx_path, model.samples, spec.engine, spec.threads)
-        _LOADED[key] = (Classifier(model, engine), report["chosen"])
-        log.info("worker loaded %s on %s (%s)", model.tag, report["chosen"], report.get("tried", {}))
+        classifier, report = open_classifier(entry, spec.engine, spec.threads)
+        _LOADED[key] = (classifier, report["chosen"])
+        log.info("worker loaded %s on %s (%s)", classifier.tag, report["chosen"], report.get("tried", {}))
     return _LOADED[key]
 
 
@@ -129,13 +124,14 @@ def classify_partition(spec: JobSpec, batches: Iterator[pd.DataFrame]) -> Iterat
     from soundclassifier.audio import Limits
 
     clf, engine = classifier_for(spec)
+    opts = clf.classify_options(**spec.options)
     limits = Limits(max_bytes=spec.max_bytes, max_seconds=spec.max_seconds)
     for frame in batches:
         rows: list[dict] = []
         ready: list[tuple[int, object, np.ndarray]] = []  # (row index, Audio, model input)
         for path, content in zip(frame["path"], frame["content"], strict=True):
             row = {"path": path, "model": clf.tag, "engine": engine, "duration_s": None,
-                   "sample_rate": None, "top": None, "error": None}
+                   "sample_rate": None, "label": None, "top": None, "error": None}
             try:
                 audio, x = clf.prepare(bytes(content), limits)
             except Exception as e:  # noqa: BLE001 - one bad file gets its error row, never fails the job
@@ -147,14 +143,14 @@ def classify_partition(spec: JobSpec, batches: Iterator[pd.DataFrame]) -> Iterat
             chunk = ready[start : start + spec.batch_size]
             probs = clf.forward(np.stack([x for _, _, x in chunk]))
             for (i, audio, _), p in zip(chunk, probs, strict=True):
-                c = clf.classification(audio, p, spec.top_k)
-                rows[i].update(duration_s=c.duration_s, sample_rate=c.sample_rate, top=_top(c.top))
+                c = clf.classification(audio, p, opts)
+                rows[i].update(duration_s=c.duration_s, sample_rate=c.sample_rate, label=c.label, top=_top(c.top))
         yield pd.DataFrame(rows, columns=CLASSIFY_COLUMNS)
 
 
 def timeline_partition(spec: JobSpec, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
     """mapInPandas body: (path, content) rows -> one TIMELINE_COLUMNS row per window, the windows
-    of HTTP /timeline (Classifier.start_timeline); a file that fails gets one row with its error."""
+    of HTTP /timeline (Classifier.timeline); a file that fails gets one row with its error."""
     from soundclassifier.audio import Limits
 
     clf, engine = classifier_for(spec)
@@ -164,16 +160,13 @@ def timeline_partition(spec: JobSpec, batches: Iterator[pd.DataFrame]) -> Iterat
         for path, content in zip(frame["path"], frame["content"], strict=True):
             base = {"path": path, "model": clf.tag, "engine": engine}
             try:
-                job = clf.start_timeline(bytes(content), spec.hop_s, limits)
-                for windows, inputs in job.chunks():
-                    job.add(windows, clf.forward(inputs), spec.top_k)
-                t = job.result()
+                t = clf.timeline(bytes(content), limits, **spec.options)
             except Exception as e:  # noqa: BLE001 - as above: the file's row carries the error
                 rows.append({**base, "error": _file_error(e)})
                 continue
             rows += [
                 {**base, "duration_s": t.duration_s, "sample_rate": t.sample_rate, "window": i,
-                 "start_s": w.start_s, "end_s": w.end_s, "top": _top(w.top), "error": None}
+                 "start_s": w.start_s, "end_s": w.end_s, "label": w.label, "top": _top(w.top), "error": None}
                 for i, w in enumerate(t.windows)
             ]
         yield pd.DataFrame(rows, columns=TIMELINE_COLUMNS)

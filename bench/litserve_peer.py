@@ -2,8 +2,9 @@
 
     python -m bench.litserve_peer --model sound-resnet:latest --port 8000 --max-batch-size 32
 
-POST /predict with a multipart file field `audio` answers the top-5 labels, like /classify. The
-engine is chosen as the service chooses it (`select_engine`, SOUND_ENGINE honoured). Needs
+POST /predict with a multipart file field `audio` answers as /classify does with its defaults. The
+model is opened and its engine chosen as the service does it (`open_classifier`, SOUND_ENGINE
+honoured). Needs
 `pip install litserve==0.2.19 python-multipart`; bench/run.py notes the peer as skipped without it.
 """
 
@@ -16,6 +17,7 @@ import litserve as ls
 import numpy as np
 from fastapi import HTTPException
 
+from serving.errors import HTTP_STATUS
 from soundclassifier.audio import AudioError
 
 BATCH_TIMEOUT_S = 0.01  # how long LitServe waits to fill a batch
@@ -29,15 +31,11 @@ class SoundAPI(ls.LitAPI):
         self.model_tag = model_tag
 
     def setup(self, device) -> None:
-        from soundclassifier.classifier import Classifier
-        from soundclassifier.engine import select_engine
-        from soundclassifier.store import load_model
+        from soundclassifier.pipeline import open_classifier
 
-        model = load_model(self.model_tag)
-        engine, report = select_engine(model.network, model.onnx_path, model.samples,
-                                       os.environ.get("SOUND_ENGINE", "auto"))
-        self.core = Classifier(model, engine)
-        print(f"litserve peer serving {model.tag} on {report['chosen']}", flush=True)
+        self.core, report = open_classifier(self.model_tag, os.environ.get("SOUND_ENGINE", "auto"))
+        self.options = self.core.classify_options()
+        print(f"litserve peer serving {self.core.tag} on {report['chosen']}", flush=True)
 
     def decode_request(self, request):
         upload = request["audio"]
@@ -45,7 +43,7 @@ class SoundAPI(ls.LitAPI):
         try:
             return self.core.prepare(data)
         except AudioError as e:
-            raise HTTPException(e.http_status, e.to_dict()) from None
+            raise HTTPException(HTTP_STATUS[e.kind], e.to_dict()) from None
 
     def batch(self, inputs):
         return [a for a, _ in inputs], np.stack([x for _, x in inputs])
@@ -59,7 +57,7 @@ class SoundAPI(ls.LitAPI):
 
     def encode_response(self, output):
         audio, probs = output
-        return self.core.classification(audio, probs, 5).model_dump()
+        return self.core.classification(audio, probs, self.options).model_dump()
 
 
 def main(argv: list[str] | None = None) -> None:

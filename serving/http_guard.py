@@ -12,30 +12,26 @@ The check runs starlette's own multipart parser (the one BentoML runs next), so 
 what would make BentoML fail, but keeps only the form's shape: file contents are not copied (a long
 recording for /timeline would otherwise be written to a temporary file here and again by BentoML).
 
-A route whose rule has an `answer` is different: its form is parsed once, with the files kept in
-memory (its size limit is small), and handed to `answer`, which returns the response itself or
-None to leave the request to BentoML. For /classify that skips BentoML parsing the same body a
-second time, its input model, routing and response wrapping (BentoML's outer middlewares, access
-log, tracing and metrics, still see the request): p50 at one client -0.9 and -0.1 ms in two A/Bs
-of 10 rounds (`python -m bench.ab --rounds 10 before@f2dbaf1 direct`), lower in 8 and 6 rounds.
+Until the previous round the guard also answered /classify itself from its own parse, beside
+BentoML's declared route: -0.9 and -0.1 ms p50 at one client in two A/Bs of 10 rounds, below what
+this machine can tell from noise, for a second copy of the route's arguments and answer. Removed.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from starlette.datastructures import FormData, Headers, UploadFile
 from starlette.formparsers import MultiPartParser
-from starlette.responses import JSONResponse, Response
+
+from soundclassifier.config import Settings
 
 Scope = dict
 Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
-log = logging.getLogger("sound_classifier")
 CHUNK = 1 << 20  # large bodies are replayed from disk in pieces of this size
 SPOOL_BYTES = 8 << 20
 
@@ -44,9 +40,20 @@ SPOOL_BYTES = 8 << 20
 class UploadRule:
     max_bytes: int
     file_fields: tuple[str, ...] = ("audio",)
-    answer: Callable[[FormData], Awaitable[Response | None]] | None = None
-    """Answers the route from its parsed form (files in memory), or returns None to leave the
-    request to BentoML; None here: BentoML always answers."""
+
+
+_MB = 2**20
+
+
+def upload_rules(settings: Settings) -> dict[str, UploadRule]:
+    """The service's upload routes and their body limits (the file limit plus room for the form)."""
+    clip = int(settings.max_upload_mb * _MB) + _MB
+    return {
+        "/classify": UploadRule(clip),
+        "/spectrogram": UploadRule(clip),
+        "/classify_batch": UploadRule(int(8 * settings.max_upload_mb * _MB)),
+        "/timeline": UploadRule(int(settings.max_timeline_upload_mb * _MB) + _MB),
+    }
 
 
 class UploadGuard:
@@ -79,16 +86,9 @@ class UploadGuard:
                     return
                 if not message.get("more_body", False):
                     break
-            form, problem = await _read_form(scope, body, rule)
+            problem = await _form_problem(scope, body, rule)
             if problem:
                 await _reject(send, 400, "bad_request", problem)
-                return
-            try:
-                response = await _answer(rule, form, scope["path"])
-            finally:
-                await form.close()
-            if response is not None:
-                await response(scope, receive, send)
                 return
             await self.app(scope, _replay(body, then=receive), send)
 
@@ -141,33 +141,21 @@ class _FormShape(MultiPartParser):
             super().on_part_data(data, start, end)
 
 
-class _FormInMemory(MultiPartParser):
-    """starlette's multipart parser, with every file kept in memory (up to the route's limit)."""
-
-    def __init__(self, headers: Headers, stream, max_bytes: int):
-        super().__init__(headers, stream)
-        self.spool_max_size = max_bytes
-
-
 async def _chunks(body: _Body):
     for piece in body.pieces():
         yield piece
 
 
-async def _read_form(scope: Scope, body: _Body, rule: UploadRule) -> tuple[FormData | None, str | None]:
-    """(the form, None) for the caller to close, or (None, what is wrong with the body). Only a
-    route with an `answer` keeps file contents."""
-    headers, stream = Headers(scope=scope), _chunks(body)
-    parser = _FormInMemory(headers, stream, rule.max_bytes) if rule.answer else _FormShape(headers, stream)
+async def _form_problem(scope: Scope, body: _Body, rule: UploadRule) -> str | None:
+    """What is wrong with the body's form, or None."""
     try:
-        form = await parser.parse()
+        form = await _FormShape(Headers(scope=scope), _chunks(body)).parse()
     except Exception as e:  # starlette raises HTTPException / MultiPartException / ValueError
-        return None, f"The multipart body is malformed ({getattr(e, 'detail', None) or e})."
-    problem = _file_field_problem(form, rule.file_fields)
-    if problem:
+        return f"The multipart body is malformed ({getattr(e, 'detail', None) or e})."
+    try:
+        return _file_field_problem(form, rule.file_fields)
+    finally:
         await form.close()
-        return None, problem
-    return form, None
 
 
 def _file_field_problem(form: FormData, names: tuple[str, ...]) -> str | None:
@@ -178,17 +166,6 @@ def _file_field_problem(form: FormData, names: tuple[str, ...]) -> str | None:
         if not all(isinstance(v, UploadFile) for v in values):
             return f"The field '{name}' must be a file upload, not text."
     return None
-
-
-async def _answer(rule: UploadRule, form: FormData, path: str) -> Response | None:
-    if rule.answer is None:
-        return None
-    try:
-        return await rule.answer(form)
-    except Exception:
-        # A bug, not bad input: logged, and answered as BentoML answers its own routes' bugs.
-        log.exception("%s failed", path)
-        return JSONResponse({"error": "An unexpected error has occurred, please check the server log."}, 500)
 
 
 def _replay(body: _Body, then: Receive | None = None) -> Receive:

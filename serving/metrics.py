@@ -1,6 +1,7 @@
 """Prometheus metrics that matter for this service, exported on BentoML's own /metrics.
 
-Created inside the worker (after BentoML has set PROMETHEUS_MULTIPROC_DIR), hence a function.
+Created inside the worker (after BentoML has set PROMETHEUS_MULTIPROC_DIR); `PrometheusHooks` is
+what the pipeline reports to (soundclassifier.pipeline.Hooks).
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge, Histogram
+
+from soundclassifier.pipeline import Hooks
 
 
 @dataclass(frozen=True)
@@ -39,3 +42,26 @@ def create_metrics(max_batch_size: int) -> Metrics:
             multiprocess_mode="livemax",  # one sample per engine in use, however many worker processes
         ),
     )
+
+
+class PrometheusHooks(Hooks):
+    def __init__(self, max_batch_size: int):
+        self.metrics = create_metrics(max_batch_size)
+
+    def serving(self, engine: str, precision: str, model: str) -> None:
+        self.metrics.engine.labels(engine, precision, model).set(1)
+
+    def clips(self, endpoint: str, n: int, audio_seconds: float) -> None:
+        if n:
+            self.metrics.clips.labels(endpoint).inc(n)
+        if audio_seconds:
+            self.metrics.audio_seconds.labels(endpoint).inc(audio_seconds)
+
+    def audio_error(self, kind: str) -> None:
+        self.metrics.audio_errors.labels(kind).inc()
+
+    def overloaded(self) -> None:
+        self.metrics.overloaded.inc()
+
+    def batch(self, size: int) -> None:
+        self.metrics.batch_size.observe(size)

@@ -10,8 +10,9 @@ The Swagger UI that / used to show stays reachable at /docs (BentoML's own file,
 The browser does the work through the service's own HTTP routes on the same origin (POST
 /classify, /spectrogram, /timeline), so the page's uploads pass the same guard, limits, batcher and
 metrics as any other client; static/page.js renders their JSON with textContent, never innerHTML.
-The model panel is rendered here from the service's own `info()` and loaded by htmx; FastHTML
-escapes every string in it. Nothing here decodes audio, computes features or post-processes
+The model panel is rendered here from the pipeline's `describe()` (what POST /info returns; the
+service puts its pipeline in `app.state.pipeline`) and loaded by htmx; FastHTML escapes every
+string in it. Nothing here decodes audio, computes features or post-processes
 predictions.
 
 No CDN: htmx 2.0.11 (npm package htmx.org, 0BSD licence in static/htmx.LICENSE) and the
@@ -24,7 +25,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import bentoml
 from fasthtml.common import (
     H1,
     H2,
@@ -207,10 +207,10 @@ def input_section():
 
 @app.get("/model")
 def model_panel():
-    """Which model answers, from the service's own `info()` (the data POST /info returns)."""
+    """Which model answers, from the pipeline's `describe()` (the data POST /info returns)."""
     try:
-        info = bentoml.get_current_service().info()
-    except Exception:  # outside a running service, or the model's metadata is incomplete
+        info = app.state.pipeline.describe()
+    except Exception:  # no pipeline attached yet, or the model's metadata is incomplete
         log.exception("the page could not read the model information")
         return H2("Model"), P("Model information is unavailable right now.", cls="meta")
     fs, metrics = info.feature_settings, info.metrics

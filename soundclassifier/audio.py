@@ -2,7 +2,7 @@
 
 Every way a file can be unusable ends in one exception type, `AudioError`, whose `kind` says what
 went wrong and whose message is written for the person who sent the file. Front doors map the kind
-to a status code (see `AudioError.http_status`); nothing here knows about HTTP or gRPC.
+to a status code (serving/errors.py); nothing here knows about HTTP or gRPC.
 
 soundfile (libsndfile) decodes WAV, FLAC, OGG/Vorbis, OGG/Opus and MP3; torchaudio.load is not used
 because it needs FFmpeg.
@@ -36,17 +36,6 @@ class ErrorKind(enum.StrEnum):
     NON_FINITE = "non_finite"
 
 
-_HTTP_STATUS = {
-    ErrorKind.EMPTY: 400,
-    ErrorKind.NOT_AUDIO: 415,
-    ErrorKind.CORRUPT: 400,
-    ErrorKind.UNSUPPORTED: 415,
-    ErrorKind.TOO_LONG: 413,
-    ErrorKind.TOO_LARGE: 413,
-    ErrorKind.NON_FINITE: 422,
-}
-
-
 class AudioError(ValueError):
     """An upload or file that cannot be classified, with a reason a user understands."""
 
@@ -54,10 +43,6 @@ class AudioError(ValueError):
         super().__init__(message)
         self.kind = kind
         self.message = message
-
-    @property
-    def http_status(self) -> int:
-        return _HTTP_STATUS[self.kind]
 
     def to_dict(self) -> dict[str, str]:
         return {"error": self.kind.value, "detail": self.message}

@@ -1,11 +1,13 @@
-"""The one core every front door (HTTP, gRPC, page, Spark) calls: prepare clips, run batches, report.
+"""The synchronous core: one model and its engine, from bytes to typed results.
 
     prepare(bytes)  -> (Audio, features)        decode + validate + log-mel, per clip
     forward(batch)  -> probabilities            one engine call for a stacked batch
     classification(...) / timeline(...)         typed results
 
-Front doors own only transport: turning uploads into bytes and results into responses. Batching
-across requests is the service's business (BentoML's adaptive batcher calls `forward`).
+`soundclassifier.pipeline.Pipeline` runs these steps for the service's front doors (threads,
+shared batches, metrics); the Spark executor, scripts and benchmarks call them directly. Either
+way the arguments are the ones in `soundclassifier.options`, checked by `classify_options` /
+`timeline_options`.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import numpy as np
 
 from soundclassifier.audio import NO_LIMITS, Audio, Limits, decode
 from soundclassifier.engine import Engine, TorchEngine
+from soundclassifier.options import ClassifyOptions, TimelineOptions, validate_options
 from soundclassifier.predictions import (
     Classification,
     Timeline,
     TimelineWindow,
+    label_of,
     merge_spans,
     softmax,
     top_k,
@@ -37,51 +41,68 @@ class Classifier:
         self.settings = model.features.settings
         self.labels = model.labels
         self.tag = model.tag
+        # Calibration measured on held-out clips at training time (absent on older models): the
+        # logits' temperature, and the threshold below which the answer is "unknown".
+        calibration = model.metadata.get("calibration") or {}
+        self.temperature = float(calibration.get("temperature", 1.0))
+        self.default_min_confidence = float(calibration.get("threshold", 0.0))
+
+    # --- arguments ------------------------------------------------------------------------------
+
+    def classify_options(self, **values) -> ClassifyOptions:
+        return validate_options(ClassifyOptions, values)
+
+    def timeline_options(self, **values) -> TimelineOptions:
+        return validate_options(TimelineOptions, values, window_s=self.settings.clip_seconds)
+
+    def min_confidence(self, opts: ClassifyOptions) -> float:
+        return self.default_min_confidence if opts.min_confidence is None else opts.min_confidence
+
+    # --- steps ----------------------------------------------------------------------------------
 
     def prepare(
         self, source: bytes | str | Path, limits: Limits = NO_LIMITS
     ) -> tuple[Audio, np.ndarray]:
         """Decode one upload and compute its model input (1, n_mels, frames); raises AudioError."""
         audio = decode(source, limits)
-        return audio, self.features(audio).numpy()
+        return audio, np.asarray(self.features(audio))
 
     def forward(self, batch: np.ndarray, wide: bool = True) -> np.ndarray:
-        """Probabilities (n, n_classes) for a stacked batch (n, 1, n_mels, frames); `wide`: one
-        engine call on all its threads (nothing else needs the cores now), else shared streams."""
-        return softmax(self.engine(batch, wide=wide)).astype(np.float32)
+        """Calibrated probabilities (n, n_classes) for a stacked batch (n, 1, n_mels, frames);
+        `wide`: one engine call on all its threads (nothing else needs the cores now), else shared
+        streams."""
+        return softmax(self.engine(batch, wide=wide), self.temperature).astype(np.float32)
 
-    def classification(self, audio: Audio, probs: np.ndarray, k: int) -> Classification:
+    def classification(self, audio: Audio, probs: np.ndarray, opts: ClassifyOptions) -> Classification:
+        top = top_k(probs, self.labels, opts.top_k)
         return Classification(
             model=self.tag,
             duration_s=round(audio.duration, 4),
             sample_rate=audio.sample_rate,
-            top=top_k(probs, self.labels, k),
+            label=label_of(top, self.min_confidence(opts)),
+            top=top,
         )
 
-    def classify(self, source: bytes | str | Path, k: int = 5, limits: Limits = NO_LIMITS) -> Classification:
-        """Unbatched convenience for scripts and tests: one clip, one forward pass."""
+    # --- unbatched conveniences (scripts, tests, the Spark executor) ----------------------------
+
+    def classify(self, source: bytes | str | Path, limits: Limits = NO_LIMITS, **options) -> Classification:
+        """One clip, one forward pass."""
+        opts = self.classify_options(**options)
         audio, x = self.prepare(source, limits)
-        return self.classification(audio, self.forward(x[None])[0], k)
+        return self.classification(audio, self.forward(x[None])[0], opts)
 
     def start_timeline(
-        self, source: bytes | str | Path, hop_seconds: float | None = None, limits: Limits = NO_LIMITS
+        self, source: bytes | str | Path, opts: TimelineOptions, limits: Limits = NO_LIMITS
     ) -> TimelineJob:
         """Open a long recording for window-by-window classification (see `TimelineJob`)."""
-        hop = self.settings.clip_seconds / 2 if hop_seconds is None else hop_seconds
-        return TimelineJob(self, stream_windows(source, self.settings, hop, limits), hop)
+        hop = self.settings.clip_seconds / 2 if opts.hop_s is None else opts.hop_s
+        return TimelineJob(self, stream_windows(source, self.settings, hop, limits), hop, opts)
 
-    def timeline(
-        self,
-        source: bytes | str | Path,
-        *,
-        hop_seconds: float | None = None,
-        k: int = 3,
-        limits: Limits = NO_LIMITS,
-    ) -> Timeline:
-        """Unbatched convenience: the whole timeline with this process's engine."""
-        job = self.start_timeline(source, hop_seconds, limits)
+    def timeline(self, source: bytes | str | Path, limits: Limits = NO_LIMITS, **options) -> Timeline:
+        """The whole timeline with this process's engine."""
+        job = self.start_timeline(source, self.timeline_options(**options), limits)
         for windows, inputs in job.chunks():
-            job.add(windows, self.forward(inputs), k)
+            job.add(windows, self.forward(inputs))
         return job.result()
 
 
@@ -90,21 +111,23 @@ class TimelineJob:
     probabilities back with `add`, then take `result()`. Callers choose how to run the forward
     passes (directly, or through the service's batcher); memory holds one chunk at a time."""
 
-    def __init__(self, classifier: Classifier, stream: Stream, hop_s: float, chunk: int = 16):
-        self.classifier, self.stream, self.hop_s, self.chunk = classifier, stream, hop_s, chunk
+    def __init__(self, classifier: Classifier, stream: Stream, hop_s: float, opts: TimelineOptions,
+                 chunk: int = 16):
+        self.classifier, self.stream, self.hop_s, self.opts, self.chunk = classifier, stream, hop_s, opts, chunk
+        self.min_confidence = classifier.min_confidence(opts)
         self.windows: list[TimelineWindow] = []
 
     def chunks(self) -> Iterator[tuple[list[Window], np.ndarray]]:
         features = self.classifier.features
         for group in _chunks(self.stream.windows, self.chunk):
-            yield group, np.stack([features(w.audio).numpy() for w in group])
+            yield group, np.stack([np.asarray(features(w.audio)) for w in group])
 
-    def add(self, windows: list[Window], probs: np.ndarray, k: int) -> None:
+    def add(self, windows: list[Window], probs: np.ndarray) -> None:
         labels = self.classifier.labels
-        self.windows += [
-            TimelineWindow(start_s=round(w.start_s, 4), end_s=round(w.end_s, 4), top=top_k(p, labels, k))
-            for w, p in zip(windows, probs, strict=True)
-        ]
+        for w, p in zip(windows, probs, strict=True):
+            top = top_k(p, labels, self.opts.top_k)
+            self.windows.append(TimelineWindow(start_s=round(w.start_s, 4), end_s=round(w.end_s, 4),
+                                               label=label_of(top, self.min_confidence), top=top))
 
     def result(self) -> Timeline:
         return Timeline(

@@ -11,17 +11,30 @@ class LabelScore(BaseModel):
     probability: float = Field(ge=0.0, le=1.0)
 
 
+UNKNOWN = "unknown"
+"""The label answered when the top probability is below the caller's `min_confidence`."""
+
+
 class Classification(BaseModel):
     model: str = Field(description="tag of the model that answered, e.g. sound-resnet:abc123")
     duration_s: float = Field(description="length of the uploaded audio in seconds")
     sample_rate: int = Field(description="sample rate of the uploaded audio in Hz")
+    label: str = Field(description=f'the top label, or "{UNKNOWN}" when its probability is below min_confidence')
     top: list[LabelScore] = Field(description="most probable labels, best first")
 
 
 class TimelineWindow(BaseModel):
     start_s: float
     end_s: float
+    label: str = Field(description=f'the top label, or "{UNKNOWN}" when its probability is below min_confidence')
     top: list[LabelScore]
+
+
+class BatchItem(BaseModel):
+    filename: str
+    result: Classification | None = None
+    error: str | None = Field(None, description="kind of problem, when this file failed")
+    detail: str | None = Field(None, description="what is wrong with this file")
 
 
 class LabelSpan(BaseModel):
@@ -42,9 +55,30 @@ class Timeline(BaseModel):
     )
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64, so probabilities sum to 1 within float precision."""
-    z = logits.astype(np.float64)
+class ModelInfo(BaseModel):
+    model: str
+    labels: list[str]
+    feature_settings: dict
+    metrics: dict
+    dataset: str
+    engine: str
+    precision: str
+    engines_tried: dict
+    calibration: dict = Field(description="temperature and calibration error measured on held-out clips, if any")
+    min_confidence: float = Field(description="the threshold used when a request gives no min_confidence")
+    max_batch_size: int
+    max_latency_ms: int
+    threads: dict[str, int] = Field(
+        description="per worker process: engine threads for a lone clip, single-threaded streams under load, "
+        "threads of the feature step (the streams' own); and the number of worker processes"
+    )
+    limits: dict
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of logits / temperature in float64, so probabilities sum to 1 within float
+    precision."""
+    z = logits.astype(np.float64) / temperature
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
@@ -56,10 +90,14 @@ def top_k(probs: np.ndarray, labels: list[str], k: int) -> list[LabelScore]:
     return [LabelScore(label=labels[i], probability=float(probs[i])) for i in order]
 
 
+def label_of(top: list[LabelScore], min_confidence: float) -> str:
+    return top[0].label if top[0].probability >= min_confidence else UNKNOWN
+
+
 def merge_spans(windows: list[TimelineWindow]) -> list[LabelSpan]:
     spans: list[LabelSpan] = []
     for w in windows:
-        label = w.top[0].label
+        label = w.label
         if spans and spans[-1].label == label and w.start_s <= spans[-1].end_s:
             spans[-1].end_s = max(spans[-1].end_s, w.end_s)
         else:

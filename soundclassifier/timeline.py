@@ -37,17 +37,12 @@ class Stream:
 def stream_windows(
     source: bytes | str | Path,
     settings: FeatureSettings,
-    hop_seconds: float | None = None,
+    hop_s: float,
     limits: Limits = NO_LIMITS,
 ) -> Stream:
-    """Open `source` and return its duration plus a lazy iterator of windows.
-
-    `hop_seconds` defaults to half the model's window; it must lie in (0, window].
-    """
+    """Open `source` and return its duration plus a lazy iterator of windows `hop_s` apart
+    (checked by `soundclassifier.options.TimelineOptions`)."""
     window_s = settings.clip_seconds
-    hop_s = window_s / 2 if hop_seconds is None else hop_seconds
-    if not MIN_HOP_S <= hop_s <= window_s:
-        raise ValueError(f"hop must be between {MIN_HOP_S:g} s and the window ({window_s:g} s), got {hop_s:g}")
     f = open_checked(source, limits)
     rate, frames = f.samplerate, f.frames
     duration = frames / rate

@@ -11,8 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from soundclassifier.batching import Batcher, OverloadedError, Preparer
+from serving.batching import AdaptiveBatcher as Batcher
 from soundclassifier.config import Settings
+from soundclassifier.pipeline import OverloadedError, Preparer
 
 
 class Recorder:
@@ -162,3 +163,25 @@ def test_preparer_counts_work_in_progress_and_waiting():
 ])
 def test_process_and_thread_layout(engine_threads, workers, expected):
     assert Settings(engine_threads=engine_threads, workers=workers).layout() == expected
+
+
+def test_bentoml_dispatcher_is_what_the_adapter_expects():
+    """serving/batching.py leans on BentoML internals; a BentoML upgrade that changes any of them
+    must fail here, by name, rather than somewhere in a served request."""
+    import inspect
+
+    from bentoml._internal.marshal.dispatcher import CorkDispatcher, Optimizer
+
+    params = inspect.signature(CorkDispatcher.__init__).parameters
+    for name in ("max_latency_in_ms", "max_batch_size", "fallback", "get_batch_size", "batch_dim"):
+        assert name in params, f"CorkDispatcher.__init__ lost its '{name}' argument"
+    assert "max_latency" in inspect.signature(Optimizer.__init__).parameters
+    assert callable(getattr(Optimizer, "trigger_refresh", None)), "Optimizer.trigger_refresh is gone"
+
+    dispatcher = CorkDispatcher(max_latency_in_ms=100, max_batch_size=4, fallback=lambda: None,
+                                get_batch_size=len, batch_dim=(0, 0))
+    for name in ("optimizer", "_queue", "shutdown"):
+        assert hasattr(dispatcher, name), f"CorkDispatcher has no '{name}' any more"
+    for name in ("o_a", "o_b", "wait"):
+        assert hasattr(dispatcher.optimizer, name), f"Optimizer has no '{name}' any more"
+    assert len(dispatcher._queue) == 0  # read as "is anything queued" by the adapter

@@ -117,6 +117,37 @@ def test_limits_map_to_their_status_codes(stub):
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "bound"),
+    [("hop_s", 0.1, "0.25"), ("hop_s", 5.5, "5"), ("top_k", 51, "50"), ("min_confidence", 1.5, "1")],
+)
+def test_a_bad_argument_is_refused_alike_by_http_grpc_and_the_spark_command(
+    served, stub, tiny_model_tag, tmp_path, field, value, bound
+):
+    """One rule per argument (soundclassifier/options.py): every front door refuses the same value,
+    naming the argument and its bound, before any work."""
+    data = af.wav_sine(seconds=6.0)
+    r = httpx.post(f"{served.base_url}/timeline", files={"audio": ("a.wav", data)}, data={field: str(value)},
+                   timeout=60)
+    assert r.status_code == 400, r.text
+    assert field in str(r.json()["detail"]) and bound in str(r.json()["detail"])
+
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Timeline(iter([pb.TimelineChunk(data=data, **{field: value})]))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in e.value.details() and bound in e.value.details()
+
+    flag = "--" + field.replace("_", "-")
+    spark = subprocess.run(
+        [sys.executable, "-m", "batch.classify", str(tmp_path / "in"), str(tmp_path / "out"), "--timeline",
+         "--model", tiny_model_tag, flag, str(value)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert spark.returncode == 2, spark.stderr  # argparse's usage error: refused before Spark starts
+    assert flag in spark.stderr and bound in spark.stderr
+    assert "SparkContext" not in spark.stderr
+
+
 def test_64_concurrent_calls_and_still_serving(served, stub):
     data = af.wav_sine()
 

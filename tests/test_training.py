@@ -100,14 +100,14 @@ def test_weights_are_safetensors_without_pickle(loaded_model):
 def test_trained_model_classifies(loaded_model, synthetic_dir):
     clf = Classifier(loaded_model)
     clip = sorted((synthetic_dir / "audio").iterdir())[0]
-    result = clf.classify(clip.read_bytes(), k=3)
+    result = clf.classify(clip.read_bytes(), top_k=3)
     assert result.model == loaded_model.tag
     assert result.duration_s == 5.0 and result.sample_rate == 22050
     assert len(result.top) == 3
     assert {s.label for s in result.top} <= set(CLASSES)
     probs = [s.probability for s in result.top]
     assert probs == sorted(probs, reverse=True)
-    all_probs = clf.classify(clip, k=100).top
+    all_probs = clf.classify(clip, top_k=100).top
     assert len(all_probs) == len(CLASSES)
     assert sum(s.probability for s in all_probs) == pytest.approx(1.0, abs=1e-5)
 
@@ -119,7 +119,7 @@ def _check_round_trip(tag: str, labels: list[str], dataset: str, clip: Path) -> 
     model = load_model(tag)
     assert model.labels == labels
     assert model.metadata["dataset"] == dataset
-    result = Classifier(model).classify(clip.read_bytes(), k=5)
+    result = Classifier(model).classify(clip.read_bytes(), top_k=5)
     assert result.model == tag
     assert len(result.top) == len(labels)  # k is capped at the number of classes
     assert {s.label for s in result.top} == set(labels)

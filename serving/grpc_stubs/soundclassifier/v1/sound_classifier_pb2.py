@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n<serving/grpc_stubs/soundclassifier/v1/sound_classifier.proto\x12\x12soundclassifier.v1\"A\n\x0f\x43lassifyRequest\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\r\";\n\nAudioChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\r\"0\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\"w\n\x10\x43lassifyResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nduration_s\x18\x02 \x01(\x01\x12\x13\n\x0bsample_rate\x18\x03 \x01(\r\x12+\n\x03top\x18\x04 \x03(\x0b\x32\x1e.soundclassifier.v1.LabelScore\"M\n\rTimelineChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\r\n\x05hop_s\x18\x03 \x01(\x01\x12\r\n\x05top_k\x18\x04 \x01(\r\"]\n\x0eTimelineWindow\x12\x0f\n\x07start_s\x18\x01 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x02 \x01(\x01\x12+\n\x03top\x18\x03 \x03(\x0b\x32\x1e.soundclassifier.v1.LabelScore\":\n\tLabelSpan\x12\r\n\x05label\x18\x01 \x01(\t\x12\x0f\n\x07start_s\x18\x02 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x03 \x01(\x01\"\xd0\x01\n\x10TimelineResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nduration_s\x18\x02 \x01(\x01\x12\x13\n\x0bsample_rate\x18\x03 \x01(\r\x12\x10\n\x08window_s\x18\x04 \x01(\x01\x12\r\n\x05hop_s\x18\x05 \x01(\x01\x12\x33\n\x07windows\x18\x06 \x03(\x0b\x32\".soundclassifier.v1.TimelineWindow\x12.\n\x07summary\x18\x07 \x03(\x0b\x32\x1d.soundclassifier.v1.LabelSpan\"\r\n\x0bInfoRequest\"\x85\x01\n\x0cInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\x1d\n\x15\x66\x65\x61ture_settings_json\x18\x03 \x01(\t\x12\x14\n\x0cmetrics_json\x18\x04 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x05 \x01(\t\x12\x11\n\tprecision\x18\x06 \x01(\t2\xe4\x02\n\x0fSoundClassifier\x12U\n\x08\x43lassify\x12#.soundclassifier.v1.ClassifyRequest\x1a$.soundclassifier.v1.ClassifyResponse\x12X\n\x0e\x43lassifyStream\x12\x1e.soundclassifier.v1.AudioChunk\x1a$.soundclassifier.v1.ClassifyResponse(\x01\x12U\n\x08Timeline\x12!.soundclassifier.v1.TimelineChunk\x1a$.soundclassifier.v1.TimelineResponse(\x01\x12I\n\x04Info\x12\x1f.soundclassifier.v1.InfoRequest\x1a .soundclassifier.v1.InfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n<serving/grpc_stubs/soundclassifier/v1/sound_classifier.proto\x12\x12soundclassifier.v1\"q\n\x0f\x43lassifyRequest\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\x1b\n\x0emin_confidence\x18\x04 \x01(\x02H\x00\x88\x01\x01\x42\x11\n\x0f_min_confidence\"k\n\nAudioChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\x1b\n\x0emin_confidence\x18\x04 \x01(\x02H\x00\x88\x01\x01\x42\x11\n\x0f_min_confidence\"0\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\"\x86\x01\n\x10\x43lassifyResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nduration_s\x18\x02 \x01(\x01\x12\x13\n\x0bsample_rate\x18\x03 \x01(\r\x12+\n\x03top\x18\x04 \x03(\x0b\x32\x1e.soundclassifier.v1.LabelScore\x12\r\n\x05label\x18\x05 \x01(\t\"}\n\rTimelineChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\r\n\x05hop_s\x18\x03 \x01(\x01\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x1b\n\x0emin_confidence\x18\x05 \x01(\x02H\x00\x88\x01\x01\x42\x11\n\x0f_min_confidence\"l\n\x0eTimelineWindow\x12\x0f\n\x07start_s\x18\x01 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x02 \x01(\x01\x12+\n\x03top\x18\x03 \x03(\x0b\x32\x1e.soundclassifier.v1.LabelScore\x12\r\n\x05label\x18\x04 \x01(\t\":\n\tLabelSpan\x12\r\n\x05label\x18\x01 \x01(\t\x12\x0f\n\x07start_s\x18\x02 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x03 \x01(\x01\"\xd0\x01\n\x10TimelineResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nduration_s\x18\x02 \x01(\x01\x12\x13\n\x0bsample_rate\x18\x03 \x01(\r\x12\x10\n\x08window_s\x18\x04 \x01(\x01\x12\r\n\x05hop_s\x18\x05 \x01(\x01\x12\x33\n\x07windows\x18\x06 \x03(\x0b\x32\".soundclassifier.v1.TimelineWindow\x12.\n\x07summary\x18\x07 \x03(\x0b\x32\x1d.soundclassifier.v1.LabelSpan\"\r\n\x0bInfoRequest\"\x98\x01\n\x0cInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\x1d\n\x15\x66\x65\x61ture_settings_json\x18\x03 \x01(\t\x12\x14\n\x0cmetrics_json\x18\x04 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x05 \x01(\t\x12\x11\n\tprecision\x18\x06 \x01(\t\x12\x11\n\tinfo_json\x18\x07 \x01(\t2\xe4\x02\n\x0fSoundClassifier\x12U\n\x08\x43lassify\x12#.soundclassifier.v1.ClassifyRequest\x1a$.soundclassifier.v1.ClassifyResponse\x12X\n\x0e\x43lassifyStream\x12\x1e.soundclassifier.v1.AudioChunk\x1a$.soundclassifier.v1.ClassifyResponse(\x01\x12U\n\x08Timeline\x12!.soundclassifier.v1.TimelineChunk\x1a$.soundclassifier.v1.TimelineResponse(\x01\x12I\n\x04Info\x12\x1f.soundclassifier.v1.InfoRequest\x1a .soundclassifier.v1.InfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,25 +32,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'serving.grpc_stubs.soundcla
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CLASSIFYREQUEST']._serialized_start=84
-  _globals['_CLASSIFYREQUEST']._serialized_end=149
-  _globals['_AUDIOCHUNK']._serialized_start=151
-  _globals['_AUDIOCHUNK']._serialized_end=210
-  _globals['_LABELSCORE']._serialized_start=212
-  _globals['_LABELSCORE']._serialized_end=260
-  _globals['_CLASSIFYRESPONSE']._serialized_start=262
-  _globals['_CLASSIFYRESPONSE']._serialized_end=381
-  _globals['_TIMELINECHUNK']._serialized_start=383
-  _globals['_TIMELINECHUNK']._serialized_end=460
-  _globals['_TIMELINEWINDOW']._serialized_start=462
-  _globals['_TIMELINEWINDOW']._serialized_end=555
-  _globals['_LABELSPAN']._serialized_start=557
-  _globals['_LABELSPAN']._serialized_end=615
-  _globals['_TIMELINERESPONSE']._serialized_start=618
-  _globals['_TIMELINERESPONSE']._serialized_end=826
-  _globals['_INFOREQUEST']._serialized_start=828
-  _globals['_INFOREQUEST']._serialized_end=841
-  _globals['_INFORESPONSE']._serialized_start=844
-  _globals['_INFORESPONSE']._serialized_end=977
-  _globals['_SOUNDCLASSIFIER']._serialized_start=980
-  _globals['_SOUNDCLASSIFIER']._serialized_end=1336
+  _globals['_CLASSIFYREQUEST']._serialized_end=197
+  _globals['_AUDIOCHUNK']._serialized_start=199
+  _globals['_AUDIOCHUNK']._serialized_end=306
+  _globals['_LABELSCORE']._serialized_start=308
+  _globals['_LABELSCORE']._serialized_end=356
+  _globals['_CLASSIFYRESPONSE']._serialized_start=359
+  _globals['_CLASSIFYRESPONSE']._serialized_end=493
+  _globals['_TIMELINECHUNK']._serialized_start=495
+  _globals['_TIMELINECHUNK']._serialized_end=620
+  _globals['_TIMELINEWINDOW']._serialized_start=622
+  _globals['_TIMELINEWINDOW']._serialized_end=730
+  _globals['_LABELSPAN']._serialized_start=732
+  _globals['_LABELSPAN']._serialized_end=790
+  _globals['_TIMELINERESPONSE']._serialized_start=793
+  _globals['_TIMELINERESPONSE']._serialized_end=1001
+  _globals['_INFOREQUEST']._serialized_start=1003
+  _globals['_INFOREQUEST']._serialized_end=1016
+  _globals['_INFORESPONSE']._serialized_start=1019
+  _globals['_INFORESPONSE']._serialized_end=1171
+  _globals['_SOUNDCLASSIFIER']._serialized_start=1174
+  _globals['_SOUNDCLASSIFIER']._serialized_end=1530
 # @@protoc_insertion_point(module_scope)

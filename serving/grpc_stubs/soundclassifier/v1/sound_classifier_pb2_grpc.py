@@ -68,7 +68,7 @@ class SoundClassifierServicer:
 
     def ClassifyStream(self, request_iterator, context):
         """Classify one clip sent as a stream of chunks: no single message has to hold the file.
-        Options (filename, top_k) are read from the first chunk.
+        Options (filename, top_k, min_confidence) are read from the first chunk.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,5 +1,7 @@
-"""Adaptive batching shared by every in-process front door (HTTP routes, gRPC, the page), and the
-thread pool that prepares clips for it.
+"""The pipeline's batcher on BentoML: adaptive batching shared by every front door of a worker
+(HTTP routes, gRPC, the page). The one module that touches BentoML's dispatcher internals; the
+test tests/test_batching.py::test_bentoml_dispatcher_is_what_the_adapter_expects fails loudly if
+a BentoML upgrade changes what it relies on.
 
 This is BentoML's own adaptive batcher, `CorkDispatcher` (the object `@bentoml.api(batchable=True)`
 creates per worker), used directly rather than through a batchable API. Why: a batchable API can
@@ -19,7 +21,7 @@ engine time 5 ms). Here a batch leaves as soon as the engine is free, and whatev
 it was busy forms the next batch: batches grow with load and an idle server answers at once.
 
 CPU budget: the request path (decoding, features) runs on the engine's own stream threads
-(`Engine.workers`, one per stream) through `Preparer`, not on a thread per request, nor on a pool of
+(`Engine.workers`, one per stream) through the pipeline's `Preparer`, not on a thread per request, nor on a pool of
 its own beside the engine: either way the busy threads outnumbered the cores, and every clip's
 features took longer while a batch ran (4.4 vs 3 ms here). On one pool, preparing clips and the
 engine's single-threaded parts take turns, and the cores never idle while either has work.
@@ -30,17 +32,13 @@ prepared; otherwise the engine runs it as single-threaded streams on those threa
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
 
 import numpy as np
 from bentoml._internal.marshal.dispatcher import CorkDispatcher, Optimizer
 
-
-class OverloadedError(Exception):
-    """The queue is longer than the latency budget allows; retry later."""
+from soundclassifier.pipeline import OverloadedError
 
 
 class _DispatchWhenIdle(Optimizer):
@@ -58,31 +56,10 @@ class _DispatchWhenIdle(Optimizer):
         self.wait = 0
 
 
-T = TypeVar("T")
+class AdaptiveBatcher:
+    """`soundclassifier.pipeline.Batcher` on BentoML's dispatcher; `functools.partial` it with
+    the two limits to get the pipeline's `make_batcher`."""
 
-
-class Preparer:
-    """Runs the request path's CPU work (decode, features) on `executor` (the engine's workers)
-    and counts the calls in progress or waiting, so the batcher knows whether the engine may take
-    every core."""
-
-    def __init__(self, executor: ThreadPoolExecutor, threads: int):
-        self.threads = threads  # the executor's, for /info
-        self.active = 0
-        self._executor = executor
-
-    async def __call__(self, fn: Callable[..., T], *args) -> T:
-        self.active += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
-        finally:
-            self.active -= 1
-
-    def busy(self) -> bool:
-        return self.active > 0
-
-
-class Batcher:
     def __init__(
         self,
         forward: Callable[[np.ndarray, bool], np.ndarray],

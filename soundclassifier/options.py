@@ -1,0 +1,77 @@
+"""The arguments a client may send, each declared once with its bounds and default.
+
+Every front door (HTTP routes, gRPC, the page, the Spark job's options) builds these through
+`validate_options` (or `Classifier.classify_options` / `timeline_options`, which add the model's
+window as the hop's upper bound); a bad value is an `InvalidArgumentError` naming the argument and its
+bounds, raised before any work.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from soundclassifier.timeline import MIN_HOP_S
+
+MAX_TOP_K = 50
+DEFAULT_TOP_K = 5
+DEFAULT_TIMELINE_TOP_K = 3
+
+TopK = Annotated[int, Field(ge=1, le=MAX_TOP_K, description="how many labels to return")]
+MinConfidence = Annotated[
+    float,
+    Field(ge=0.0, le=1.0, description='answer "unknown" when the top probability is below this '
+          "(default: the threshold stored with the model)"),
+]
+HopS = Annotated[
+    float,
+    Field(ge=MIN_HOP_S, description="seconds between window starts, at most one window (default: half a window)"),
+]
+
+
+class InvalidArgumentError(ValueError):
+    """A request argument out of its bounds; the message names the argument and the bounds."""
+
+
+class ClassifyOptions(BaseModel):
+    """What a client may ask of /classify and /classify_batch (and their gRPC twins)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    top_k: TopK = DEFAULT_TOP_K
+    min_confidence: MinConfidence | None = None
+
+
+class TimelineOptions(ClassifyOptions):
+    """What a client may ask of /timeline. The hop's upper bound is the model's window, known
+    from the validation context (`window_s`)."""
+
+    top_k: TopK = DEFAULT_TIMELINE_TOP_K
+    hop_s: HopS | None = None
+
+    @field_validator("hop_s")
+    @classmethod
+    def _within_window(cls, hop: float | None, info: ValidationInfo) -> float | None:
+        window = (info.context or {}).get("window_s")
+        if hop is not None and window is None:  # a bug, not a bad request: not a ValueError
+            raise RuntimeError("a hop needs the model's window to be checked: use Classifier.timeline_options")
+        if hop is not None and hop > window:
+            raise ValueError(f"hop_s must be between {MIN_HOP_S:g} s and the window ({window:g} s)")
+        return hop
+
+
+Options = TypeVar("Options", bound=ClassifyOptions)
+
+
+def validate_options(kind: type[Options], values: dict, window_s: float | None = None) -> Options:
+    """`kind` built from a front door's arguments (None means "not given"), or InvalidArgumentError."""
+    given = {k: v for k, v in values.items() if v is not None}
+    try:
+        return kind.model_validate(given, context={"window_s": window_s})
+    except ValidationError as e:
+        raise InvalidArgumentError("; ".join(_describe(err) for err in e.errors())) from None
+
+
+def _describe(err: dict) -> str:
+    where = ".".join(str(p) for p in err["loc"])
+    return f"{where}: {err['msg']}" if where else err["msg"]

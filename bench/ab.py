@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bench import load as loads
 from bench.common import clip_file, in_turn, multipart, settle
-from tests.server import REPO_ROOT, ServedService
+from testkit.server import REPO_ROOT, ServedService
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import numpy as np
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests import audiofiles as af
+from testkit import audiofiles as af
 
 CLIP_SECONDS = 5.0  # one model window, as ESC-50 clips are
 CLIP_RATE = 44100  # ESC-50's rate: the served path resamples to the model's 22.05 kHz

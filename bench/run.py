@@ -115,7 +115,7 @@ def served_sweep(tag: str, name: str, env: dict[str, str], plan: Plan, body: tup
                  clients: tuple[int, ...], *, with_http: bool = True, with_grpc: bool = False, with_soak: bool = False,
                  out: Path, results: dict) -> None:
     """Start one server, sweep it over HTTP (and gRPC), soak it if asked, stop it; results in place."""
-    from tests.server import ServedService, free_port
+    from testkit.server import ServedService, free_port
 
     log.info("served: %s %s", name, env or "(defaults)")
     entry: dict = {"env": env}
@@ -163,7 +163,7 @@ def have_litserve() -> bool:
 @contextlib.contextmanager
 def litserve_peer(tag: str, out: Path) -> Iterator[tuple[str, int]]:
     """The LitServe peer up on a free port: (predict URL, pid), stopped on exit."""
-    from tests.server import free_port
+    from testkit.server import free_port
 
     port = free_port()
     command = [sys.executable, "-m", "bench.litserve_peer", "--model", tag, "--port", str(port), "--max-batch-size", "32"]
@@ -223,7 +223,7 @@ def interleaved(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, result
     then the served engine's own single-clip call in this process with every server paused; the
     report takes the median of the rounds' differences."""
     from soundclassifier.store import load_model
-    from tests.server import ServedService
+    from testkit.server import ServedService
 
     entry: dict = {"clients": PEER_CLIENTS, "rounds": [], "seconds": plan.point_seconds}
     pairs: list[dict] = [{} for _ in range(plan.rounds)]  # the latency target's, per round

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import httpx
 
 from bench.common import clip_file, percentiles_ms, tree_rss_mb
-from tests import audiofiles as af
+from testkit import audiofiles as af
 
 CLIENTS = 64  # concurrent clients, each with one request in flight
 SECONDS = 60.0  # how long the full soak lasts
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         result = run_soak(args.url, args.clients, args.seconds, args.seed)
     else:
-        from tests.server import ServedService
+        from testkit.server import ServedService
 
         with ServedService(args.model) as server:
             result = run_soak(server.base_url, args.clients, args.seconds, args.seed, server.process.pid)

@@ -109,7 +109,7 @@ def _clip_bytes(index: int, seconds: float) -> bytes:
     """A short WAV that differs per class index (sine pitch) and per call (noise seed)."""
     import numpy as np
 
-    from tests import audiofiles as af
+    from testkit import audiofiles as af
 
     x = af.sine(freq=300.0 * (index % 7 + 1), seconds=seconds) + af.noise(seconds, amplitude=0.05, seed=index)
     return af.encode(np.clip(x, -1, 1), af.RATE, "WAV", "PCM_16")
@@ -184,7 +184,7 @@ def layouts():
 def served(tiny_model_tag):
     """`bentoml serve service:SoundClassifier` on the tiny model, HTTP and gRPC, with small limits (60 s, 5 MB)
     so the too-long and too-large answers can be tested with small files."""
-    from tests.server import ServedService, free_port
+    from testkit.server import ServedService, free_port
 
     with ServedService(
         tiny_model_tag,

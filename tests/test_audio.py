@@ -10,7 +10,7 @@ import soundfile as sf
 
 from soundclassifier.audio import AudioError, ErrorKind, Limits, decode
 from soundclassifier.features import Features, FeatureSettings
-from tests import audiofiles as af
+from testkit import audiofiles as af
 
 SETTINGS = FeatureSettings()
 

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests import audiofiles as af
+from testkit import audiofiles as af
 
 pytestmark = [
     pytest.mark.slow,

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from soundclassifier.config import KEEP_ALIVE_S
-from tests import audiofiles as af
-from tests.server import ServedService
+from testkit import audiofiles as af
+from testkit.server import ServedService
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from soundclassifier.features import Features, FeatureSettings
-from tests import audiofiles as af
+from testkit import audiofiles as af
 from training.datasets import Clip, DatasetError, decode_clips, load_dataset
 from training.synthetic import CLASSES, FOLDS, generate
 

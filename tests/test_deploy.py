@@ -234,7 +234,7 @@ def test_systemd_unit_key_settings():
 
 
 def test_every_launcher_keeps_idle_connections_as_long():
-    """`make serve` and the container pass the same keep-alive as the rest (tests/server.py imports
+    """`make serve` and the container pass the same keep-alive as the rest (testkit/server.py imports
     it; the systemd unit's ExecStart and the built Bento's Dockerfile are checked beside their kin)."""
     serve = next(line for line in (REPO_ROOT / "Makefile").read_text().splitlines() if "bentoml serve" in line)
     assert serve.rstrip().endswith(f"--timeout-keep-alive {KEEP_ALIVE_S}")

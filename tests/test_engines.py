@@ -109,7 +109,7 @@ def test_without_openvino_and_onnxruntime_serving_falls_back_to_pytorch(tiny_mod
         from soundclassifier.store import load_model
         from soundclassifier.engine import select_engine
         from soundclassifier.classifier import Classifier
-        from tests import audiofiles as af
+        from testkit import audiofiles as af
         model = load_model("{tiny_model_tag}")
         for choice in ("auto", "openvino"):
             engine, report = select_engine(model.network, model.onnx_path, model.samples, choice)

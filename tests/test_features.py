@@ -14,7 +14,7 @@ from soundclassifier.audio import Audio, decode
 from soundclassifier.classifier import Classifier
 from soundclassifier.features import Features, FeatureSettings
 from soundclassifier.store import load_model
-from tests import audiofiles as af
+from testkit import audiofiles as af
 from training.augment import ClipDataset
 from training.datasets import Clip, decode_clips
 

@@ -41,7 +41,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from serving.grpc_stubs.soundclassifier.v1 import sound_classifier_pb2 as pb
 from serving.grpc_stubs.soundclassifier.v1 import sound_classifier_pb2_grpc as pb_grpc
-from tests import audiofiles as af
+from testkit import audiofiles as af
 
 pytestmark = pytest.mark.slow
 

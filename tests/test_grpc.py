@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from serving.grpc_stubs.soundclassifier.v1 import sound_classifier_pb2 as pb
 from serving.grpc_stubs.soundclassifier.v1 import sound_classifier_pb2_grpc as pb_grpc
-from tests import audiofiles as af
+from testkit import audiofiles as af
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests import audiofiles as af
+from testkit import audiofiles as af
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

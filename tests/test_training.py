@@ -20,7 +20,7 @@ from soundclassifier.classifier import Classifier
 from soundclassifier.features import FeatureSettings
 from soundclassifier.network import build_network
 from soundclassifier.store import MODEL_NAME, load_model, save_model
-from tests import audiofiles as af
+from testkit import audiofiles as af
 from training.datasets import DatasetError, load_dataset
 from training.synthetic import CLASSES
 

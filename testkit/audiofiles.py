@@ -4,7 +4,7 @@ Every function returns the bytes of a whole file (nothing touches the disk). Goo
 or white noise written by soundfile (libsndfile); bad files are built to trip one specific check of
 `soundclassifier.audio.decode`. Import them from any test:
 
-    from tests.audiofiles import wav_sine, truncated_wav
+    from testkit.audiofiles import wav_sine, truncated_wav
 """
 
 from __future__ import annotations

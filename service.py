@@ -50,7 +50,7 @@ log = logging.getLogger("sound_classifier")
 @bentoml.service(
     name="sound_classifier",
     workers=WORKERS,  # one process per core by default; each has its own engine and batcher
-    traffic={"timeout": 600},
+    traffic={"timeout": SETTINGS.request_timeout_s},
     http={"port": 3000},
 )
 class SoundClassifier:

@@ -1,7 +1,8 @@
 """How the core's errors become answers: one table per transport, nothing else decides a status.
 
     AudioError(kind)    the upload is not usable audio, or over a limit (see ErrorKind)
-    InvalidArgumentError     an argument out of its bounds (soundclassifier.options)
+    InvalidArgumentError  an argument out of its bounds (soundclassifier.options)
+    LimitExceededError    a request over a budget (files per batch)
     OverloadedError     the queue is longer than the latency budget: retry later
 
 HTTP answers `{"error": kind, "detail": message}` with the status below (503 with Retry-After);
@@ -17,7 +18,7 @@ import grpc
 from starlette.responses import JSONResponse
 
 from soundclassifier.audio import AudioError, ErrorKind
-from soundclassifier.options import InvalidArgumentError
+from soundclassifier.options import InvalidArgumentError, LimitExceededError
 from soundclassifier.pipeline import OverloadedError
 
 RETRY_AFTER_S = 1
@@ -41,6 +42,8 @@ GRPC_STATUS = {
 def _kind(e: Exception) -> str:
     if isinstance(e, AudioError):
         return e.kind.value
+    if isinstance(e, LimitExceededError):
+        return "too_large"
     return "overloaded" if isinstance(e, OverloadedError) else "bad_request"
 
 
@@ -48,7 +51,9 @@ def http_error(e: Exception) -> JSONResponse:
     body = {"error": _kind(e), "detail": str(e)}
     if isinstance(e, OverloadedError):
         return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
-    return JSONResponse(body, status_code=HTTP_STATUS[e.kind] if isinstance(e, AudioError) else 400)
+    if isinstance(e, AudioError):
+        return JSONResponse(body, status_code=HTTP_STATUS[e.kind])
+    return JSONResponse(body, status_code=413 if isinstance(e, LimitExceededError) else 400)
 
 
 def grpc_status(e: Exception) -> tuple[grpc.StatusCode, str]:
@@ -56,6 +61,8 @@ def grpc_status(e: Exception) -> tuple[grpc.StatusCode, str]:
         code = GRPC_STATUS.get(e.kind, grpc.StatusCode.INVALID_ARGUMENT)
     elif isinstance(e, OverloadedError):
         code = grpc.StatusCode.UNAVAILABLE
+    elif isinstance(e, LimitExceededError):
+        code = grpc.StatusCode.RESOURCE_EXHAUSTED
     else:
         code = grpc.StatusCode.INVALID_ARGUMENT
     return code, f"{_kind(e)}: {e}"

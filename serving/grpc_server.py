@@ -16,9 +16,12 @@ Status codes (serving/errors.py):
 
 from __future__ import annotations
 
+import io
 import json
+import tempfile
 from collections.abc import AsyncIterator, Awaitable
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -32,6 +35,8 @@ from soundclassifier.pipeline import Pipeline
 from soundclassifier.predictions import Classification, LabelScore, Timeline
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SoundClassifier"].full_name
+# A stream may carry at most max(MIN_MESSAGES, limit / MIN_CHUNK_BYTES) messages.
+MIN_MESSAGES, MIN_CHUNK_BYTES = 1024, 4096
 T = TypeVar("T")
 
 
@@ -59,18 +64,28 @@ class SoundClassifierServicer(pb_grpc.SoundClassifierServicer):
         self.max_bytes = pipeline.settings.clip_limits.max_bytes
         self.max_timeline_bytes = pipeline.settings.timeline_limits.max_bytes
 
-    async def _gather(self, chunks: AsyncIterator, limit: int, context: grpc.aio.ServicerContext):
-        first, data = None, bytearray()
+    async def _gather(self, chunks: AsyncIterator, limit: int, context: grpc.aio.ServicerContext, sink) -> Any:
+        """Write a stream's chunks to `sink` (bytes in memory, or a file on disk), bounded in bytes
+        and in messages (a stream of empty chunks would otherwise run forever); the first chunk."""
+        first, size, messages = None, 0, 0
+        max_messages = max(MIN_MESSAGES, limit // MIN_CHUNK_BYTES)
         async for chunk in chunks:
             first = first or chunk
-            data += chunk.data
-            if len(data) > limit:
+            size += len(chunk.data)
+            messages += 1
+            if size > limit:
                 await context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED, f"The upload exceeds the limit of {limit:,} bytes."
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, f"too_large: the upload exceeds the limit of {limit:,} bytes."
                 )
+            if messages > max_messages:
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"too_large: more than {max_messages:,} messages; send chunks of {MIN_CHUNK_BYTES:,} bytes or more.",
+                )
+            sink.write(chunk.data)
         if first is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "The stream carried no chunks.")
-        return first, bytes(data)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty: the stream carried no chunks.")
+        return first
 
     async def _run(self, call: Awaitable[T], context: grpc.aio.ServicerContext) -> T:
         try:
@@ -87,14 +102,18 @@ class SoundClassifierServicer(pb_grpc.SoundClassifierServicer):
         return _classification(await self._run(call, context))
 
     async def ClassifyStream(self, request_iterator, context) -> pb.ClassifyResponse:  # noqa: N802
-        first, data = await self._gather(request_iterator, self.max_bytes, context)
-        call = self.pipeline.classify(data, endpoint="grpc", **self._options(first))
+        buffer = io.BytesIO()  # a clip: bounded by the clip limit
+        first = await self._gather(request_iterator, self.max_bytes, context, buffer)
+        call = self.pipeline.classify(buffer.getvalue(), endpoint="grpc", **self._options(first))
         return _classification(await self._run(call, context))
 
     async def Timeline(self, request_iterator, context) -> pb.TimelineResponse:  # noqa: N802
-        first, data = await self._gather(request_iterator, self.max_timeline_bytes, context)
-        call = self.pipeline.timeline(data, hop_s=first.hop_s or None, **self._options(first))
-        return _timeline(await self._run(call, context))
+        # A recording may be long: it goes to disk, where the timeline reads it a window at a time.
+        with tempfile.NamedTemporaryFile(prefix="sound-grpc-timeline-") as spool:
+            first = await self._gather(request_iterator, self.max_timeline_bytes, context, spool)
+            spool.flush()
+            call = self.pipeline.timeline(Path(spool.name), hop_s=first.hop_s or None, **self._options(first))
+            return _timeline(await self._run(call, context))
 
     async def Info(self, request: pb.InfoRequest, context) -> pb.InfoResponse:  # noqa: N802
         info = self.pipeline.describe()

@@ -5,7 +5,11 @@ field sent as text, downloads the URL it contains. This guard runs first on the 
 turns each of those into a clear 4xx:
     415  the body is not multipart/form-data
     413  the body exceeds the route's size limit (checked on Content-Length and while reading)
-    400  the multipart body is malformed, a required file field is missing, or was sent as text
+    400  the multipart body is malformed, a required file field is missing, or was sent as text,
+         a text field is not one of the route's arguments or its value is out of bounds (checked
+         by the core's own rules, soundclassifier.options: BentoML `json.loads` every text field
+         and answered a 5000-digit number or deeply nested brackets with 500), or a file's name
+         is longer than MAX_FILENAME_BYTES (BentoML puts it in a temporary file's name)
 A body that passes is replayed unchanged to BentoML. Large bodies spill to a temporary file.
 
 The check runs starlette's own multipart parser (the one BentoML runs next), so it refuses exactly
@@ -28,36 +32,48 @@ from starlette.datastructures import FormData, Headers, UploadFile
 from starlette.formparsers import MultiPartParser
 
 from soundclassifier.config import Settings
+from soundclassifier.options import ClassifyOptions, InvalidArgumentError, TimelineOptions, validate_options
 
 Scope = dict
 Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
 CHUNK = 1 << 20  # large bodies are replayed from disk in pieces of this size
 SPOOL_BYTES = 8 << 20
+MAX_FILENAME_BYTES = 200  # file systems allow 255 per name; BentoML adds a prefix
+
+
+@dataclass(frozen=True)
+class NoArgumentsRule:
+    """A route that takes no arguments (POST /info): an empty body, or an empty JSON object."""
+
+    max_bytes: int = 1024
 
 
 @dataclass(frozen=True)
 class UploadRule:
     max_bytes: int
+    options: type[ClassifyOptions] | None = None  # the route's text fields; None: none
     file_fields: tuple[str, ...] = ("audio",)
 
 
 _MB = 2**20
 
 
-def upload_rules(settings: Settings) -> dict[str, UploadRule]:
-    """The service's upload routes and their body limits (the file limit plus room for the form)."""
+def upload_rules(settings: Settings) -> dict[str, UploadRule | NoArgumentsRule]:
+    """The service's upload routes and their body limits (the file limit plus room for the form),
+    and the routes that take no body."""
     clip = int(settings.max_upload_mb * _MB) + _MB
     return {
-        "/classify": UploadRule(clip),
+        "/classify": UploadRule(clip, ClassifyOptions),
         "/spectrogram": UploadRule(clip),
-        "/classify_batch": UploadRule(int(8 * settings.max_upload_mb * _MB)),
-        "/timeline": UploadRule(int(settings.max_timeline_upload_mb * _MB) + _MB),
+        "/classify_batch": UploadRule(int(8 * settings.max_upload_mb * _MB), ClassifyOptions),
+        "/timeline": UploadRule(int(settings.max_timeline_upload_mb * _MB) + _MB, TimelineOptions),
+        "/info": NoArgumentsRule(),
     }
 
 
 class UploadGuard:
-    def __init__(self, app, rules: dict[str, UploadRule]):
+    def __init__(self, app, rules: dict[str, UploadRule | NoArgumentsRule]):
         self.app = app
         self.rules = rules
 
@@ -67,6 +83,9 @@ class UploadGuard:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
+        if isinstance(rule, NoArgumentsRule):
+            await self._no_arguments(scope, receive, send, rule, headers)
+            return
         if not headers.get("content-type", "").startswith("multipart/form-data"):
             await _reject(send, 415, "unsupported_media_type",
                           f"Send the audio as multipart/form-data with a file field '{rule.file_fields[0]}'.")
@@ -76,20 +95,31 @@ class UploadGuard:
             await _reject(send, 413, "too_large", _too_large(int(declared), rule.max_bytes))
             return
         with _Body() as body:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-                body.write(message.get("body", b""))
-                if body.size > rule.max_bytes:
-                    await _reject(send, 413, "too_large", _too_large(body.size, rule.max_bytes))
-                    return
-                if not message.get("more_body", False):
-                    break
+            if not await body.read(receive, send, rule.max_bytes):
+                return
             problem = await _form_problem(scope, body, rule)
             if problem:
                 await _reject(send, 400, "bad_request", problem)
                 return
+            await self.app(scope, _replay(body, then=receive), send)
+
+    async def _no_arguments(self, scope: Scope, receive: Receive, send: Send, rule: NoArgumentsRule,
+                            headers: Headers) -> None:
+        with _Body() as body:
+            if not await body.read(receive, send, rule.max_bytes):
+                return
+            data = b"".join(body.pieces())
+            if data.strip():
+                if not headers.get("content-type", "").startswith("application/json"):
+                    await _reject(send, 415, "unsupported_media_type", "This route takes no body, or {} as JSON.")
+                    return
+                try:
+                    arguments = json.loads(data)
+                except ValueError:
+                    arguments = None
+                if arguments != {}:
+                    await _reject(send, 400, "bad_request", "This route takes no arguments: send no body, or {}.")
+                    return
             await self.app(scope, _replay(body, then=receive), send)
 
 
@@ -103,6 +133,20 @@ class _Body:
         self.size = 0
         self.chunks: list[bytes] = []
         self.file = None
+
+    async def read(self, receive: Receive, send: Send, max_bytes: int) -> bool:
+        """Read the whole body; False if the client left or the body is over `max_bytes` (then
+        answered with 413)."""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return False
+            self.write(message.get("body", b""))
+            if self.size > max_bytes:
+                await _reject(send, 413, "too_large", _too_large(self.size, max_bytes))
+                return False
+            if not message.get("more_body", False):
+                return True
 
     def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
@@ -153,7 +197,7 @@ async def _form_problem(scope: Scope, body: _Body, rule: UploadRule) -> str | No
     except Exception as e:  # starlette raises HTTPException / MultiPartException / ValueError
         return f"The multipart body is malformed ({getattr(e, 'detail', None) or e})."
     try:
-        return _file_field_problem(form, rule.file_fields)
+        return _file_field_problem(form, rule.file_fields) or _text_field_problem(form, rule)
     finally:
         await form.close()
 
@@ -165,6 +209,26 @@ def _file_field_problem(form: FormData, names: tuple[str, ...]) -> str | None:
             return f"The file field '{name}' is missing."
         if not all(isinstance(v, UploadFile) for v in values):
             return f"The field '{name}' must be a file upload, not text."
+        for v in values:
+            if len((v.filename or "").encode()) > MAX_FILENAME_BYTES:
+                return f"A file name is longer than {MAX_FILENAME_BYTES} bytes; send a shorter one."
+    return None
+
+
+def _text_field_problem(form: FormData, rule: UploadRule) -> str | None:
+    allowed = set(rule.options.model_fields) if rule.options else set()
+    for name, value in form.multi_items():
+        if name in rule.file_fields:
+            continue
+        if name not in allowed:
+            known = ", ".join(sorted(allowed)) or "none"
+            return f"Unknown field '{name[:40]}'; this route takes: {rule.file_fields[0]} (file), {known}."
+        if isinstance(value, UploadFile):
+            return f"The field '{name}' must be text, not a file."
+        try:
+            validate_options(rule.options, {name: value})
+        except InvalidArgumentError as e:
+            return str(e)
     return None
 
 

@@ -71,10 +71,26 @@ class Audio:
 
 @dataclass(frozen=True)
 class Limits:
-    """What the decoder refuses. None means no limit (training reads trusted local files)."""
+    """What the decoder refuses, before decoding. None means no limit (training reads trusted
+    local files).
+
+    max_bytes: size of the file. max_seconds: its announced duration. max_samples: samples
+    (frames x channels) decoded at once: the whole file for a clip, one window for a timeline;
+    a few kilobytes of FLAC can announce minutes of 768 kHz audio, so seconds alone do not bound
+    memory. max_windows: windows of one timeline (each costs a forward pass)."""
 
     max_bytes: int | None = None
     max_seconds: float | None = None
+    max_samples: int | None = None
+    max_windows: int | None = None
+
+    def check_samples(self, frames: int, channels: int, what: str) -> None:
+        if self.max_samples is not None and frames * channels > self.max_samples:
+            raise AudioError(
+                ErrorKind.TOO_LARGE,
+                f"{what} decodes to {frames * channels:,} samples ({frames:,} frames x {channels} channels); "
+                f"the limit is {self.max_samples:,} samples.",
+            )
 
 
 NO_LIMITS = Limits()
@@ -90,6 +106,7 @@ _STREAMING_SIZE = 0xFFFFFFF0
 def decode(source: bytes | str | Path, limits: Limits = NO_LIMITS) -> Audio:
     """Decode a whole file (bytes or a path) into `Audio`, or raise `AudioError`."""
     with open_checked(source, limits) as f:
+        limits.check_samples(f.frames, f.channels, "The audio")
         try:
             samples = _read_float32(f)
         except (sf.LibsndfileError, RuntimeError) as e:

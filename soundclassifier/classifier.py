@@ -30,7 +30,9 @@ from soundclassifier.predictions import (
     top_k,
 )
 from soundclassifier.store import LoadedModel
-from soundclassifier.timeline import Stream, Window, stream_windows
+from soundclassifier.timeline import Stream, stream_windows
+
+Span = tuple[float, float]  # a window's (start_s, end_s)
 
 
 class Classifier:
@@ -117,16 +119,26 @@ class TimelineJob:
         self.min_confidence = classifier.min_confidence(opts)
         self.windows: list[TimelineWindow] = []
 
-    def chunks(self) -> Iterator[tuple[list[Window], np.ndarray]]:
+    def chunks(self) -> Iterator[tuple[list[Span], np.ndarray]]:
+        """(spans, model inputs) of up to `chunk` windows; a window's samples are dropped as soon
+        as its features are computed, so memory holds one window of audio at a time."""
         features = self.classifier.features
-        for group in _chunks(self.stream.windows, self.chunk):
-            yield group, np.stack([np.asarray(features(w.audio)) for w in group])
+        spans: list[Span] = []
+        inputs: list[np.ndarray] = []
+        for w in self.stream.windows:
+            spans.append((w.start_s, w.end_s))
+            inputs.append(np.asarray(features(w.audio)))
+            if len(spans) == self.chunk:
+                yield spans, np.stack(inputs)
+                spans, inputs = [], []
+        if spans:
+            yield spans, np.stack(inputs)
 
-    def add(self, windows: list[Window], probs: np.ndarray) -> None:
+    def add(self, spans: list[Span], probs: np.ndarray) -> None:
         labels = self.classifier.labels
-        for w, p in zip(windows, probs, strict=True):
+        for (start, end), p in zip(spans, probs, strict=True):
             top = top_k(p, labels, self.opts.top_k)
-            self.windows.append(TimelineWindow(start_s=round(w.start_s, 4), end_s=round(w.end_s, 4),
+            self.windows.append(TimelineWindow(start_s=round(start, 4), end_s=round(end, 4),
                                                label=label_of(top, self.min_confidence), top=top))
 
     def result(self) -> Timeline:
@@ -139,14 +151,3 @@ class TimelineJob:
             windows=self.windows,
             summary=merge_spans(self.windows),
         )
-
-
-def _chunks(items: Iterator, n: int) -> Iterator[list]:
-    group: list = []
-    for item in items:
-        group.append(item)
-        if len(group) == n:
-            yield group
-            group = []
-    if group:
-        yield group

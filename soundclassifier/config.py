@@ -55,6 +55,21 @@ class Settings(BaseSettings):
     max_clip_seconds: float = Field(600.0, gt=0, description="longest audio /classify accepts")
     max_timeline_upload_mb: float = Field(1024.0, gt=0, description="largest upload /timeline accepts")
     max_timeline_seconds: float = Field(4 * 3600.0, gt=0, description="longest audio /timeline accepts")
+    max_samples: int = Field(
+        2**24, gt=0, description="samples (frames x channels) decoded at once: a whole clip, or one timeline "
+        "window; bounds a request's memory (2**24 float32 samples: 64 MiB, 6 min of 44.1 kHz stereo)"
+    )
+    max_timeline_windows: int = Field(
+        6000, gt=0, description="windows of one timeline (4 h at the default hop of a 5 s model)"
+    )
+    max_batch_files: int = Field(32, gt=0, description="files in one /classify_batch request")
+    request_timeout_s: float = Field(
+        600.0, gt=0, description="wall time of one HTTP request, upload included (BentoML's traffic timeout)"
+    )
+    max_requests_in_flight: int = Field(
+        64, gt=0, description="requests a worker process decodes, queues or runs at once; more are refused "
+        "at once with 503 and Retry-After"
+    )
 
     def layout(self) -> tuple[int, int, int]:
         """(worker processes, engine threads for a lone clip, single-threaded streams per worker).
@@ -72,13 +87,13 @@ class Settings(BaseSettings):
 
     @property
     def clip_limits(self) -> Limits:
-        return Limits(max_bytes=int(self.max_upload_mb * 2**20), max_seconds=self.max_clip_seconds)
+        return Limits(max_bytes=int(self.max_upload_mb * 2**20), max_seconds=self.max_clip_seconds,
+                      max_samples=self.max_samples)
 
     @property
     def timeline_limits(self) -> Limits:
-        return Limits(
-            max_bytes=int(self.max_timeline_upload_mb * 2**20), max_seconds=self.max_timeline_seconds
-        )
+        return Limits(max_bytes=int(self.max_timeline_upload_mb * 2**20), max_seconds=self.max_timeline_seconds,
+                      max_samples=self.max_samples, max_windows=self.max_timeline_windows)
 
 
 def env_name(field: str) -> str:

@@ -34,17 +34,23 @@ class InvalidArgumentError(ValueError):
     """A request argument out of its bounds; the message names the argument and the bounds."""
 
 
+class LimitExceededError(InvalidArgumentError):
+    """A request larger than a budget allows (files per batch); the message names the limit."""
+
+
 class ClassifyOptions(BaseModel):
     """What a client may ask of /classify and /classify_batch (and their gRPC twins)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     top_k: TopK = DEFAULT_TOP_K
     min_confidence: MinConfidence | None = None
 
 
 class TimelineOptions(ClassifyOptions):
     """What a client may ask of /timeline. The hop's upper bound is the model's window, known
-    from the validation context (`window_s`)."""
+    from the validation context (`window_s`): front doors that check arguments before the model
+    is at hand (the upload guard, the Spark command line) check the rest, and the classifier
+    checks again with the window."""
 
     top_k: TopK = DEFAULT_TIMELINE_TOP_K
     hop_s: HopS | None = None
@@ -53,9 +59,7 @@ class TimelineOptions(ClassifyOptions):
     @classmethod
     def _within_window(cls, hop: float | None, info: ValidationInfo) -> float | None:
         window = (info.context or {}).get("window_s")
-        if hop is not None and window is None:  # a bug, not a bad request: not a ValueError
-            raise RuntimeError("a hop needs the model's window to be checked: use Classifier.timeline_options")
-        if hop is not None and hop > window:
+        if hop is not None and window is not None and hop > window:
             raise ValueError(f"hop_s must be between {MIN_HOP_S:g} s and the window ({window:g} s)")
         return hop
 

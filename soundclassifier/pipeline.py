@@ -23,6 +23,7 @@ the same decoding, features, forward pass and results without the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +37,7 @@ from soundclassifier.audio import AudioError
 from soundclassifier.classifier import Classifier
 from soundclassifier.config import Settings
 from soundclassifier.engine import select_engine
-from soundclassifier.options import ClassifyOptions
+from soundclassifier.options import ClassifyOptions, LimitExceededError
 from soundclassifier.predictions import BatchItem, Classification, ModelInfo, Timeline
 from soundclassifier.render import spectrogram_png
 from soundclassifier.store import LoadedModel, load_model
@@ -123,6 +124,7 @@ class Pipeline:
         engine = classifier.engine
         self.hooks.serving(engine.name, engine.precision, classifier.tag)
         self.prepare = Preparer(engine.workers, engine.streams)
+        self.in_flight = 0  # requests admitted and not yet answered (one event loop: no lock)
         self.batcher = make_batcher(
             classifier.forward,
             others_busy=self.prepare.busy,
@@ -135,11 +137,15 @@ class Pipeline:
     async def classify(self, source: bytes, *, endpoint: str = "classify", **options) -> Classification:
         """One clip: decode + features on an engine thread, a shared forward pass, the result."""
         opts = self.classifier.classify_options(**options)
-        return await self._classify(source, opts, endpoint)
+        with self._admitted():
+            return await self._classify(source, opts, endpoint)
 
     async def classify_files(self, files: list[tuple[str, bytes]], **options) -> list[BatchItem]:
         """Several files; a file that is not usable audio fails only its own entry."""
         opts = self.classifier.classify_options(**options)
+        if len(files) > self.settings.max_batch_files:
+            raise LimitExceededError(
+                f"audio: {len(files)} files; the limit is {self.settings.max_batch_files} files per request")
 
         async def one(name: str, data: bytes) -> BatchItem:
             try:
@@ -148,7 +154,8 @@ class Pipeline:
                 return BatchItem(filename=name, error=e.kind.value, detail=e.message)
             return BatchItem(filename=name, result=result)
 
-        items = await asyncio.gather(*(one(n, d) for n, d in files), return_exceptions=True)
+        with self._admitted():
+            items = await asyncio.gather(*(one(n, d) for n, d in files), return_exceptions=True)
         for item in items:  # overload (or a bug) fails the whole request: the first one is raised
             if isinstance(item, BaseException):
                 raise item
@@ -158,19 +165,21 @@ class Pipeline:
         """A long recording in sliding windows of the model's length; memory holds one chunk."""
         clf = self.classifier
         opts = clf.timeline_options(**options)
-        job = await self._decode(clf.start_timeline, source, opts, self.settings.timeline_limits)
-        chunks = job.chunks()
-        while (item := await self._decode(next, chunks, None)) is not None:
-            windows, inputs = item
-            job.add(windows, await self._forward(inputs))
-            self.hooks.clips(endpoint, len(windows), 0.0)
-        self.hooks.clips(endpoint, 0, job.stream.duration_s)
-        return job.result()
+        with self._admitted():
+            job = await self._decode(clf.start_timeline, source, opts, self.settings.timeline_limits)
+            chunks = job.chunks()
+            while (item := await self._decode(next, chunks, None)) is not None:
+                spans, inputs = item
+                job.add(spans, await self._forward(inputs))
+                self.hooks.clips(endpoint, len(spans), 0.0)
+            self.hooks.clips(endpoint, 0, job.stream.duration_s)
+            return job.result()
 
     async def spectrogram(self, source: bytes) -> bytes:
         """PNG of the log-mel spectrogram exactly as the model sees it."""
-        audio, x = await self._decode(self.classifier.prepare, source, self.settings.clip_limits)
-        return await self.prepare(spectrogram_png, x, self.classifier.settings, f"{audio.duration:.2f} s")
+        with self._admitted():
+            audio, x = await self._decode(self.classifier.prepare, source, self.settings.clip_limits)
+            return await self.prepare(spectrogram_png, x, self.classifier.settings, f"{audio.duration:.2f} s")
 
     def describe(self) -> ModelInfo:
         """Which model answers and how: what /info and gRPC Info return, and the page shows."""
@@ -200,6 +209,20 @@ class Pipeline:
         self.batcher.close()
 
     # --- the steps ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _admitted(self):
+        """Admit one more request, or refuse it at once (503 + Retry-After): decoding and the
+        queue ahead of the batcher hold memory and time per waiting request, so their number is
+        bounded (SOUND_MAX_REQUESTS_IN_FLIGHT per worker), on every route and gRPC method."""
+        if self.in_flight >= self.settings.max_requests_in_flight:
+            self.hooks.overloaded()
+            raise OverloadedError(f"the server has {self.in_flight} requests in progress; retry shortly")
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
 
     async def _classify(self, source: bytes, opts: ClassifyOptions, endpoint: str) -> Classification:
         audio, x = await self._decode(self.classifier.prepare, source, self.settings.clip_limits)

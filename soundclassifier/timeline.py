@@ -48,6 +48,18 @@ def stream_windows(
     duration = frames / rate
     win = max(1, round(window_s * rate))
     hop = max(1, round(hop_s * rate))
+    try:
+        limits.check_samples(win, f.channels, "One window of the audio")
+        count = window_count(frames, win, hop)
+        if limits.max_windows is not None and count > limits.max_windows:
+            raise AudioError(
+                ErrorKind.TOO_LONG,
+                f"The recording makes {count:,} windows at a hop of {hop_s:g} s; the limit is "
+                f"{limits.max_windows:,} windows (send a larger hop_s or a shorter recording).",
+            )
+    except AudioError:
+        f.close()
+        raise
 
     def windows() -> Iterator[Window]:
         with f:
@@ -64,3 +76,8 @@ def stream_windows(
                 raise AudioError(ErrorKind.CORRUPT, f"The audio file is damaged ({e}).") from None
 
     return Stream(duration_s=duration, sample_rate=rate, windows=windows())
+
+
+def window_count(frames: int, win: int, hop: int) -> int:
+    """Windows `stream_windows` yields: one per hop until a window reaches the end."""
+    return 1 if frames <= win else -(-(frames - win) // hop) + 1

@@ -6,13 +6,15 @@ own: which requests reach the app behind it, and unchanged.
 
 from __future__ import annotations
 
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from serving.http_guard import UploadGuard, UploadRule
+from serving.http_guard import MAX_FILENAME_BYTES, UploadGuard, UploadRule
+from soundclassifier.options import ClassifyOptions
 
 AUDIO = bytes(range(256)) * 1000  # any bytes: the guard does not decode them
 
@@ -33,7 +35,7 @@ class Behind:
 def guarded() -> tuple[TestClient, Behind]:
     behind = Behind()
     app = Starlette(routes=[Route("/classify", behind.endpoint, methods=["POST"])])
-    return TestClient(UploadGuard(app, rules={"/classify": UploadRule(max_bytes=1 << 20)})), behind
+    return TestClient(UploadGuard(app, rules={"/classify": UploadRule(1 << 20, ClassifyOptions)})), behind
 
 
 def test_a_good_form_reaches_the_app_unchanged():
@@ -51,3 +53,50 @@ def test_bad_uploads_are_refused_before_the_app_sees_them():
     assert client.post("/classify", json={"audio": "x"}).status_code == 415
     assert client.post("/classify", files={"audio": ("a.wav", b"x" * (2 << 20))}).status_code == 413
     assert behind.seen == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [
+        ({"top_k": "9" * 5000}, "top_k"),               # BentoML's json.loads: ValueError, a 500
+        ({"top_k": "[" * 100_000}, "top_k"),            # RecursionError, a 500
+        ({"min_confidence": "NaN"}, "min_confidence"),
+        ({"top_k": "51"}, "50"),
+        ({"note": "x" * 5000}, "Unknown field 'xxx"[:15]),
+        ({"note": "1"}, "Unknown field 'note'"),
+    ],
+    ids=["long-number", "nested-brackets", "nan", "over-bound", "long-unknown", "unknown"],
+)
+def test_a_bad_text_field_is_a_400_naming_it_and_never_reaches_the_app(fields, said):
+    client, behind = guarded()
+    r = client.post("/classify", files={"audio": ("clip.wav", AUDIO)}, data=fields)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "bad_request" and said in r.json()["detail"]
+    assert behind.seen == []
+
+
+def test_a_file_name_too_long_for_a_temporary_file_is_refused():
+    client, behind = guarded()
+    for name in ("a" * 300 + ".wav", "語" * 90 + ".wav"):
+        r = client.post("/classify", files={"audio": (name, AUDIO)})
+        assert r.status_code == 400 and str(MAX_FILENAME_BYTES) in r.json()["detail"]
+    ok = "b" * (MAX_FILENAME_BYTES - 4) + ".wav"
+    assert client.post("/classify", files={"audio": (ok, AUDIO)}).status_code == 200
+    assert [seen["filename"] for seen in behind.seen] == [ok]
+
+
+def test_a_route_without_arguments_takes_no_body_or_an_empty_json_object():
+    from serving.http_guard import NoArgumentsRule
+
+    async def info(request: Request) -> Response:
+        return JSONResponse({"model": "m", "body": (await request.body()).decode()})
+
+    app = Starlette(routes=[Route("/info", info, methods=["GET", "POST"])])
+    client = TestClient(UploadGuard(app, rules={"/info": NoArgumentsRule()}))
+    assert client.post("/info").json()["model"] == "m"
+    assert client.post("/info", json={}).json() == {"model": "m", "body": "{}"}
+    assert client.get("/info").status_code == 200
+    assert client.post("/info", data={"a": "b"}).status_code == 415  # url-encoded: BentoML answered 500
+    assert client.post("/info", json={"a": 1}).status_code == 400
+    assert client.post("/info", content=b"{" * 10, headers={"content-type": "application/json"}).status_code == 400
+    assert client.post("/info", content=b" " * (64 << 20), headers={"content-type": "application/json"}).status_code == 413

@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 
 from soundclassifier.config import settings_table
-from tests import audiofiles as af
+from testkit import audiofiles as af
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

@@ -1,0 +1,129 @@
+"""Hostile and careless clients against the real `bentoml serve` (the session's `served` fixture,
+limits 60 s and 5 MB per clip): every one gets a 4xx (or a gRPC status) naming the problem, fast,
+and the served tree's memory stays where it was. The slow cases (soaks, slow clients) live in
+`make bench`.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+
+import grpc
+import httpx
+import numpy as np
+import psutil
+import pytest
+import soundfile as sf
+
+from serving.grpc_stubs.soundclassifier.v1 import sound_classifier_pb2 as pb
+from serving.grpc_stubs.soundclassifier.v1 import sound_classifier_pb2_grpc as pb_grpc
+from soundclassifier.config import Settings
+from testkit import audiofiles as af
+
+pytestmark = pytest.mark.slow
+MB = 2**20
+
+
+def tree_rss(pid: int) -> int:
+    root = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+
+
+def flac(seconds: float, rate: int, channels: int, value: float = 0.25) -> bytes:
+    """Constant samples: FLAC stores them in almost nothing (a decompression bomb)."""
+    buf = io.BytesIO()
+    with sf.SoundFile(buf, "w", samplerate=rate, channels=channels, format="FLAC", subtype="PCM_16") as f:
+        block = np.full((rate, channels), value, dtype=np.float32)
+        for _ in range(int(seconds)):
+            f.write(block)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def http(served):
+    with httpx.Client(base_url=served.base_url, timeout=120) as client:
+        client.post("/classify", files={"audio": ("warm.wav", af.wav_sine(seconds=5.0))}).raise_for_status()
+        yield client
+
+
+@pytest.fixture(scope="module")
+def rss_before(http, served):
+    """The served tree's RSS once warm, and the same after every test of this module."""
+    before = tree_rss(served.process.pid)
+    yield before
+    after = tree_rss(served.process.pid)
+    assert after <= 1.25 * before, f"RSS {before / MB:.0f} MB before the hostile tests, {after / MB:.0f} after"
+
+
+@pytest.fixture(scope="module")
+def bomb() -> bytes:
+    """78 KB of FLAC announcing 20 s of 192 kHz x 8 channels: 30.7 M samples (123 MB as float32),
+    within the duration limit, beyond the samples budget."""
+    data = flac(20, 192_000, 8)
+    assert len(data) < 100_000
+    return data
+
+
+def timed_post(http, route, files, data=None) -> tuple[httpx.Response, float]:
+    start = time.perf_counter()
+    r = http.post(route, files=files, data=data or {})
+    return r, time.perf_counter() - start
+
+
+def test_a_decompression_bomb_is_refused_before_decoding(http, served, rss_before, bomb):
+    before = tree_rss(served.process.pid)
+    r, seconds = timed_post(http, "/classify", {"audio": ("bomb.flac", bomb)})
+    assert r.status_code == 413 and r.json()["error"] == "too_large", r.text
+    assert f"{Settings().max_samples:,} samples" in r.json()["detail"]
+    items, _ = timed_post(http, "/classify_batch", [("audio", (f"bomb{i}.flac", bomb)) for i in range(4)])
+    assert items.status_code == 200 and [i["error"] for i in items.json()] == ["too_large"] * 4
+    assert seconds < 2.0
+    assert tree_rss(served.process.pid) - before < 64 * MB
+
+
+def test_a_timeline_over_its_window_budget_is_refused_before_any_window(http, rss_before):
+    data = flac(30 * 60, 8000, 1)  # 30 minutes at a hop of 0.25 s: 7,181 windows
+    r, seconds = timed_post(http, "/timeline", {"audio": ("long.flac", data)}, {"hop_s": "0.25"})
+    assert r.status_code == 413 and "windows" in r.json()["detail"], r.text
+    assert f"{Settings().max_timeline_windows:,} windows" in r.json()["detail"]
+    assert seconds < 2.0
+
+
+@pytest.mark.parametrize("route", ["/classify", "/classify_batch", "/timeline", "/spectrogram"])
+@pytest.mark.parametrize(
+    "fields",
+    [{"top_k": "9" * 5000}, {"top_k": "[" * 100_000}, {"hop_s": "9" * 5000}, {"anything": "[" * 100_000}],
+    ids=["long-number", "nested-top_k", "long-hop", "nested-extra"],
+)
+def test_malformed_text_fields_are_400_on_every_upload_route(http, rss_before, route, fields):
+    r, _ = timed_post(http, route, {"audio": ("a.wav", af.wav_sine())}, fields)
+    assert r.status_code == 400 and r.json()["error"] == "bad_request", r.text
+
+
+@pytest.mark.parametrize("name", ["a" * 300 + ".wav", "語" * 90 + ".wav"], ids=["ascii", "cjk"])
+def test_an_overlong_file_name_is_400(http, rss_before, name):
+    r, _ = timed_post(http, "/timeline", {"audio": (name, af.wav_sine())})
+    assert r.status_code == 400 and "file name" in r.json()["detail"], r.text
+
+
+def test_info_refuses_a_body_it_does_not_take(http, rss_before):
+    assert http.post("/info", data={"a": "b"}).status_code == 415
+    assert http.post("/info", content=b"x" * (1 << 20), headers={"content-type": "application/json"}).status_code == 413
+    assert http.post("/info", json={}).status_code == 200
+
+
+def test_a_grpc_stream_of_empty_chunks_is_cut_off(served, rss_before):
+    with grpc.insecure_channel(f"127.0.0.1:{served.grpc_port}") as channel:
+        stub = pb_grpc.SoundClassifierStub(channel)
+        start = time.perf_counter()
+        with pytest.raises(grpc.RpcError) as e:
+            stub.ClassifyStream(pb.AudioChunk(data=b"") for _ in range(100_000))
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "messages" in e.value.details()
+        assert time.perf_counter() - start < 10
+
+
+def test_the_server_still_answers(http, rss_before):
+    r = http.post("/classify", files={"audio": ("ok.wav", af.wav_sine(seconds=2.0))})
+    assert r.status_code == 200 and r.json()["label"]

@@ -99,7 +99,8 @@ async function problem(answer) {
 
 function renderResult(result) {
   const [best] = result.top;
-  $("top-label").textContent = best.label;
+  // The service's answer: the top label, or "unknown" below the model's confidence threshold.
+  $("top-label").textContent = result.label ?? best.label;
   $("top-probability").textContent = percent(best.probability);
   const bars = $("bars");
   bars.replaceChildren();

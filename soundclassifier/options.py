@@ -78,4 +78,5 @@ def validate_options(kind: type[Options], values: dict, window_s: float | None =
 
 def _describe(err: dict) -> str:
     where = ".".join(str(p) for p in err["loc"])
-    return f"{where}: {err['msg']}" if where else err["msg"]
+    message = err["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's own words
+    return f"{where}: {message}" if where else message

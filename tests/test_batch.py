@@ -301,8 +301,25 @@ def test_size_limit_and_model_archive(spark, audio_dir, tiny_model_tag, tmp_path
     assert result["small.wav"]["model"] == tiny_model_tag
 
 
-def test_bad_hop_is_refused_before_any_work(spark, long_recording, tiny_model_tag, tmp_path):
+def test_bad_hop_is_refused_before_any_work(spark, long_recording, tiny_model_tag, tmp_path, capsys):
     root, _ = long_recording
-    with pytest.raises(ValueError, match="hop-s"):
+    with pytest.raises(SystemExit) as e:  # the command line's own refusal, before Spark is asked for anything
         run_job(spark, str(root), str(tmp_path / "out"), "--timeline", "--hop-s", "5.5", "--model", tiny_model_tag)
+    assert e.value.code == 2 and "--hop-s" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("output", ["data/audio", "data/audio/labels", "data", "file://{tmp}/data/audio/"],
+                         ids=["same", "inside", "holds", "same-as-uri"])
+def test_an_output_that_would_replace_the_input_is_refused(long_recording, tiny_model_tag, tmp_path, output):
+    """The job replaces OUTPUT as a whole: an OUTPUT that is, holds or lies in INPUT would delete
+    the recordings (it did, before this check)."""
+    _, data = long_recording
+    audio = tmp_path / "data" / "audio"
+    audio.mkdir(parents=True)
+    (audio / "street.flac").write_bytes(data)
+    out = output.format(tmp=tmp_path) if "://" in output else str(tmp_path / output)
+    done = subprocess.run([sys.executable, "-m", "batch.classify", str(audio), out, "--model", tiny_model_tag],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "OUTPUT" in done.stderr, done.stderr
+    assert (audio / "street.flac").read_bytes() == data

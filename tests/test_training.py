@@ -107,7 +107,7 @@ def test_trained_model_classifies(loaded_model, synthetic_dir):
     assert {s.label for s in result.top} <= set(CLASSES)
     probs = [s.probability for s in result.top]
     assert probs == sorted(probs, reverse=True)
-    all_probs = clf.classify(clip, top_k=100).top
+    all_probs = clf.classify(clip, top_k=len(CLASSES)).top
     assert len(all_probs) == len(CLASSES)
     assert sum(s.probability for s in all_probs) == pytest.approx(1.0, abs=1e-5)
 

@@ -32,7 +32,7 @@ train: $(STAMP) data/synthetic/meta/esc50.csv
 
 serve: $(STAMP)
 	@$(VENV)/bin/bentoml models get $(MODEL) >/dev/null 2>&1 || $(MAKE) train
-	SOUND_MODEL_TAG=$(MODEL) $(VENV)/bin/bentoml serve service:SoundClassifier --port $(PORT) --timeout-keep-alive 75
+	SOUND_MODEL_TAG=$(MODEL) $(VENV)/bin/bentoml serve service:SoundClassifier --port $(PORT)
 
 test: $(STAMP)
 	$(PY) -m pytest

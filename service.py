@@ -25,12 +25,14 @@ with bentoml.importing():
     from starlette.responses import Response
 
     from serving.batching import AdaptiveBatcher
+    from serving.edge import CancelOnDisconnect, edge_limits, install
     from serving.errors import http_answer
     from serving.grpc_server import start_grpc_server
     from serving.http_guard import UploadGuard, upload_rules
     from serving.metrics import PrometheusHooks
     from serving.page import app as page_app
     from serving.page import front_door
+    from serving.supervise import WorkerCensus
     from serving.uploads import AudioUpload
     from soundclassifier.config import Settings
     from soundclassifier.options import DEFAULT_TIMELINE_TOP_K, DEFAULT_TOP_K, HopS, MinConfidence, TopK
@@ -39,6 +41,9 @@ with bentoml.importing():
 
 SETTINGS = Settings()
 WORKERS, _, _ = SETTINGS.layout()
+# uvicorn's deadlines, header limit and keep-alive (SOUND_KEEP_ALIVE_S ...) in every worker, however
+# the server was started: BentoML has no setting for them (serving/edge.py).
+install(edge_limits(SETTINGS))
 
 AudioFile = Annotated[AudioUpload, Field(description="audio file: WAV, FLAC, OGG or MP3")]
 # Long recordings stay on disk, where the timeline reads them one window at a time.
@@ -85,6 +90,12 @@ class SoundClassifier:
         # scanned again.
         gc.collect()
         gc.freeze()
+        self.census = WorkerCensus(WORKERS)
+
+    async def __is_alive__(self) -> bool:
+        """/livez: every worker of this server is running (in a container BentoML never replaces
+        a dead one, and the survivors would answer for it: serving/supervise.py)."""
+        return self.census.healthy()
 
     @bentoml.on_startup
     async def start_grpc(self) -> None:
@@ -140,6 +151,7 @@ class SoundClassifier:
         return self.pipeline.describe()
 
 
+SoundClassifier.add_asgi_middleware(CancelOnDisconnect)  # work for a client that has gone stops
 SoundClassifier.add_asgi_middleware(UploadGuard, rules=upload_rules(SETTINGS))
 # The web page (serving/page.py) at /ui, and GET / sends a person there.
 SoundClassifier.mount_asgi_app(page_app, path="/ui")

@@ -29,14 +29,13 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from serving.errors import CLIENT_ERRORS, grpc_status
+from serving.grpc_edge import CallBudget, grpc_limits
 from serving.grpc_stubs.soundclassifier.v1 import sound_classifier_pb2 as pb
 from serving.grpc_stubs.soundclassifier.v1 import sound_classifier_pb2_grpc as pb_grpc
 from soundclassifier.pipeline import Pipeline
 from soundclassifier.predictions import Classification, LabelScore, Timeline
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SoundClassifier"].full_name
-# A stream may carry at most max(MIN_MESSAGES, limit / MIN_CHUNK_BYTES) messages.
-MIN_MESSAGES, MIN_CHUNK_BYTES = 1024, 4096
 T = TypeVar("T")
 
 
@@ -66,21 +65,14 @@ class SoundClassifierServicer(pb_grpc.SoundClassifierServicer):
 
     async def _gather(self, chunks: AsyncIterator, limit: int, context: grpc.aio.ServicerContext, sink) -> Any:
         """Write a stream's chunks to `sink` (bytes in memory, or a file on disk), bounded in bytes
-        and in messages (a stream of empty chunks would otherwise run forever); the first chunk."""
-        first, size, messages = None, 0, 0
-        max_messages = max(MIN_MESSAGES, limit // MIN_CHUNK_BYTES)
+        (messages per stream and idle time: `CallBudget`); the first chunk."""
+        first, size = None, 0
         async for chunk in chunks:
             first = first or chunk
             size += len(chunk.data)
-            messages += 1
             if size > limit:
                 await context.abort(
                     grpc.StatusCode.RESOURCE_EXHAUSTED, f"too_large: the upload exceeds the limit of {limit:,} bytes."
-                )
-            if messages > max_messages:
-                await context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"too_large: more than {max_messages:,} messages; send chunks of {MIN_CHUNK_BYTES:,} bytes or more.",
                 )
             sink.write(chunk.data)
         if first is None:
@@ -132,13 +124,18 @@ async def start_grpc_server(pipeline: Pipeline, port: int, host: str = "0.0.0.0"
     """Start serving on `host:port`; health reports SERVING (the model is loaded by now)."""
     # A unary Classify carries the whole file in one message: allow the upload limit plus room
     # for the envelope. Streams are bounded by the same limits chunk by chunk.
+    limits = grpc_limits(pipeline.settings)
     server = grpc.aio.server(
+        # Idle streams, messages per stream and wall time per call: grpc has no option for them.
+        interceptors=[CallBudget(limits)],
+        maximum_concurrent_rpcs=limits.max_calls,
         options=[
             ("grpc.max_receive_message_length", pipeline.settings.clip_limits.max_bytes + (1 << 20)),
             ("grpc.max_send_message_length", 64 << 20),
             # Every worker process binds the port; the kernel spreads connections among them.
             ("grpc.so_reuseport", 1),
-        ]
+            *limits.server_options(),  # idle connections, handshake, streams per connection, metadata
+        ],
     )
     pb_grpc.add_SoundClassifierServicer_to_server(SoundClassifierServicer(pipeline), server)
     health = HealthServicer()

@@ -92,7 +92,7 @@ class UploadGuard:
             return
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > rule.max_bytes:
-            await _reject(send, 413, "too_large", _too_large(int(declared), rule.max_bytes))
+            await _reject(send, 413, "too_large", _too_large(int(declared), rule.max_bytes), close=True)
             return
         with _Body() as body:
             if not await body.read(receive, send, rule.max_bytes):
@@ -143,7 +143,7 @@ class _Body:
                 return False
             self.write(message.get("body", b""))
             if self.size > max_bytes:
-                await _reject(send, 413, "too_large", _too_large(self.size, max_bytes))
+                await _reject(send, 413, "too_large", _too_large(self.size, max_bytes), close=True)
                 return False
             if not message.get("more_body", False):
                 return True
@@ -254,11 +254,13 @@ def _too_large(size: int, limit: int) -> str:
     return f"The upload is {size:,} bytes or more; the limit is {limit:,} bytes."
 
 
-async def _reject(send: Send, status: int, error: str, detail: str) -> None:
+async def _reject(send: Send, status: int, error: str, detail: str, close: bool = False) -> None:
+    """`close`: the body was not read to its end; closing the connection spares reading (and
+    dropping) the rest of it: a 200 MiB upload refused on Content-Length got its 413 in 0.4 s
+    instead of 7 (docs/edge.md)."""
     payload = json.dumps({"error": error, "detail": detail}).encode()
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
-    })
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})

@@ -19,14 +19,6 @@ from soundclassifier.store import DEFAULT_TAG
 ENV_PREFIX = "SOUND_"
 MAX_DEFAULT_WORKERS = 4
 
-KEEP_ALIVE_S = 75
-"""How long the HTTP server keeps an idle connection open (`bentoml serve --timeout-keep-alive`;
-every launcher passes it: Makefile, tests, the container's CMD, the systemd unit).
-BentoML's default, 5 s, equals httpx's client-side expiry: a client that reused a connection just
-as the server closed it got a reset (httpx ReadError) in 2 of 26 ten-second 64-client soaks here.
-A server should outlast its clients' and proxies' idle timeouts (60 s on common load balancers)."""
-
-
 class Settings(BaseSettings):
     """Serving settings; each field is read from `SOUND_<FIELD NAME IN CAPITALS>`."""
 
@@ -64,8 +56,23 @@ class Settings(BaseSettings):
     )
     max_batch_files: int = Field(32, gt=0, description="files in one /classify_batch request")
     request_timeout_s: float = Field(
-        600.0, gt=0, description="wall time of one HTTP request, upload included (BentoML's traffic timeout)"
+        600.0, gt=0, description="wall time of one request, upload included (BentoML's traffic timeout; "
+        "gRPC calls likewise)"
     )
+    keep_alive_s: float = Field(
+        75.0, gt=0, description="HTTP: how long an idle connection stays open between requests; longer than "
+        "clients' and load balancers' own (httpx 5 s, common balancers 60 s), so a reused one is never reset"
+    )
+    head_timeout_s: float = Field(30.0, gt=0, description="HTTP: time to send a complete request head; else 408")
+    body_idle_s: float = Field(30.0, gt=0, description="HTTP: a request body that sends nothing this long is cut")
+    send_idle_s: float = Field(60.0, gt=0, description="HTTP: an answer the client does not read this long is cut")
+    max_head_kb: int = Field(64, gt=0, description="HTTP: largest request head (request line + headers); else 431")
+    grpc_idle_s: float = Field(30.0, gt=0, description="gRPC: a stream that sends nothing this long is closed")
+    grpc_connection_idle_s: float = Field(
+        60.0, gt=0, description="gRPC: a connection without a call this long is closed"
+    )
+    grpc_max_calls: int = Field(64, gt=0, description="gRPC: calls in progress per worker; more get RESOURCE_EXHAUSTED")
+    grpc_max_messages: int = Field(65536, gt=0, description="gRPC: messages in one stream")
     max_requests_in_flight: int = Field(
         64, gt=0, description="requests a worker process decodes, queues or runs at once; more are refused "
         "at once with 503 and Retry-After"

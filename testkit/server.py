@@ -22,8 +22,6 @@ from pathlib import Path
 
 import httpx
 
-from soundclassifier.config import KEEP_ALIVE_S
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICE_TARGET = "service:SoundClassifier"
 START_TIMEOUT_S = 120.0
@@ -109,8 +107,8 @@ class ServedService:
         self._log_path = Path(self._workdir.name) / "server.log"
         cwd = self.source_root if self.from_source else Path(self._workdir.name)
         bentoml_cli = Path(sys.executable).with_name("bentoml")
-        command = [str(bentoml_cli), "serve", self.target, "--host", "127.0.0.1", "--port", str(self.port),
-                   "--timeout-keep-alive", str(KEEP_ALIVE_S)]
+        # No other flag: the service itself sets what users would otherwise pass (keep-alive, deadlines).
+        command = [str(bentoml_cli), "serve", self.target, "--host", "127.0.0.1", "--port", str(self.port)]
         with self._log_path.open("wb") as log_file:
             self.process = subprocess.Popen(
                 command,

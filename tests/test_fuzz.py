@@ -669,7 +669,7 @@ def test_short_soak_mixed_good_and_bad(served):
 
     result = asyncio.run(soak(served.base_url, clients=64, seconds=10.0, seed=1))
     # A rare client-side ReadError here was a keep-alive race (server and httpx both at 5 s; see
-    # soundclassifier/config.py KEEP_ALIVE_S). Should any transport error come back, show the server's side.
+    # SOUND_KEEP_ALIVE_S, serving/edge.py). Should any transport error come back, show the server's side.
     warnings = [line for line in served.log().splitlines() if re.search(r"WARNING|ERROR|Traceback|Exception", line)]
     assert result["errors"] == 0, (result["failures"], warnings[-40:])
     assert result["good_ok"] >= 64 and result["bad_refused_correctly"] >= 16, result

@@ -452,7 +452,7 @@ def test_probes(http, path):
 
 def test_an_idle_connection_outlives_a_clients_keep_alive(served):
     """A connection idle past BentoML's 5 s default (which equals httpx's own expiry, so a client
-    could reuse a connection the server was closing) is still open: the launcher's KEEP_ALIVE_S."""
+    could reuse a connection the server was closing) is still open: the service's SOUND_KEEP_ALIVE_S, with no flag from the launcher."""
     conn = HTTPConnection("127.0.0.1", served.port, timeout=30)
     try:
         conn.request("GET", "/readyz")

@@ -1,0 +1,279 @@
+"""Deadlines at the HTTP edge: what uvicorn, as BentoML runs it, does not bound by itself.
+
+BentoML starts uvicorn in each worker (`_bentoml_impl/worker/service.py` main(): `uvicorn.Config(
+app, backlog, timeout_keep_alive, ...)` with `http` left at "auto"), so the protocol is uvicorn's
+`HttpToolsProtocol` (httptools is installed). That protocol arms no timer until a first response
+has been sent, and lets httptools grow a header without limit. Measured against a stock `bentoml
+serve` (testkit/edge_probe.py): 64 idle, 64 header-trickling and 64 body-stalling connections all
+still open after 15 s, and a 16 MiB header block read whole and answered 200.
+
+`CancelOnDisconnect` (below) is the ASGI half: work for a client that has gone is cancelled.
+
+`install()` swaps in `EdgeHttpToolsProtocol` (a subclass) for "auto". The service module calls it
+at import: each BentoML worker imports the service (loader.load, service.py:186) before uvicorn
+loads its protocol class (Config.load in Server._serve, after service.py:242), so this holds
+however the server was started (`bentoml serve` with no flags, the Bento, the container).
+
+Per connection, one timer enforces:
+    head_timeout_s   a request head (request line + headers) must be complete this long after the
+                     connection opened, or after the first byte of a later request on it; else
+                     408 (or a silent close if nothing arrived) and close
+    body_idle_s      while the body is read, no bytes for this long: reset (the app's receive()
+                     gets http.disconnect). Time the server itself stops reading (uvicorn's flow
+                     control, the app not consuming) does not count.
+    send_idle_s      a response the client does not read (the transport's buffer stays above
+                     its high-water mark) this long: reset
+    max_head_bytes   a head larger than this: 431 and close, checked on every read, so at most
+                     this plus one read (256 KiB) is ever buffered
+    keep_alive_s     idle time between requests (uvicorn's timeout_keep_alive), replacing the 5 s
+                     default BentoML passes when --timeout-keep-alive is not given
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import sys
+from dataclasses import dataclass
+
+_IDLE, _HEAD, _BODY, _APP = range(4)
+
+
+@dataclass(frozen=True)
+class EdgeLimits:
+    """Connection limits of the HTTP front door (see the module docstring for each)."""
+
+    head_timeout_s: float = 30.0
+    body_idle_s: float = 30.0
+    send_idle_s: float = 60.0
+    max_head_bytes: int = 64 * 1024
+    keep_alive_s: float | None = 75.0
+    """None: keep what uvicorn was given (--timeout-keep-alive, or BentoML's 5 s)."""
+
+
+def edge_limits(settings) -> EdgeLimits:
+    """The limits as the service's settings (soundclassifier.config.Settings) give them."""
+    return EdgeLimits(head_timeout_s=settings.head_timeout_s, body_idle_s=settings.body_idle_s,
+                      send_idle_s=settings.send_idle_s, max_head_bytes=settings.max_head_kb * 1024,
+                      keep_alive_s=settings.keep_alive_s)
+
+
+def protocol_class(limits: EdgeLimits) -> type:
+    """uvicorn's httptools protocol with `limits` enforced."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class EdgeHttpToolsProtocol(HttpToolsProtocol):
+        edge = limits
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            if self.edge.keep_alive_s is not None:
+                self.timeout_keep_alive = self.edge.keep_alive_s
+            self._phase = _IDLE
+            self._since = 0.0  # HEAD: when the head started; BODY: the last body bytes
+            self._head_bytes = 0
+            self._write_paused_at: float | None = None
+            self._timer = None
+
+        # --- phases ----------------------------------------------------------------------------
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._start_head()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            if self._phase != _HEAD:  # a later request on a kept-alive connection: its own clock
+                self._start_head()
+
+        def on_headers_complete(self) -> None:
+            super().on_headers_complete()
+            self._phase, self._since = _BODY, self.loop.time()
+            self._arm(self._since + self.edge.body_idle_s)
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._phase = _APP  # the app's time is bounded by BentoML's traffic.timeout
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()  # arms uvicorn's keep-alive timer
+            if self._phase == _APP:
+                self._phase = _IDLE
+
+        def data_received(self, data: bytes) -> None:
+            if self._phase == _BODY:
+                self._since = self.loop.time()
+            super().data_received(data)
+            if self._phase == _HEAD and not self.transport.is_closing():
+                self._head_bytes += len(data)
+                if self._head_bytes > self.edge.max_head_bytes:
+                    self._refuse(431, b"Request Header Fields Too Large")
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            self._write_paused_at = self.loop.time()
+            self._arm(self._write_paused_at + self.edge.send_idle_s)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            self._write_paused_at = None
+
+        def handle_websocket_upgrade(self) -> None:
+            # The connection becomes the WebSocket protocol's, with its own pings and timeouts.
+            self._phase = _IDLE
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            super().handle_websocket_upgrade()
+
+        def connection_lost(self, exc) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            super().connection_lost(exc)
+
+        # --- the one timer ---------------------------------------------------------------------
+
+        def _start_head(self) -> None:
+            self._phase, self._since, self._head_bytes = _HEAD, self.loop.time(), 0
+            self._arm(self._since + self.edge.head_timeout_s)
+
+        def _arm(self, deadline: float) -> None:
+            # One pending timer per connection, moved earlier when needed, never per read.
+            if self._timer is not None:
+                if self._timer.when() <= deadline:
+                    return
+                self._timer.cancel()
+            self._timer = self.loop.call_at(deadline, self._check)
+
+        def _check(self) -> None:
+            self._timer = None
+            if self.transport.is_closing():
+                return
+            now = self.loop.time()
+            deadlines = []
+            if self._phase == _HEAD:
+                if now >= self._since + self.edge.head_timeout_s:
+                    if self._head_bytes:
+                        self._refuse(408, b"Request Timeout")
+                    else:
+                        self.transport.close()
+                    return
+                deadlines.append(self._since + self.edge.head_timeout_s)
+            elif self._phase == _BODY:
+                if self.flow.read_paused:  # our side stopped reading: not the client's stall
+                    self._since = now
+                if now >= self._since + self.edge.body_idle_s:
+                    self.logger.info("closing a connection whose request body stalled for %.0f s", now - self._since)
+                    self._reset()
+                    return
+                deadlines.append(self._since + self.edge.body_idle_s)
+            if self._write_paused_at is not None:
+                if now >= self._write_paused_at + self.edge.send_idle_s:
+                    self.logger.info("aborting a connection that read none of its answer for %.0f s",
+                                     now - self._write_paused_at)
+                    self._reset()
+                    return
+                deadlines.append(self._write_paused_at + self.edge.send_idle_s)
+            if deadlines:
+                self._arm(min(deadlines))
+
+        def _reset(self) -> None:
+            # abort() drops uvicorn's buffer, but a plain close leaves what the kernel already
+            # holds (megabytes on an autotuned socket) to drain to a client that does not read:
+            # a zero linger time makes the close a reset that frees it at once.
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                except OSError:
+                    pass
+            self.transport.abort()
+
+        def _refuse(self, status: int, reason: bytes) -> None:
+            self.transport.write(
+                b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+                b"connection: close\r\n\r\n%s" % (status, reason, len(reason), reason)
+            )
+            self.transport.close()
+            self._phase = _IDLE
+
+    return EdgeHttpToolsProtocol
+
+
+def install(limits: EdgeLimits) -> None:
+    """Make uvicorn's "auto" HTTP protocol the guarded one, in this process (a BentoML worker:
+    call at import of the service module). Refuses to run unguarded: without httptools, uvicorn
+    would fall back to h11, whose timers this class does not cover."""
+    import httptools  # noqa: F401  (the dependency this protocol subclasses; fail loudly if absent)
+    from uvicorn import config
+
+    cls = protocol_class(limits)
+    module = sys.modules[__name__]
+    module.EdgeHttpToolsProtocol = cls  # importable by name: uvicorn resolves "module:attr"
+    config.HTTP_PROTOCOLS["auto"] = f"{__name__}:EdgeHttpToolsProtocol"
+
+
+CLIENT_GONE = 499  # nginx's "client closed request": logged and counted, sent to no one
+
+
+class CancelOnDisconnect:
+    """ASGI middleware: stop working on a request whose client has gone.
+
+    uvicorn reports a closed connection only to a `receive()` that is waiting (RequestResponseCycle.
+    receive returns {"type": "http.disconnect"} once connection_lost ran), and a handler that has
+    read its body never waits there again. So once the body has been read, a watcher task waits
+    on `receive()` for the handler and, if the client goes before the response is complete,
+    cancels the task the request runs in. The cancelled request is then answered with 499, which
+    uvicorn drops (the connection is gone) but BentoML's access log, metrics and its
+    TimeoutMiddleware (which waits for a response start, not for the app to return) see.
+
+    Cost: one task per request with a body, started after the body is read."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        import asyncio
+
+        task = asyncio.current_task()
+        watcher: asyncio.Task | None = None
+        started = finished = gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not finished:
+                gone = True
+                task.cancel()
+
+        async def receive_() -> dict:
+            nonlocal watcher
+            message = await receive()
+            if watcher is None and message["type"] == "http.request" and not message.get("more_body", False):
+                watcher = asyncio.create_task(watch())
+            return message
+
+        async def send_(message: dict) -> None:
+            nonlocal started, finished
+            if message["type"] == "http.response.start":
+                started = True
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                finished = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive_, send_)
+        except asyncio.CancelledError:
+            if not gone or task.uncancel() > 0:  # someone else cancelled us too: let it through
+                raise
+            if not started:
+                await send({"type": "http.response.start", "status": CLIENT_GONE, "headers": []})
+                await send({"type": "http.response.body", "body": b""})
+        finally:
+            if watcher is not None:
+                watcher.cancel()

@@ -1,0 +1,207 @@
+"""The HTTP edge (serving/edge.py) against real servers and raw sockets.
+
+Bare uvicorn (testkit/edge_app.py, run as BentoML runs it) with 1-s limits for the timing cases,
+then a real `bentoml serve` of a tiny service (testkit/edge_service.py) with no flags: the guarded
+protocol is what BentoML's workers run, and keep-alive is the service's, not BentoML's 5 s.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from testkit.edge_probe import Background, open_probes, oversized_head, summary, watch
+from testkit.server import free_port
+
+LIMIT_S = 1.0
+SLACK_S = 0.6  # timers fire on the event loop: allow a little past the limit
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory):
+    port = free_port()
+    cancel_log = tmp_path_factory.mktemp("edge") / "cancel.log"
+    cancel_log.touch()
+    server = Background([sys.executable, "-m", "testkit.edge_app", "--port", str(port), "--head", str(LIMIT_S),
+                       "--body", str(LIMIT_S), "--send", str(LIMIT_S), "--keep-alive", "6",
+                       "--cancel-log", str(cancel_log)], port)
+    server.cancel_log = cancel_log
+    yield server
+    server.stop()
+
+
+def _response(sock: socket.socket) -> bytes:
+    """One whole response (head and a Content-Length body), however the reads split it."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return answer
+        answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def _request(sock: socket.socket, path: str = "/echo", body: bytes = b"hi") -> bytes:
+    sock.sendall(b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body))
+    return _response(sock)
+
+
+@pytest.mark.parametrize("kind", ["idle", "trickle", "stall"])
+def test_slow_clients_are_closed_at_the_limit(edge, kind):
+    probes = watch(open_probes("127.0.0.1", edge.port, kind, 64), seconds=LIMIT_S + 4, trickle_every=0.2)
+    result = summary(probes)
+    assert result["still_open"] == 0, result
+    low, high = result["closed_after_s"]
+    assert LIMIT_S - 0.05 <= low and high <= LIMIT_S + SLACK_S, result
+    if kind == "trickle":  # part of a head arrived: it is told why
+        assert result["answers"] == ["HTTP/1.1 408 Request Timeout"], result
+    else:
+        assert result["answers"] == [], result
+
+
+def test_oversized_head_is_refused_before_it_is_read(edge):
+    result = oversized_head("127.0.0.1", edge.port, 16 << 20, seconds=10)
+    assert result["status"] == "HTTP/1.1 431 Request Header Fields Too Large", result
+    # 64 KiB limit + one 256 KiB read on the server; the rest sits in the two sockets' buffers.
+    assert result["bytes_sent_before_answer_or_close"] < 4 << 20, result
+    assert result["seconds"] < 2, result
+
+
+def test_keep_alive_between_requests_is_governed_by_keep_alive_not_the_head_limit(edge):
+    with socket.create_connection(("127.0.0.1", edge.port), timeout=10) as sock:
+        assert _request(sock).startswith(b"HTTP/1.1 200")
+        time.sleep(3 * LIMIT_S)  # idle longer than the head limit: still a kept-alive connection
+        assert _request(sock).startswith(b"HTTP/1.1 200")
+        start = time.monotonic()
+        assert sock.recv(1) == b""  # closed by the server at keep-alive (6 s)
+        assert 5.5 <= time.monotonic() - start <= 7.0
+
+
+def test_a_slow_but_steady_upload_is_not_cut(edge):
+    with socket.create_connection(("127.0.0.1", edge.port), timeout=10) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 8\r\n\r\n")
+        for _ in range(8):  # 8 bytes over 3.2 s: never idle for the 1-s limit
+            sock.sendall(b"x")
+            time.sleep(0.4)
+        assert _response(sock).endswith(b"\r\n\r\n8")
+
+
+def test_the_server_reading_slowly_is_not_the_client_stalling(edge):
+    body = b"x" * (4 << 20)  # far above uvicorn's 64 KiB high-water mark: reading pauses for 3 s
+    r = httpx.post(f"http://127.0.0.1:{edge.port}/lazy", content=body, timeout=20)
+    assert r.status_code == 200 and r.text == str(len(body))
+
+
+def test_a_client_that_reads_none_of_its_answer_is_aborted(edge):
+    with socket.create_connection(("127.0.0.1", edge.port), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+        time.sleep(LIMIT_S + 2)  # the server's write buffer stays full: reset after 1 s
+        received, reset = 0, False
+        start = time.monotonic()
+        try:
+            while chunk := sock.recv(1 << 20):
+                received += len(chunk)
+        except ConnectionResetError:
+            reset = True
+    assert reset and received < 8 << 20
+    assert time.monotonic() - start < 1.0  # not left in the kernel's buffers to trickle out
+
+
+def test_a_client_that_goes_away_stops_its_work_within_a_second(edge):
+    before = edge.cancel_log.read_text().count("cancelled")
+    with socket.create_connection(("127.0.0.1", edge.port), timeout=10) as sock:
+        sock.sendall(b"POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
+        time.sleep(0.5)
+    closed_at = time.time()
+    time.sleep(1.0)
+    lines = edge.cancel_log.read_text().splitlines()
+    assert len(lines) == before + 1, lines
+    _, ran_s, at = lines[-1].split()
+    assert float(at) - closed_at < 1.0
+    assert 0.4 < float(ran_s) < 1.5
+
+
+def test_finished_requests_are_never_cancelled(edge):
+    before = edge.cancel_log.read_text()
+    with httpx.Client(base_url=f"http://127.0.0.1:{edge.port}") as client:
+        for i in range(200):
+            r = client.post("/echo", content=b"x" * i)
+            assert r.status_code == 200 and r.text == str(i)
+    assert edge.cancel_log.read_text() == before
+
+
+# --- the same protocol in BentoML's own workers --------------------------------------------------
+
+SERVED_LIMIT_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, bentoml_home):
+    """`bentoml serve testkit.edge_service:EdgeTiny` with no flags: 2 workers, 2-s head/body limits."""
+    port = free_port()
+    cancel_log = tmp_path_factory.mktemp("served") / "cancel.log"
+    cancel_log.touch()
+    bentoml_cli = str(Path(sys.executable).with_name("bentoml"))
+    server = Background([bentoml_cli, "serve", "testkit.edge_service:EdgeTiny", "--host", "127.0.0.1",
+                         "--port", str(port)], port, ready_path="/readyz", start_timeout_s=90,
+                        env={"EDGE_HEAD_S": str(SERVED_LIMIT_S), "EDGE_BODY_S": str(SERVED_LIMIT_S),
+                             "EDGE_CANCEL_LOG": str(cancel_log), "BENTOML_DO_NOT_TRACK": "True"})
+    server.cancel_log = cancel_log
+    yield server
+    server.stop()
+
+
+@pytest.mark.slow
+def test_bentoml_workers_close_slow_clients(served):
+    probes = []
+    for kind in ("idle", "trickle", "stall"):
+        probes += open_probes("127.0.0.1", served.port, kind, 64)
+    result = summary(watch(probes, seconds=SERVED_LIMIT_S + 5))
+    assert result["still_open"] == 0, result
+    assert result["closed_after_s"][1] <= SERVED_LIMIT_S + SLACK_S, result
+    assert oversized_head("127.0.0.1", served.port, 16 << 20)["status"] == "HTTP/1.1 431 Request Header Fields Too Large"
+
+
+@pytest.mark.slow
+def test_bentoml_workers_keep_alive_for_75_s_without_a_flag(served):
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+        request = (b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: 13\r\n\r\n{\"text\":\"hi\"}")
+        sock.sendall(request)
+        assert _response(sock).startswith(b"HTTP/1.1 200")
+        time.sleep(7)  # BentoML's own default (5 s) would have closed it by now
+        sock.sendall(request)
+        assert _response(sock).startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.slow
+def test_bentoml_handler_of_a_client_that_left_is_cancelled_within_a_second(served):
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+        sock.sendall(b"POST /slow HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 15\r\n\r\n{\"seconds\": 30}")
+        time.sleep(0.5)
+    closed_at = time.time()
+    time.sleep(1.0)
+    lines = served.cancel_log.read_text().splitlines()
+    assert lines, "the handler was not cancelled"
+    _, ran_s, at = lines[-1].split()
+    assert float(at) - closed_at < 1.0 and float(ran_s) < 1.5
+
+
+def test_a_websocket_outlives_the_http_limits(edge):
+    from websockets.sync.client import connect
+
+    with connect(f"ws://127.0.0.1:{edge.port}/ws") as ws:
+        time.sleep(3 * LIMIT_S)  # past the head and body limits of the request that upgraded
+        ws.send("still here")
+        assert ws.recv(timeout=5) == "still here"

@@ -1,0 +1,138 @@
+"""A worker killed under load, in a container (BENTOML_CONTAINERIZED=true), with serving/supervise.py.
+
+`bentoml serve testkit.edge_service:EdgeTiny` (2 workers); 8 client threads run for the whole test
+while one worker gets SIGKILL. What BentoML does alone there: nothing (no respawn, /livez answered
+200 by the survivor). With WorkerCensus behind `__is_alive__`, /livez fails at once; with
+respawn_in_containers() too, circus starts a replacement at its next check (<= 10 s).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from testkit.edge_probe import Background
+from testkit.server import free_port
+
+
+def test_the_respawn_switch_is_still_where_respawn_in_containers_expects_it():
+    import bentoml.serving
+    from _bentoml_impl.server import serving as new_style
+
+    assert "respawn=not running_inside_container()" in inspect.getsource(bentoml.serving.create_watcher)
+    # serve_http imports create_watcher when called, after the CLI has imported the service module.
+    assert "from bentoml.serving import create_watcher" in inspect.getsource(new_style.serve_http)
+
+
+class _Load:
+    """8 threads posting /echo until stopped; each request's start, outcome and duration."""
+
+    def __init__(self, port: int):
+        self.port, self.results, self.stopping = port, [], threading.Event()
+        self.threads = [threading.Thread(target=self._run) for _ in range(8)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=10) as client:
+            while not self.stopping.is_set():
+                start = time.monotonic()
+                try:
+                    outcome = client.post("/echo", json={"text": "hi"}).status_code
+                except httpx.HTTPError as e:
+                    outcome = type(e).__name__
+                self.results.append((start, outcome, time.monotonic() - start))
+
+    def stop(self) -> list:
+        self.stopping.set()
+        for t in self.threads:
+            t.join(15)
+        return self.results
+
+
+def _serve(env: dict) -> Background:
+    port = free_port()
+    cli = str(Path(sys.executable).with_name("bentoml"))
+    return Background([cli, "serve", "testkit.edge_service:EdgeTiny", "--host", "127.0.0.1", "--port", str(port)],
+                      port, ready_path="/readyz", start_timeout_s=90,
+                      env={"BENTOML_CONTAINERIZED": "true", "BENTOML_DO_NOT_TRACK": "True",
+                           "EDGE_CANCEL_LOG": os.devnull, **env})
+
+
+def _workers(server: Background) -> list[int]:
+    arbiter = psutil.Process(server.proc.pid)
+    return sorted(p.pid for p in arbiter.children() if p.status() != psutil.STATUS_ZOMBIE)
+
+
+def _livez(port: int) -> int:
+    return httpx.get(f"http://127.0.0.1:{port}/livez", timeout=5).status_code
+
+
+def _kill_one_under_load(server: Background, watch_s: float) -> dict:
+    """Load for 2 s, SIGKILL a worker, keep loading for `watch_s`, polling /livez and the workers."""
+    while len(_workers(server)) < 2 or _livez(server.port) != 200:
+        time.sleep(0.2)
+    load = _Load(server.port)
+    time.sleep(2)
+    before = _workers(server)
+    killed_at = time.monotonic()
+    os.kill(before[0], signal.SIGKILL)
+    livez, workers = [], []
+    while time.monotonic() - killed_at < watch_s:
+        livez.append((time.monotonic() - killed_at, _livez(server.port)))
+        workers.append((time.monotonic() - killed_at, _workers(server)))
+        time.sleep(0.25)
+    results = load.stop()
+    return {"before": before, "livez": livez, "workers": workers, "killed_at": killed_at, "results": results}
+
+
+def _requests_were_answered_or_failed_fast(seen: dict) -> None:
+    after = [r for r in seen["results"] if r[0] > seen["killed_at"] + 0.5]
+    assert len(after) > 100
+    assert all(outcome == 200 for _, outcome, _ in after), {o for _, o, _ in after}
+    failed = [r for r in seen["results"] if r[1] != 200]
+    assert len(failed) <= 8  # only requests in flight on the killed worker: one per client thread at most
+    assert all(took < 1.0 for _, _, took in failed), failed  # reset at once, never left hanging
+
+
+@pytest.mark.slow
+def test_a_killed_worker_makes_livez_fail_in_a_container():
+    server = _serve({})
+    try:
+        seen = _kill_one_under_load(server, watch_s=12)
+    finally:
+        server.stop()
+    _requests_were_answered_or_failed_fast(seen)
+    first_failure = next(t for t, code in seen["livez"] if code != 200)
+    assert first_failure < 1.0
+    assert all(code == 503 for t, code in seen["livez"] if t >= first_failure)
+    assert seen["workers"][-1][1] == seen["before"][1:]  # BentoML in a container: never replaced
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_replaced_in_a_container_with_respawn_in_containers():
+    server = _serve({"EDGE_RESPAWN": "1"})
+    try:
+        seen = _kill_one_under_load(server, watch_s=14)
+    finally:
+        server.stop()
+    _requests_were_answered_or_failed_fast(seen)
+    replaced = next(t for t, pids in seen["workers"] if len(pids) == 2 and pids != seen["before"])
+    assert replaced <= 11.0  # circus's next check (BentoML sets check_delay = 10 s)
+    assert seen["livez"][-1][1] == 200
+
+
+def test_outside_a_bentoml_worker_the_census_is_always_healthy():
+    from serving.supervise import WorkerCensus
+
+    census = WorkerCensus(expected=4)  # pytest is no BentoML worker: no siblings to count
+    assert not census.in_worker and census.healthy()

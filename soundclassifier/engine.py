@@ -541,6 +541,9 @@ class SpeedCache:
             speed = measure()
             known[key] = round(speed, 1)
             tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
-            tmp.replace(self.path)
+            try:
+                tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
+                tmp.replace(self.path)  # readers see the old file or the new one, never half of one
+            except OSError as e:
+                log.warning("engine speed cache %s not written (%s)", self.path, e)
             return speed

@@ -204,6 +204,28 @@ def test_speed_is_measured_once_and_reused(loaded_model, speed_cache):
     assert second["clips_per_second"] == stored[key]
 
 
+def test_workers_starting_together_measure_once(tmp_path):
+    """Two processes ask the shared cache for the same figure at once: one measures (while the
+    other waits for it), both get its value."""
+    script = textwrap.dedent(f"""
+        import os, time
+        from pathlib import Path
+        from soundclassifier.engine import SpeedCache
+        def measure():
+            with open({str(tmp_path / "measured")!r}, "a") as f:
+                f.write(f"{{os.getpid()}}\\n")
+            time.sleep(1.0)
+            return 123.4
+        print(SpeedCache(Path({str(tmp_path / "speed.json")!r})).get_or_measure("model|engine", measure))
+    """)
+    workers = [subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+               for _ in range(2)]  # fmt: skip
+    outputs = [w.communicate(timeout=60)[0].strip() for w in workers]
+    assert [w.returncode for w in workers] == [0, 0]
+    assert outputs == ["123.4", "123.4"]
+    assert len((tmp_path / "measured").read_text().split()) == 1
+
+
 def test_engines_handle_any_batch_size_either_way(loaded_model, synthetic_inputs):
     for engine in engines(loaded_model):
         assert (engine.threads, engine.streams) == (2, 2)

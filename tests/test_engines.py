@@ -56,6 +56,7 @@ def speed_cache(tmp_path) -> SpeedCache:
 
 def engines(model) -> list:
     """Every engine the model may be served on, as the service builds them: two threads (wide), or two streams."""
+    assert model.int8_path is not None, model.engine_report["results"]["openvino/int8"]["reason"]
     found = [TorchEngine(model.network, 2), OnnxRuntimeEngine(model.onnx_path, 2),
              OpenVinoEngine(model.onnx_path, "fp32", 2), OpenVinoEngine(model.int8_path, "int8", 2)]
     if cpu_has_bf16():

@@ -16,7 +16,7 @@ install: $(STAMP)
 
 # Re-installs only when a requirements file changed; pip takes torch from this machine's disk.
 # pip's warnings about local package indexes are noise: they go to a log shown only on failure.
-$(STAMP): requirements/serve.txt requirements/train.txt requirements/dev.txt pyproject.toml
+$(STAMP): requirements/serve.txt requirements/torch.txt requirements/train.txt requirements/dev.txt pyproject.toml
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements/dev.txt > $(VENV)/pip.log 2>&1 || { grep -v "is ignored" $(VENV)/pip.log; exit 1; }
 	$(PY) -m pip install -q --no-deps -e . > $(VENV)/pip.log 2>&1 || { grep -v "is ignored" $(VENV)/pip.log; exit 1; }

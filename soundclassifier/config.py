@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     engine: Literal["auto", "openvino", "onnxruntime", "torch"] = Field(
         "auto", description="inference engine; auto = the fastest one that agrees with PyTorch"
     )
+    precision: Literal["int8", "bf16", "fp32"] | None = Field(
+        None, description="force the engine's precision (default: the fastest one the model's stored "
+        "agreement report accepts)"
+    )
     engine_threads: int = Field(
         0, ge=0, description="cores the server uses: the engine's threads for a lone clip, and the "
         "streams its workers share out (0 = every core it may run on)"

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -31,20 +29,16 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run a block with `n` intra-op threads in the calling thread only.
+@functools.cache
+def single_threaded_blas() -> None:
+    """Keep numpy's BLAS (OpenBLAS in the numpy wheels) on the calling thread, for this whole process.
 
-    With PyTorch's OpenMP backend the setting is per calling thread. Per-clip feature work is too
-    small to split, and several request threads each opening a 2-thread OpenMP team beside the
-    engine's own made the mel step 50x slower here under load; so features run single-threaded
-    and the engine keeps the cores.
+    The feature step's matrix products are small (0.04 ms per clip on one thread). OpenBLAS
+    splits them over its own process-wide pool, whose threads then wait for cores the engine and
+    the other request threads hold: the mel product took 8-12 ms instead of 0.1 on a busy 2-core
+    machine here. The limit is process-wide because OpenBLAS's pool is; nothing else heavy in
+    this project runs on numpy's BLAS (the engines and PyTorch bring their own thread pools).
     """
-    import torch
+    from threadpoolctl import threadpool_limits
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    threadpool_limits(1, user_api="blas")

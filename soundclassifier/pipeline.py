@@ -246,13 +246,13 @@ class Pipeline:
 
 
 def open_classifier(
-    model: str | bentoml.Model, engine: str = "auto", threads: int | None = None, streams: int | None = None
+    model: str | bentoml.Model, engine: str = "auto", threads: int | None = None, streams: int | None = None,
+    precision: str | None = None,
 ) -> tuple[Classifier, dict]:
     """Load a stored model and choose its engine: the one place every front door does it.
     Returns the classifier and the engine report (what was tried, the choice, its clips/s)."""
     loaded: LoadedModel = load_model(model)
-    chosen, report = select_engine(loaded.network, loaded.onnx_path, loaded.samples, engine,
-                                   threads=threads, streams=streams)
+    chosen, report = select_engine(loaded, engine, precision, threads=threads, streams=streams)
     return Classifier(loaded, chosen), report
 
 
@@ -265,5 +265,6 @@ def open_pipeline(
 ) -> Pipeline:
     """The pipeline for `model` (default: `settings.model_tag`) laid out as `settings` says."""
     _, threads, streams = settings.layout()
-    classifier, report = open_classifier(model or settings.model_tag, settings.engine, threads, streams)
+    classifier, report = open_classifier(model or settings.model_tag, settings.engine, threads, streams,
+                                         settings.precision)
     return Pipeline(classifier, settings, report, make_batcher=make_batcher, hooks=hooks)

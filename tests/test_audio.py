@@ -138,8 +138,8 @@ def test_unusual_files_decode_and_give_finite_features(make, rate, channels):
     assert audio.duration == pytest.approx(1.0)
     x = Features(SETTINGS)(audio)
     assert tuple(x.shape) == SETTINGS.input_shape == (1, 128, 216)
-    assert x.dtype.is_floating_point
-    assert bool(x.isfinite().all())
+    assert x.dtype == np.float32
+    assert bool(np.isfinite(x).all())
     assert float(x.std()) > 0.5  # a real spectrogram, not a constant image
 
 
@@ -148,7 +148,7 @@ def test_32_channels_are_averaged_to_mono():
     wave = Features(SETTINGS).waveform(audio)
     gains = (np.arange(32) + 1) / 32
     expected = af.sine(seconds=0.5) * gains.mean()
-    np.testing.assert_allclose(wave.numpy(), expected, atol=1e-3)
+    np.testing.assert_allclose(wave, expected, atol=1e-3)
 
 
 @pytest.mark.parametrize("rate", [10_000_019, 999, 800_000])

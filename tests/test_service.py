@@ -153,17 +153,11 @@ def test_classify_is_deterministic(http):
 @pytest.fixture(scope="module")
 def in_process(info, tiny_model_tag):
     """The same core in this process, on the engine (and precision) the server chose."""
-    from soundclassifier.classifier import Classifier
-    from soundclassifier.engine import OnnxRuntimeEngine, OpenVinoEngine, TorchEngine
-    from soundclassifier.store import load_model
+    from soundclassifier.pipeline import open_classifier
 
-    model = load_model(tiny_model_tag)
-    engines = {
-        "openvino": lambda: OpenVinoEngine(model.onnx_path, info["precision"]),
-        "onnxruntime": lambda: OnnxRuntimeEngine(model.onnx_path),
-        "torch": lambda: TorchEngine(model.network),
-    }
-    return Classifier(model, engines[info["engine"]]())
+    classifier, report = open_classifier(tiny_model_tag, info["engine"], precision=info["precision"])
+    assert report["chosen"] == f"{info['engine']}/{info['precision']}", report
+    return classifier
 
 
 @pytest.mark.parametrize("data", [clip(1), af.wav_noise(seconds=6.0, seed=5), af.wav_silence()],

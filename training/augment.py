@@ -8,13 +8,16 @@ The feature step is the core's `Features` (the same code serving runs); augmenta
              -> [train: SpecAugment frequency and time masks]
 
 Mixup is applied per batch by fastai's `MixUp` callback in train.py. Validation items get no
-augmentation, so they are exactly what serving computes for the same file.
+augmentation, so they are exactly what serving computes for the same file. The feature step works on
+numpy arrays; items become torch tensors here, at the boundary into fastai. Random draws come from
+torch's generator, which fastai's `set_seed` seeds.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torchaudio
 
@@ -41,7 +44,7 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        waves: list[torch.Tensor],
+        waves: list[np.ndarray],
         targets: list[int],
         features: Features,
         augment: AugmentSettings | None = None,
@@ -58,7 +61,7 @@ class ClipDataset(torch.utils.data.Dataset):
         wave = self.waves[i]
         a = self.augment
         if a is None:
-            return self.features.spectrogram(self.features.fit_window(wave)), self.targets[i]
+            return torch.from_numpy(self.features.spectrogram(self.features.fit_window(wave))), self.targets[i]
         n = self.features.settings.clip_samples
         if a.shift and wave.shape[-1] > n:  # long recording: a random window of it
             start = int(torch.randint(0, wave.shape[-1] - n + 1, ()))
@@ -66,13 +69,14 @@ class ClipDataset(torch.utils.data.Dataset):
         else:
             window = self.features.fit_window(wave)
             if a.shift:
-                window = torch.roll(window, int(torch.randint(0, n, ())))
+                window = np.roll(window, int(torch.randint(0, n, ())))
         if a.noise_prob > 0 and torch.rand(()) < a.noise_prob:
             lo, hi = a.noise_snr_db
             snr = lo + (hi - lo) * float(torch.rand(()))
-            power = window.pow(2).mean().clamp_min(1e-10)
-            window = window + torch.randn_like(window) * torch.sqrt(power / 10 ** (snr / 10))
-        spec = self.features.spectrogram(window)
+            power = max(float(np.mean(np.square(window, dtype=np.float64))), 1e-10)
+            noise = torch.randn(len(window)).numpy()
+            window = window + noise * np.float32(np.sqrt(power / 10 ** (snr / 10)))
+        spec = torch.from_numpy(self.features.spectrogram(window))
         for _ in range(a.freq_masks):
             spec = self.freq_mask(spec)
         for _ in range(a.time_masks):

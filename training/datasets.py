@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from soundclassifier.audio import AudioError, decode
 from soundclassifier.features import Features
@@ -180,7 +180,7 @@ def _checked(name: str, root: Path, clips: list[Clip], labels: list[str]) -> Dat
 class Decoded:
     """Mono waveforms at the model's rate, ready for the feature step, plus what was skipped."""
 
-    waves: list[torch.Tensor] = field(default_factory=list)
+    waves: list[np.ndarray] = field(default_factory=list)  # float32 (samples,)
     targets: list[int] = field(default_factory=list)
     clips: list[Clip] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)

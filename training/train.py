@@ -20,9 +20,11 @@ import platform
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
+import bentoml
 import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle)
 import numpy as np
 import torch
@@ -37,7 +39,7 @@ from fastai.torch_core import set_seed
 from soundclassifier.features import Features, FeatureSettings
 from soundclassifier.hardware import cpu_has_bf16
 from soundclassifier.network import ARCHS, build_network, load_pretrained
-from soundclassifier.store import METRICS_FILE, save_model, write_json
+from soundclassifier.store import METRICS_FILE, save_model, summary, write_json
 from training.augment import AugmentSettings, ClipDataset
 from training.datasets import DATASETS, Dataset, decode_clips, load_dataset
 from training.evaluate import format_report, plot_confusion, predict_dataset, report
@@ -95,8 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def train_fold(args: argparse.Namespace, ds: Dataset, settings: FeatureSettings, valid_fold: int):
     """Train on every fold but `valid_fold`.
 
-    Returns the network, held-out metrics, skipped files, and up to 64 held-out model inputs
-    (kept with the model so inference engines can be checked against PyTorch on real data).
+    Returns the network, held-out metrics, skipped files, up to 64 held-out model inputs with their
+    classes (kept with the model: every engine is checked against PyTorch on them), and up to
+    CALIBRATION_CLIPS model inputs of training clips, unaugmented (INT8 calibration).
     """
     set_seed(args.seed, reproducible=True)
     features = Features(settings)
@@ -126,8 +129,30 @@ def train_fold(args: argparse.Namespace, ds: Dataset, settings: FeatureSettings,
     net = learn.model.cpu().eval()
     preds = predict_dataset(net, valid_ds)
     metrics = report(valid.targets, preds, ds.labels)
-    samples = torch.stack([valid_ds[i][0] for i in range(min(64, len(valid_ds)))]).numpy()
+    held_out = range(min(64, len(valid_ds)))
+    samples = Samples(
+        inputs=torch.stack([valid_ds[i][0] for i in held_out]).numpy(),
+        targets=np.array([valid_ds[i][1] for i in held_out]),
+        calibration=calibration_inputs(ClipDataset(train.waves, train.targets, features, None), args.seed),
+    )
     return net, metrics, train.skipped + valid.skipped, samples
+
+
+CALIBRATION_CLIPS = 200  # INT8 calibration: NNCF's default subset is 300; 32 sufficed for ResNet-18 here
+
+
+@dataclass(frozen=True)
+class Samples:
+    inputs: np.ndarray  # held-out model inputs (n, 1, n_mels, frames)
+    targets: np.ndarray  # their classes (n,)
+    calibration: np.ndarray  # training model inputs for INT8 calibration
+
+
+def calibration_inputs(dataset: ClipDataset, seed: int) -> np.ndarray:
+    """Model inputs of up to CALIBRATION_CLIPS training clips drawn evenly at random."""
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.permutation(len(dataset))[:CALIBRATION_CLIPS])
+    return np.stack([dataset[i][0].numpy() for i in chosen])
 
 
 class CPUBFloat16(Callback):
@@ -209,10 +234,13 @@ def main(argv: list[str] | None = None) -> int:
             "train_seconds": round(time.time() - started, 1),
             "versions": library_versions(),
         },
-        samples=samples,
+        samples=samples.inputs,
+        sample_targets=samples.targets,
+        calibration=samples.calibration,
         extra_files=reports,
     )
     print(f"saved {tag}")
+    print(f"engines: {summary(bentoml.models.get(tag).info.metadata['engines'])}")
     return 0
 
 

@@ -127,3 +127,12 @@ def test_a_grpc_stream_of_empty_chunks_is_cut_off(served, rss_before):
 def test_the_server_still_answers(http, rss_before):
     r = http.post("/classify", files={"audio": ("ok.wav", af.wav_sine(seconds=2.0))})
     assert r.status_code == 200 and r.json()["label"]
+
+
+def test_no_served_process_loads_pytorch(served):
+    """Serving needs neither torch nor torchaudio nor fastai (issue 21): none of the served tree's
+    processes maps libtorch, although this test environment has it installed."""
+    root = psutil.Process(served.process.pid)
+    for process in [root, *root.children(recursive=True)]:
+        maps = open(f"/proc/{process.pid}/maps").read()
+        assert "libtorch" not in maps and "libc10" not in maps, process.cmdline()

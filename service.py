@@ -33,7 +33,7 @@ with bentoml.importing():
     from serving.page import app as page_app
     from serving.page import front_door
     from serving.supervise import WorkerCensus
-    from serving.uploads import AudioUpload
+    from serving.uploads import AudioUpload, SpooledUpload
     from soundclassifier.config import Settings
     from soundclassifier.options import DEFAULT_TIMELINE_TOP_K, DEFAULT_TOP_K, HopS, MinConfidence, TopK
     from soundclassifier.pipeline import open_pipeline
@@ -46,8 +46,8 @@ WORKERS, _, _ = SETTINGS.layout()
 install(edge_limits(SETTINGS))
 
 AudioFile = Annotated[AudioUpload, Field(description="audio file: WAV, FLAC, OGG or MP3")]
-# Long recordings stay on disk, where the timeline reads them one window at a time.
-LongAudioFile = Annotated[Path, Field(description="audio file: WAV, FLAC, OGG or MP3, any length")]
+# Long recordings stay where the multipart parser spooled them; the timeline reads a window at a time.
+LongAudioFile = Annotated[SpooledUpload, Field(description="audio file: WAV, FLAC, OGG or MP3, any length")]
 
 log = logging.getLogger("sound_classifier")
 
@@ -134,7 +134,7 @@ class SoundClassifier:
         min_confidence: MinConfidence | None = None,
     ) -> Timeline:
         """Classify a long recording in sliding windows of the model's clip length."""
-        return await http_answer(self.pipeline.timeline(audio, hop_s=hop_s, top_k=top_k,
+        return await http_answer(self.pipeline.timeline(audio.file, hop_s=hop_s, top_k=top_k,
                                                         min_confidence=min_confidence))
 
     @bentoml.api(route="/spectrogram")

@@ -1,23 +1,47 @@
-"""The type of an uploaded clip as BentoML routes receive it: the client's file name and the bytes.
+"""The types of uploads as BentoML routes receive them: the client's file name and the contents.
 
 BentoML treats a parameter whose type is a `PurePath` subclass as a multipart file field (in its
-OpenAPI schema too), but only the standard path classes get its `FileSchema`, which writes every
-upload to a temporary file on the event loop before the handler runs (~1 ms of CPU per 0.4 MB clip
-here) for bytes that are decoded from memory anyway. `AudioUpload` is such a subclass with its
-own validation: the upload's bytes, kept in memory (the upload guard bounds their size first).
+OpenAPI schema too), but only the standard path classes get its `FileSchema`, which reads every
+upload whole into memory and writes it to a temporary file on the event loop before the handler
+runs: ~1 ms of CPU per 0.4 MB clip here, and for a long recording a copy of the whole file in RAM
+and a third copy on disk. These subclasses validate themselves instead:
+    AudioUpload     a clip's bytes, kept in memory (the upload guard bounds their size first)
+    SpooledUpload   a recording's file as the multipart parser spooled it (on disk beyond 1 MB),
+                    read where it lies, a window at a time
 """
 
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic_core import core_schema
 from starlette.datastructures import UploadFile
 
 
-class AudioUpload(PurePosixPath):
+class _Upload(PurePosixPath):
+    """A multipart file field BentoML hands over as it is, validated by `_validate`."""
+
+    @classmethod
+    def _validate(cls, value: Any) -> _Upload:
+        raise NotImplementedError
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_plain_validator_function(
+            cls._validate, serialization=core_schema.plain_serializer_function_ser_schema(lambda u: u.filename)
+        )
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> dict:
+        # As BentoML's FileSchema describes a file field (its clients upload "file" fields as files).
+        if handler.mode == "validation":
+            return {"type": "file", "format": "binary"}
+        return {"type": "string", "format": "binary"}
+
+
+class AudioUpload(_Upload):
     """An uploaded file: `filename` (as the client named it) and `data` (its bytes)."""
 
     filename: str
@@ -39,15 +63,25 @@ class AudioUpload(PurePosixPath):
             return cls(path.name, path.read_bytes())
         raise ValueError("expected an uploaded file")
 
-    @classmethod
-    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
-        return core_schema.no_info_plain_validator_function(
-            cls._validate, serialization=core_schema.plain_serializer_function_ser_schema(lambda u: u.filename)
-        )
+
+class SpooledUpload(_Upload):
+    """An uploaded file left where the multipart parser put it: `filename`, and `file` (seekable)."""
+
+    filename: str
+    file: BinaryIO
+
+    def __new__(cls, filename: str, file: BinaryIO) -> SpooledUpload:
+        upload = super().__new__(cls, PurePosixPath(filename or "upload").name or "upload")
+        upload.filename, upload.file = filename, file
+        return upload
 
     @classmethod
-    def __get_pydantic_json_schema__(cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> dict:
-        # As BentoML's FileSchema describes a file field (its clients upload "file" fields as files).
-        if handler.mode == "validation":
-            return {"type": "file", "format": "binary"}
-        return {"type": "string", "format": "binary"}
+    def _validate(cls, value: Any) -> SpooledUpload:
+        if isinstance(value, SpooledUpload):
+            return value
+        if isinstance(value, UploadFile):
+            return cls(value.filename or "", value.file)
+        if isinstance(value, (str, Path)):  # an in-process caller's file
+            path = Path(value)
+            return cls(path.name, path.open("rb"))
+        raise ValueError("expected an uploaded file")

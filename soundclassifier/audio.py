@@ -15,6 +15,7 @@ import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -46,6 +47,11 @@ class AudioError(ValueError):
 
     def to_dict(self) -> dict[str, str]:
         return {"error": self.kind.value, "detail": self.message}
+
+
+Source = bytes | str | Path | BinaryIO
+"""A file to decode: its bytes, a path, or a seekable binary file object (read where it lies:
+an upload spooled to disk is not copied)."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +109,7 @@ _DATA_SIZE_LOG = re.compile(r"^data : (\d+) \(should be (\d+)\)", re.M)
 _STREAMING_SIZE = 0xFFFFFFF0
 
 
-def decode(source: bytes | str | Path, limits: Limits = NO_LIMITS) -> Audio:
+def decode(source: Source, limits: Limits = NO_LIMITS) -> Audio:
     """Decode a whole file (bytes or a path) into `Audio`, or raise `AudioError`."""
     with open_checked(source, limits) as f:
         limits.check_samples(f.frames, f.channels, "The audio")
@@ -135,10 +141,15 @@ def _read_float32(f: sf.SoundFile) -> np.ndarray:
     return f.read(dtype="float32", always_2d=True)
 
 
-def open_checked(source: bytes | str | Path, limits: Limits = NO_LIMITS) -> sf.SoundFile:
+def open_checked(source: Source, limits: Limits = NO_LIMITS) -> sf.SoundFile:
     """Open a file (bytes, or a path read from disk as it is decoded) after the size check, and
     check its announced duration before any sample is decoded."""
-    size = Path(source).stat().st_size if isinstance(source, (str, Path)) else len(source)
+    if isinstance(source, (str, Path)):
+        size = Path(source).stat().st_size
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        size = len(source)
+    else:
+        size = source.seek(0, io.SEEK_END)
     if size == 0:
         raise AudioError(ErrorKind.EMPTY, "The upload is empty (0 bytes).")
     if limits.max_bytes is not None and size > limits.max_bytes:
@@ -167,11 +178,18 @@ class _OwningSoundFile(sf.SoundFile):
         self._stream.close()
 
 
-def open_sound(source: bytes | str | Path) -> sf.SoundFile:
-    """Open bytes or a path as a seekable libsndfile handle, mapping every failure to `AudioError`."""
+def open_sound(source: Source) -> sf.SoundFile:
+    """Open bytes, a path or a file object as a seekable libsndfile handle (which closes it when
+    closed), mapping every failure to `AudioError`."""
     # A path is opened as a file object, not by name: libsndfile takes a name's extension as a
     # format hint, so the same bytes saved as x.mp3 or x.bin would get different errors.
-    stream = open(source, "rb") if isinstance(source, (str, Path)) else io.BytesIO(source)  # noqa: SIM115
+    if isinstance(source, (str, Path)):
+        stream = open(source, "rb")  # noqa: SIM115
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        stream = io.BytesIO(source)
+    else:
+        stream = source
+        stream.seek(0)
     try:
         f = _OwningSoundFile(stream)
     except sf.LibsndfileError as e:

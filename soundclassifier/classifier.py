@@ -13,11 +13,10 @@ way the arguments are the ones in `soundclassifier.options`, checked by `classif
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 
-from soundclassifier.audio import NO_LIMITS, Audio, Limits, decode
+from soundclassifier.audio import NO_LIMITS, Audio, Limits, Source, decode
 from soundclassifier.engine import Engine, TorchEngine
 from soundclassifier.options import ClassifyOptions, TimelineOptions, validate_options
 from soundclassifier.predictions import (
@@ -63,7 +62,7 @@ class Classifier:
     # --- steps ----------------------------------------------------------------------------------
 
     def prepare(
-        self, source: bytes | str | Path, limits: Limits = NO_LIMITS
+        self, source: Source, limits: Limits = NO_LIMITS
     ) -> tuple[Audio, np.ndarray]:
         """Decode one upload and compute its model input (1, n_mels, frames); raises AudioError."""
         audio = decode(source, limits)
@@ -87,20 +86,20 @@ class Classifier:
 
     # --- unbatched conveniences (scripts, tests, the Spark executor) ----------------------------
 
-    def classify(self, source: bytes | str | Path, limits: Limits = NO_LIMITS, **options) -> Classification:
+    def classify(self, source: Source, limits: Limits = NO_LIMITS, **options) -> Classification:
         """One clip, one forward pass."""
         opts = self.classify_options(**options)
         audio, x = self.prepare(source, limits)
         return self.classification(audio, self.forward(x[None])[0], opts)
 
     def start_timeline(
-        self, source: bytes | str | Path, opts: TimelineOptions, limits: Limits = NO_LIMITS
+        self, source: Source, opts: TimelineOptions, limits: Limits = NO_LIMITS
     ) -> TimelineJob:
         """Open a long recording for window-by-window classification (see `TimelineJob`)."""
         hop = self.settings.clip_seconds / 2 if opts.hop_s is None else opts.hop_s
         return TimelineJob(self, stream_windows(source, self.settings, hop, limits), hop, opts)
 
-    def timeline(self, source: bytes | str | Path, limits: Limits = NO_LIMITS, **options) -> Timeline:
+    def timeline(self, source: Source, limits: Limits = NO_LIMITS, **options) -> Timeline:
         """The whole timeline with this process's engine."""
         job = self.start_timeline(source, self.timeline_options(**options), limits)
         for windows, inputs in job.chunks():

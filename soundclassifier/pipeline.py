@@ -27,13 +27,12 @@ import contextlib
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Protocol, TypeVar
 
 import bentoml
 import numpy as np
 
-from soundclassifier.audio import AudioError
+from soundclassifier.audio import AudioError, Source
 from soundclassifier.classifier import Classifier
 from soundclassifier.config import Settings
 from soundclassifier.engine import select_engine
@@ -161,7 +160,7 @@ class Pipeline:
                 raise item
         return items
 
-    async def timeline(self, source: Path | bytes, *, endpoint: str = "timeline", **options) -> Timeline:
+    async def timeline(self, source: Source, *, endpoint: str = "timeline", **options) -> Timeline:
         """A long recording in sliding windows of the model's length; memory holds one chunk."""
         clf = self.classifier
         opts = clf.timeline_options(**options)

@@ -10,9 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
-from soundclassifier.audio import NO_LIMITS, Audio, AudioError, ErrorKind, Limits, as_audio, open_checked
+from soundclassifier.audio import (
+    NO_LIMITS,
+    Audio,
+    AudioError,
+    ErrorKind,
+    Limits,
+    Source,
+    as_audio,
+    open_checked,
+)
 from soundclassifier.features import FeatureSettings
 
 MIN_HOP_S = 0.25
@@ -35,7 +43,7 @@ class Stream:
 
 
 def stream_windows(
-    source: bytes | str | Path,
+    source: Source,
     settings: FeatureSettings,
     hop_s: float,
     limits: Limits = NO_LIMITS,

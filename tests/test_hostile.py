@@ -136,3 +136,35 @@ def test_no_served_process_loads_pytorch(served):
     for process in [root, *root.children(recursive=True)]:
         maps = open(f"/proc/{process.pid}/maps").read()
         assert "libtorch" not in maps and "libc10" not in maps, process.cmdline()
+
+
+def test_a_large_timeline_upload_costs_a_fraction_of_its_size_in_memory(http, served, rss_before):
+    """Issue 18: peak RSS growth per request <= 1.5x a large upload (it was 3.8x: the guard's parse,
+    BentoML reading the file whole, the bytes). The recording stays where the parsers spooled it
+    and the timeline reads it a window at a time."""
+    import threading
+
+    rate, seconds = 48_000, 330  # 48 kHz stereo 16-bit: 63 MB
+    t = np.arange(rate * seconds, dtype=np.float32) / rate
+    wave = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    data = af.encode(np.stack([wave, wave], axis=1), rate, "WAV", "PCM_16")
+    del t, wave
+    base = tree_rss(served.process.pid)
+    peak, done = [base], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], tree_rss(served.process.pid))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        r = http.post("/timeline", files={"audio": ("long.wav", data)}, data={"hop_s": "5"})
+    finally:
+        done.set()
+        sampler.join()
+    assert r.status_code == 200, r.text
+    assert len(r.json()["windows"]) == 66
+    growth = peak[0] - base
+    assert growth <= min(256 * MB, 1.5 * len(data)), f"peak RSS grew {growth / MB:.0f} MB for a {len(data) / MB:.0f} MB upload"

@@ -31,12 +31,14 @@ Per connection, one timer enforces:
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 import sys
 from dataclasses import dataclass
 
 _IDLE, _HEAD, _BODY, _APP = range(4)
+REFUSED_LINGER_S = 2.0  # how long a refused connection's remaining bytes are read and dropped
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ def protocol_class(limits: EdgeLimits) -> type:
             self._head_bytes = 0
             self._write_paused_at: float | None = None
             self._timer = None
+            self._refused = False
 
         # --- phases ----------------------------------------------------------------------------
 
@@ -101,13 +104,27 @@ def protocol_class(limits: EdgeLimits) -> type:
                 self._phase = _IDLE
 
         def data_received(self, data: bytes) -> None:
+            if self._refused:  # the rest of a refused request: read and dropped until we close
+                return
             if self._phase == _BODY:
                 self._since = self.loop.time()
+            if self._phase in (_IDLE, _HEAD) and self._head_too_large(data):
+                self._refuse(431, b"Request Header Fields Too Large", "too_large",
+                             f"The request head is over {self.edge.max_head_bytes:,} bytes.")
+                return
             super().data_received(data)
-            if self._phase == _HEAD and not self.transport.is_closing():
-                self._head_bytes += len(data)
-                if self._head_bytes > self.edge.max_head_bytes:
-                    self._refuse(431, b"Request Header Fields Too Large")
+
+        def _head_too_large(self, data: bytes) -> bool:
+            # Counted before the parser sees the bytes: a whole oversized head often arrives in
+            # one read, and once parsed it would already be a request on its way to the app.
+            probe = self._head_tail + data
+            end = probe.find(b"\r\n\r\n")
+            used = len(data) if end < 0 else end + 4 - len(self._head_tail)
+            if self._head_bytes + used > self.edge.max_head_bytes:
+                return True
+            self._head_bytes += used
+            self._head_tail = probe[-3:] if end < 0 else b""
+            return False
 
         def pause_writing(self) -> None:
             super().pause_writing()
@@ -135,7 +152,7 @@ def protocol_class(limits: EdgeLimits) -> type:
         # --- the one timer ---------------------------------------------------------------------
 
         def _start_head(self) -> None:
-            self._phase, self._since, self._head_bytes = _HEAD, self.loop.time(), 0
+            self._phase, self._since, self._head_bytes, self._head_tail = _HEAD, self.loop.time(), 0, b""
             self._arm(self._since + self.edge.head_timeout_s)
 
         def _arm(self, deadline: float) -> None:
@@ -155,7 +172,8 @@ def protocol_class(limits: EdgeLimits) -> type:
             if self._phase == _HEAD:
                 if now >= self._since + self.edge.head_timeout_s:
                     if self._head_bytes:
-                        self._refuse(408, b"Request Timeout")
+                        self._refuse(408, b"Request Timeout", "timeout",
+                                     f"The request head took over {self.edge.head_timeout_s:g} s.")
                     else:
                         self.transport.close()
                     return
@@ -190,13 +208,22 @@ def protocol_class(limits: EdgeLimits) -> type:
                     pass
             self.transport.abort()
 
-        def _refuse(self, status: int, reason: bytes) -> None:
+        def _refuse(self, status: int, reason: bytes, error: str, detail: str) -> None:
+            # The client may still be sending the rest of its head: closing with unread bytes
+            # would reset the connection and lose the answer (seen with a 200 KB header block). So
+            # answer, stop writing, drop what still arrives for a moment, then close.
+            body = json.dumps({"error": error, "detail": detail}).encode()  # as every other refusal
             self.transport.write(
-                b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
-                b"connection: close\r\n\r\n%s" % (status, reason, len(reason), reason)
+                b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                b"connection: close\r\n\r\n%s" % (status, reason, len(body), body)
             )
-            self.transport.close()
-            self._phase = _IDLE
+            self._refused, self._phase = True, _IDLE
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.loop.call_later(REFUSED_LINGER_S, self.transport.close)
 
     return EdgeHttpToolsProtocol
 

@@ -2,7 +2,8 @@
 
 The feature step is the core's `Features` (the same code serving runs); augmentation only wraps it:
 
-    waveform -> [train: random window of a long clip, or random circular shift of a short one;
+    waveform -> [train: speed change (tempo and pitch together, as a tape played faster or slower);
+                 random window of a long clip, or random circular shift of a short one;
                  additive noise at a random SNR]
              -> Features.fit_window -> Features.spectrogram
              -> [train: SpecAugment frequency and time masks]
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+import soxr
 import torch
 import torchaudio
 
@@ -23,6 +26,7 @@ from soundclassifier.features import Features
 
 @dataclass(frozen=True)
 class AugmentSettings:
+    speed: float = 0.0  # resample by a factor drawn from [1 - speed, 1 + speed] (0 = off)
     shift: bool = True  # random time shift / crop: events occur anywhere in a clip
     noise_prob: float = 0.5  # chance of mixing white noise in at an SNR drawn from noise_snr_db
     noise_snr_db: tuple[float, float] = (10.0, 40.0)
@@ -33,7 +37,7 @@ class AugmentSettings:
 
     @classmethod
     def off(cls) -> AugmentSettings:
-        return cls(shift=False, noise_prob=0.0, freq_masks=0, time_masks=0)
+        return cls(speed=0.0, shift=False, noise_prob=0.0, freq_masks=0, time_masks=0)
 
 
 class ClipDataset(torch.utils.data.Dataset):
@@ -60,6 +64,9 @@ class ClipDataset(torch.utils.data.Dataset):
         if a is None:
             return self.features.spectrogram(self.features.fit_window(wave)), self.targets[i]
         n = self.features.settings.clip_samples
+        if a.speed > 0:
+            factor = 1 + a.speed * (2 * float(torch.rand(())) - 1)
+            wave = speed_change(wave, factor)
         if a.shift and wave.shape[-1] > n:  # long recording: a random window of it
             start = int(torch.randint(0, wave.shape[-1] - n + 1, ()))
             window = wave[start : start + n]
@@ -78,3 +85,10 @@ class ClipDataset(torch.utils.data.Dataset):
         for _ in range(a.time_masks):
             spec = self.time_mask(spec)
         return spec, self.targets[i]
+
+
+def speed_change(wave: torch.Tensor, factor: float) -> torch.Tensor:
+    """The waveform played `factor` times as fast: 1/factor as long, every frequency times factor."""
+    rate = 10_000  # any reference rate: only the ratio matters to libsoxr
+    out = soxr.resample(np.asarray(wave, dtype=np.float32), rate * factor, rate, quality="MQ")
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))

@@ -1,0 +1,57 @@
+"""Training-time augmentation: the speed change's physics, and that every item keeps the model's shape."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from soundclassifier.features import Features, FeatureSettings
+from training.augment import AugmentSettings, ClipDataset, speed_change
+
+RATE = 22050
+
+
+def tone(freq: float, seconds: float) -> torch.Tensor:
+    t = torch.arange(round(seconds * RATE)) / RATE
+    return torch.sin(2 * torch.pi * freq * t).float()
+
+
+def peak_hz(wave: torch.Tensor) -> float:
+    x = np.asarray(wave, dtype=np.float64)
+    return float(np.fft.rfftfreq(len(x), 1 / RATE)[np.abs(np.fft.rfft(x * np.hanning(len(x)))).argmax()])
+
+
+@pytest.mark.parametrize("factor", [0.85, 1.0, 1.15])
+def test_speed_change_scales_duration_and_pitch_together(factor):
+    wave = tone(1000.0, 2.0)
+    out = speed_change(wave, factor)
+    assert len(out) == pytest.approx(len(wave) / factor, abs=2)
+    assert peak_hz(out) == pytest.approx(1000.0 * factor, abs=2)
+    assert out.dtype == torch.float32
+
+
+def test_augmented_items_keep_the_model_input_shape():
+    settings = FeatureSettings(clip_seconds=1.0)
+    features = Features(settings)
+    waves = [tone(440.0, 0.3), tone(880.0, 1.0), tone(220.0, 3.0)]
+    ds = ClipDataset(waves, [0, 1, 2], features, AugmentSettings(speed=0.2))
+    torch.manual_seed(0)
+    for i in range(3):
+        x, target = ds[i]
+        assert x.shape == settings.input_shape and target == i
+        assert torch.isfinite(x).all()
+
+
+def test_speed_is_the_only_change_when_everything_else_is_off():
+    features = Features(FeatureSettings(clip_seconds=1.0))
+    wave = tone(1000.0, 1.0)
+    plain = ClipDataset([wave], [0], features, None)[0][0]
+    same = ClipDataset([wave], [0], features, AugmentSettings.off())[0][0]
+    torch.testing.assert_close(same, plain)
+    torch.manual_seed(1)
+    faster = ClipDataset([wave], [0], features, AugmentSettings(speed=0.2, shift=False, noise_prob=0.0,
+                                                                 freq_masks=0, time_masks=0))[0][0]  # fmt: skip
+    # the tone's mel band moves up (or down) with the speed: the image changes, its shape does not
+    assert faster.shape == plain.shape
+    assert plain[0].mean(dim=1).argmax() != faster[0].mean(dim=1).argmax()

@@ -239,7 +239,7 @@ def test_help_documents_every_flag():
         "--dataset", "--data-dir", "--arch", "--epochs", "--batch-size", "--lr", "--weight-decay",
         "--mixup", "--no-specaugment", "--valid-fold", "--cv", "--pretrained", "--clips-per-class",
         "--seed", "--no-save", "--gpu", "--precision", "--no-refit", "--clip-seconds", "--init-from",
-        "--speed",
+        "--speed", "--predictions",
     }  # fmt: skip
     assert expected <= set(documented), expected - set(documented)
     undocumented = [flag for flag, text in documented.items() if len(text.split()) < 3]
@@ -283,8 +283,14 @@ def test_cross_validation_without_saving(tmp_path, layouts, store_tags, capsys):
 
     root = layouts["folder"](tmp_path / "sounds", {"beep": 6, "hum": 6})
     before = store_tags()
-    assert main(["--dataset", "folder", "--data-dir", str(root), "--cv", "--no-save", *TINY]) == 0
+    saved = tmp_path / "predictions.npz"
+    assert main(["--dataset", "folder", "--data-dir", str(root), "--cv", "--no-save", "--predictions", str(saved), *TINY]) == 0
     out = capsys.readouterr().out
+    with np.load(saved, allow_pickle=False) as p:
+        assert list(p["labels"]) == ["beep", "hum"]
+        assert p["logits"].shape == (12, 2) and set(p["folds"].tolist()) == {1, 2, 3, 4, 5}
+        assert p["targets"].tolist().count(0) == 6
+        assert p["open_set_logits"].shape == (5, len(p["open_set_kinds"]), 2)  # one network per fold
     assert re.search(r"cross-validation over 5 folds: accuracy \d\.\d{4} ± \d\.\d{4}", out)
     calibration = json.loads(re.search(r"calibration: (\{.*\})", out)[1])
     assert calibration["n"] == 12 and "5-fold cross-validation" in calibration["method"]

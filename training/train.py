@@ -110,6 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pretrained", type=Path, default=None, help="local torchvision ImageNet state_dict for --arch resnet*; nothing is downloaded")
     p.add_argument("--clips-per-class", type=int, default=40, help="synthetic only: clips per class to generate (default %(default)s)")
     p.add_argument("--seed", type=int, default=d["seed"], help="random seed for splits, init and augmentation (default %(default)s)")
+    p.add_argument("--predictions", type=Path, default=None, help="also write the held-out and out-of-set logits to this .npz file (for analysis)")
     p.add_argument("--no-save", dest="save", action="store_false", help="evaluate only; do not write to the model store")
     p.add_argument("--gpu", action="store_true", help="train on the GPU when there is one (default: CPU)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="CPU training precision; auto = bf16 autocast where the CPU has native bf16 (2.5x faster here) and the input is at least 33 frames wide, else fp32")
@@ -245,21 +246,25 @@ def evaluate(args, start: Start, features: Features, ds: Dataset, data: Decoded)
     )
 
 
-def open_set_check(ev: Evaluation, features: Features, labels: list[str], temperature: float, threshold: float, seed: int) -> dict:
-    """How often sounds from none of the classes get "unknown" at the threshold (training.outofset),
-    judged by the evaluated networks, beside the in-set accuracy with "unknown" counted wrong."""
+def open_set_logits(ev: Evaluation, features: Features, labels: list[str], seed: int) -> tuple[list[str], np.ndarray]:
+    """Sounds from none of the classes (training.outofset) and each evaluated network's logits for
+    them: (kinds, array of shape (networks, clips, classes))."""
     s = features.settings
     made = outofset.clips(labels, s.clip_seconds, s.sample_rate, seed=seed)
     waves = [features.waveform(as_audio(w[None], s.sample_rate, "generated")) for _, w in made]
     items = ClipDataset(waves, [0] * len(waves), features, None)
-    unknown = np.mean([~answered(softmax(predict_logits(net, items) / temperature, axis=1), threshold)
-                       for net in ev.networks], axis=0)  # fmt: skip
-    kinds = sorted({k.split(":")[0] for k, _ in made})
-    by_kind = {k: round(float(np.mean([u for (kind, _), u in zip(made, unknown, strict=True)
-                                        if kind.split(":")[0] == k])), 4) for k in kinds}  # fmt: skip
+    return [kind.split(":")[0] for kind, _ in made], np.stack([predict_logits(net, items) for net in ev.networks])
+
+
+def open_set_report(kinds: list[str], logits: np.ndarray, ev: Evaluation, temperature: float, threshold: float) -> dict:
+    """How often those sounds get "unknown" at the threshold (averaged over the evaluated networks),
+    beside the in-set accuracy with "unknown" counted wrong."""
+    unknown = np.mean([~answered(softmax(z / temperature, axis=1), threshold) for z in logits], axis=0)
+    by_kind = {k: round(float(unknown[[i for i, kind in enumerate(kinds) if kind == k]].mean()), 4)
+               for k in sorted(set(kinds))}  # fmt: skip
     in_set = softmax(ev.logits / temperature, axis=1)
     return {
-        "n": len(made),
+        "n": len(kinds),
         "unknown_rate": round(float(unknown.mean()), 4),
         "unknown_rate_by_kind": by_kind,
         "in_set_accuracy_with_unknown": round(accuracy_with_unknown(in_set, ev.targets, threshold), 4),
@@ -315,7 +320,11 @@ def main(argv: list[str] | None = None) -> int:
               f"(folds {', '.join(map(str, ev.folds))})" if args.cv else
               f"temperature scaling on held-out fold {ev.folds[0]}")  # fmt: skip
     calibration = calibrate(ev.logits, ev.targets, method, groups=groups)
-    open_set = open_set_check(ev, features, ds.labels, calibration["temperature"], calibration["threshold"], args.seed)
+    kinds, oos_logits = open_set_logits(ev, features, ds.labels, args.seed)
+    open_set = open_set_report(kinds, oos_logits, ev, calibration["temperature"], calibration["threshold"])
+    if args.predictions:
+        np.savez_compressed(args.predictions, labels=np.array(ds.labels), logits=ev.logits, targets=ev.targets,
+                            folds=ev.fold_of, open_set_kinds=np.array(kinds), open_set_logits=oos_logits)  # fmt: skip
     print(format_report(metrics))
     if args.cv:
         print(f"cross-validation over {len(ev.folds)} folds: accuracy {metrics['accuracy_mean']:.4f} ± "

@@ -55,3 +55,26 @@ def test_speed_is_the_only_change_when_everything_else_is_off():
     # the tone's mel band moves up (or down) with the speed: the image changes, its shape does not
     assert faster.shape == plain.shape
     assert plain[0].mean(dim=1).argmax() != faster[0].mean(dim=1).argmax()
+
+
+def test_time_masks_scale_with_the_window():
+    five = ClipDataset([tone(440.0, 5.0)], [0], Features(FeatureSettings()), AugmentSettings())
+    short = ClipDataset([tone(440.0, 0.75)], [0], Features(FeatureSettings(clip_seconds=0.75)), AugmentSettings())
+    assert five.time_mask.mask_param == 24  # of 216 frames, as before windows were chosen per data set
+    assert short.time_mask.mask_param == 4  # of 33 frames: two masks cannot hide the whole word
+
+
+def test_a_short_clip_lands_whole_somewhere_in_the_window():
+    settings = FeatureSettings(clip_seconds=1.0)
+    word = tone(1000.0, 0.3)
+    ds = ClipDataset([word], [0], Features(settings), AugmentSettings(noise_prob=0.0, freq_masks=0, time_masks=0))
+    starts = set()
+    torch.manual_seed(0)
+    for _ in range(20):
+        x = ds[0][0][0]  # (mels, frames)
+        loud = (x.mean(dim=0) > 0).nonzero().flatten()
+        # one unbroken run of loud frames as long as the tone: never split at the window's edge
+        assert loud.max() - loud.min() + 1 == len(loud)
+        assert abs(len(loud) - round(0.3 * 22050 / 512)) <= 3
+        starts.add(int(loud.min()))
+    assert len(starts) > 5  # and not always in the same place

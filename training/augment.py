@@ -3,7 +3,8 @@
 The feature step is the core's `Features` (the same code serving runs); augmentation only wraps it:
 
     waveform -> [train: speed change (tempo and pitch together, as a tape played faster or slower);
-                 random window of a long clip, or random circular shift of a short one;
+                 random window of a long clip, a short clip at a random place in the window, a
+                 clip of exactly the window's length shifted circularly;
                  additive noise at a random SNR]
              -> Features.fit_window -> Features.spectrogram
              -> [train: SpecAugment frequency and time masks]
@@ -32,8 +33,8 @@ class AugmentSettings:
     noise_snr_db: tuple[float, float] = (10.0, 40.0)
     freq_masks: int = 2  # SpecAugment (Park et al. 2019): masks of up to freq_mask_bins bands
     freq_mask_bins: int = 16
-    time_masks: int = 2  # ... and of up to time_mask_frames frames
-    time_mask_frames: int = 24
+    time_masks: int = 2  # ... and of up to this share of the window's frames (24 of a 5 s window's 216):
+    time_mask_share: float = 24 / 216  # a share, so a 0.75 s window is not masked whole
 
     @classmethod
     def off(cls) -> AugmentSettings:
@@ -53,7 +54,8 @@ class ClipDataset(torch.utils.data.Dataset):
         self.waves, self.targets, self.features, self.augment = waves, targets, features, augment
         if augment is not None:
             self.freq_mask = torchaudio.transforms.FrequencyMasking(augment.freq_mask_bins)
-            self.time_mask = torchaudio.transforms.TimeMasking(augment.time_mask_frames)
+            frames = features.settings.frames
+            self.time_mask = torchaudio.transforms.TimeMasking(max(1, round(augment.time_mask_share * frames)))
 
     def __len__(self) -> int:
         return len(self.waves)
@@ -70,6 +72,9 @@ class ClipDataset(torch.utils.data.Dataset):
         if a.shift and wave.shape[-1] > n:  # long recording: a random window of it
             start = int(torch.randint(0, wave.shape[-1] - n + 1, ()))
             window = wave[start : start + n]
+        elif a.shift and wave.shape[-1] < n:  # short clip: anywhere in the window, not wrapped round its edge
+            start = int(torch.randint(0, n - wave.shape[-1] + 1, ()))
+            window = torch.nn.functional.pad(wave, (start, n - wave.shape[-1] - start))
         else:
             window = self.features.fit_window(wave)
             if a.shift:

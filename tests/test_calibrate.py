@@ -97,3 +97,26 @@ def test_ece_after_is_measured_on_clips_the_temperature_was_not_fitted_on():
     # groups change only ece_after: the temperature and the threshold are fitted on every clip
     halves = calibrate(logits, targets, "m")
     assert (halves["temperature"], halves["threshold"]) == (by_group["temperature"], by_group["threshold"])
+
+
+# --- outlier exposure: the loss that teaches "none of these" --------------------------------------
+
+
+def test_outlier_exposure_loss():
+    import torch
+
+    from training.train import OUTLIER, OUTLIER_WEIGHT, OutlierExposureLoss
+
+    loss = OutlierExposureLoss()
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0], [3.0, -3.0, 0.0]], requires_grad=True)
+    target = torch.tensor([0, OUTLIER, OUTLIER])
+    per_clip = OutlierExposureLoss(reduction="none")(logits, target).detach()
+    assert per_clip[0].item() == pytest.approx(torch.nn.functional.cross_entropy(logits[:1], target[:1]).item())
+    assert per_clip[1].item() == pytest.approx(OUTLIER_WEIGHT * np.log(3))  # uniform: the least it can be
+    assert per_clip[2] > per_clip[1]  # a confident answer to an outlier costs more
+    loss(logits, target).backward()
+    # the gradient pushes an outlier's logits towards equal: down where high, up where low
+    g = logits.grad[2]
+    assert g[0] > 0 and g[1] < 0
+    assert logits.grad[1].abs().max() < 1e-6  # already uniform: nothing to push
+    assert OutlierExposureLoss.y_int  # fastai's MixUp then mixes losses, not integer targets

@@ -59,7 +59,7 @@ def test_saved_entry_has_weights_reports_and_metadata(tiny_model_tag, synthetic_
     assert ev["method"] == "holdout" and ev["held_out_folds"] == [1]
     assert ev["accuracy"] == meta["metrics"]["accuracy"] and ev["n_valid"] == 20
     assert ev["per_fold_accuracy"] == {"1": meta["metrics"]["accuracy"]}
-    assert "every fold" in ev["shipped_model"]
+    assert ev["shipped_model"] == "the evaluated network (trained without fold 1)"
     # calibration, in exactly the shape serving reads
     cal = meta["calibration"]
     assert set(cal) == {"temperature", "ece_before", "ece_after", "threshold", "n", "method"}
@@ -238,8 +238,8 @@ def test_help_documents_every_flag():
     expected = {
         "--dataset", "--data-dir", "--arch", "--epochs", "--batch-size", "--lr", "--weight-decay",
         "--mixup", "--no-specaugment", "--valid-fold", "--cv", "--pretrained", "--clips-per-class",
-        "--seed", "--no-save", "--gpu", "--precision", "--no-refit", "--clip-seconds", "--init-from",
-        "--speed", "--predictions",
+        "--seed", "--no-save", "--gpu", "--precision", "--refit", "--clip-seconds", "--init-from",
+        "--speed", "--predictions", "--outliers",
     }  # fmt: skip
     assert expected <= set(documented), expected - set(documented)
     undocumented = [flag for flag, text in documented.items() if len(text.split()) < 3]
@@ -259,7 +259,7 @@ def test_defaults_train_on_the_shipped_real_recordings():
 
     args = parse_args([])
     assert args.dataset == "esc10" and args.data_dir == SHIPPED_ESC10
-    assert args.refit and args.valid_fold is None and args.clip_seconds is None and not args.cv
+    assert not args.refit and args.valid_fold is None and args.clip_seconds is None and not args.cv
     assert parse_args(["--dataset", "synthetic"]).data_dir == Path("data/synthetic")
 
 
@@ -309,6 +309,7 @@ def test_cross_validated_model_says_so(tmp_path, layouts, train_model):
     assert ev["accuracy_std"] == pytest.approx(np.std(accs), abs=1e-4)
     assert "valid_fold" not in meta
     assert meta["calibration"]["n"] == 10
+    assert ev["shipped_model"].startswith("trained on every fold")
 
 
 def test_init_from_keeps_the_stored_body_and_gives_new_labels_a_fresh_head(
@@ -318,7 +319,7 @@ def test_init_from_keeps_the_stored_body_and_gives_new_labels_a_fresh_head(
     root = layouts["folder"](tmp_path / "mine", {"beep": 5, "hum": 5, "hiss": 5}, seconds=1.0)
     # no training steps: what is saved is exactly where training would start
     tag = train_model(["--dataset", "folder", "--data-dir", str(root), "--init-from", tiny_model_tag,
-                       "--epochs", "0", "--no-refit"])  # fmt: skip
+                       "--epochs", "0"])  # fmt: skip
     model = load_model(tag)
     state = load_file(model.path / "weights.safetensors")
     assert model.metadata["init_from"] == {"tag": tiny_model_tag, "fresh_parameters": ["fc.bias", "fc.weight"]}

@@ -9,8 +9,11 @@ Kinds (each clip draws its own level, pitch, timing):
     synthetic:<c>  classes of the project's synthetic set (siren, car horn, drilling, ...) whose
                    name is not a label of the model
 
-These are only measured (the unknown rate at the recommended threshold goes into the model's
-metadata); nothing is tuned to them. They are crude stand-ins for real out-of-set sound.
+The unknown rate at the recommended threshold goes into the model's metadata; nothing is tuned to
+it. With --outliers, training also sees clips of some kinds (OUTLIER_KINDS, another seed) with a
+uniform target (outlier exposure), and never speech or music, so the rates on those two kinds say
+whether what it learned carries over to sounds it was not shown. All of them are crude stand-ins
+for real out-of-set sound.
 """
 
 from __future__ import annotations
@@ -70,8 +73,12 @@ def _loudest(wave: np.ndarray, n: int) -> np.ndarray:
     return wave[start : start + n]
 
 
+KINDS = ("silence", "noise", "tones", "speech", "music", "synthetic")
+OUTLIER_KINDS = ("silence", "noise", "tones", "synthetic")  # shown in training with --outliers
+
+
 def clips(
-    labels: list[str], seconds: float, rate: int, per_kind: int = 12, seed: int = 0
+    labels: list[str], seconds: float, rate: int, per_kind: int = 12, seed: int = 0, kinds: tuple[str, ...] = KINDS
 ) -> list[tuple[str, np.ndarray]]:
     """(kind, mono float32 waveform at `rate`) pairs, `seconds` long, peaks between -30 and -1 dBFS."""
     rng = np.random.default_rng(seed)
@@ -79,13 +86,18 @@ def clips(
     own = {lab.lower() for lab in labels}
     made: list[tuple[str, np.ndarray]] = []
     for k in range(per_kind):
-        hiss = rng.standard_normal(n) * 10 ** (-rng.uniform(60, 80) / 20)
-        made.append(("silence", np.zeros(n) if k % 2 == 0 else hiss))
-        made.append(("noise", _noise(rng, n)))
-        made.append(("tones", _tones(rng, n, rate)))
-        made.append(("speech", babble(rng, seconds, rate)))
-        made.append(("music", _music(rng, n, rate)))
-    others = [c for c in synthetic.CLASSES if c.lower() not in own]
+        if "silence" in kinds:
+            hiss = rng.standard_normal(n) * 10 ** (-rng.uniform(60, 80) / 20)
+            made.append(("silence", np.zeros(n) if k % 2 == 0 else hiss))
+        if "noise" in kinds:
+            made.append(("noise", _noise(rng, n)))
+        if "tones" in kinds:
+            made.append(("tones", _tones(rng, n, rate)))
+        if "speech" in kinds:
+            made.append(("speech", babble(rng, seconds, rate)))
+        if "music" in kinds:
+            made.append(("music", _music(rng, n, rate)))
+    others = [c for c in synthetic.CLASSES if c.lower() not in own] if "synthetic" in kinds else []
     for k in range(per_kind if others else 0):
         c = others[k % len(others)]
         wave = soxr.resample(synthetic.make_clip(c, rng), synthetic.SAMPLE_RATE, rate)

@@ -9,12 +9,13 @@
     python -m training.train --dataset folder --data-dir my_sounds/ --init-from sound-resnet:latest
 
 How a model is made: train on every fold but one (--valid-fold, default the data set's first),
-measure it on that fold and fit its calibration there (temperature, recommended min_confidence);
-then train once more, same recipe and seed, on every fold and ship that network (--no-refit ships
-the measured one instead). With --cv every fold is held out in turn and the pooled held-out
-predictions give the score (mean and spread over folds) and the calibration. The metadata says
-which was done ("evaluation"). The window the model sees is chosen from the clips' durations
-(--clip-seconds overrides it).
+measure it on that fold, fit its calibration there (temperature, recommended min_confidence) and
+ship that very network, so its score and calibration are its own. --refit then trains once more,
+same recipe and seed, on every fold and ships that instead (more data, about twice the time; the
+score and calibration are the measured network's). With --cv every fold is held out in turn, the
+pooled held-out predictions give the score (mean and spread over folds) and the calibration, and
+the shipped network is trained on every fold. The metadata says which was done ("evaluation").
+The window the model sees is chosen from the clips' durations (--clip-seconds overrides it).
 
 The model lands in the store as `sound-resnet:<version>` (see soundclassifier/store.py) with its
 labels, feature settings, held-out metrics, calibration and a confusion matrix; `bentoml models
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import platform
 import sys
 import time
@@ -79,6 +81,7 @@ DEFAULTS = dict(
     mixup=0.4,  # mixup alpha (0 disables); strong regulariser for small audio sets
     specaugment=True,  # time/frequency masking + time shift + noise
     speed=0.0,  # speed perturbation: resample by up to +-this fraction (0 = off)
+    outliers=0.0,  # outlier exposure: generated non-class clips, this share of the training set (0 = off)
     valid_fold=None,  # held-out fold; None = the data set's first (ESC-50: 1, shipped ESC-10: 2)
     clip_seconds=None,  # model window; None = chosen from the clip durations (choose_clip_seconds)
     seed=0,
@@ -102,9 +105,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mixup", type=float, default=d["mixup"], help="mixup alpha; 0 turns mixup off (default %(default)s)")
     p.add_argument("--no-specaugment", dest="specaugment", action="store_false", help="turn off masking, shift and noise augmentation")
     p.add_argument("--speed", type=float, default=d["speed"], help="speed perturbation: play each training clip up to this fraction faster or slower, pitch with tempo (default %(default)s = off)")
+    p.add_argument("--outliers", type=float, default=d["outliers"], help="outlier exposure: add generated sounds of none of the classes (noise, tones, silence, synthetic) to training with a uniform target, this many per training clip (default %(default)s = off)")
     p.add_argument("--valid-fold", type=int, default=d["valid_fold"], help="fold held out for evaluation and calibration (default: the data set's first fold)")
     p.add_argument("--cv", action="store_true", help="cross-validate: hold out every fold in turn, report mean and spread, calibrate on all held-out predictions")
-    p.add_argument("--no-refit", dest="refit", action="store_false", help="ship the network measured on the held-out fold instead of retraining on every fold")
+    p.add_argument("--refit", action="store_true", help="after the evaluation, train once more on every fold and ship that network (always so with --cv)")
     p.add_argument("--clip-seconds", type=float, default=d["clip_seconds"], help="window the model sees, in seconds (default: from the clip durations, 0.5-5 s)")
     p.add_argument("--init-from", metavar="TAG", default=None, help="start from a stored model's weights (e.g. sound-resnet:latest); a fresh head when the labels differ")
     p.add_argument("--pretrained", type=Path, default=None, help="local torchvision ImageNet state_dict for --arch resnet*; nothing is downloaded")
@@ -142,6 +146,40 @@ def use_bf16(args: argparse.Namespace, device: torch.device, frames: int) -> boo
     return cpu_has_bf16() and frames >= BF16_MIN_FRAMES
 
 
+OUTLIER = -1  # target of an outlier-exposure clip
+OUTLIER_WEIGHT = 0.5  # weight of the uniform-target term (Hendrycks et al. 2019, "Deep Anomaly Detection with Outlier Exposure")
+
+
+class OutlierExposureLoss(torch.nn.Module):
+    """Cross-entropy for class targets; for OUTLIER targets, cross-entropy against the uniform
+    distribution (the mean negative log-probability over classes), weighted by OUTLIER_WEIGHT.
+    Honours `reduction` so fastai's MixUp can mix two targets per clip."""
+
+    y_int = True  # fastai's MixUp mixes the losses of integer targets (instead of the targets themselves)
+
+    def __init__(self, reduction: str = "mean"):
+        super().__init__()
+        self.reduction = reduction
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(logits.float(), dim=1)
+        outlier = target == OUTLIER
+        in_set = -logp.gather(1, target.clamp_min(0).unsqueeze(1)).squeeze(1)
+        loss = torch.where(outlier, OUTLIER_WEIGHT * -logp.mean(dim=1), in_set)
+        return loss.mean() if self.reduction == "mean" else loss.sum() if self.reduction == "sum" else loss
+
+
+def outlier_waves(args: argparse.Namespace, features: Features, labels: list[str], n_train: int) -> list:
+    """Waveforms for outlier exposure: OUTLIER_KINDS only, from another seed than the open-set check."""
+    if args.outliers <= 0:
+        return []
+    s = features.settings
+    per_kind = max(1, math.ceil(args.outliers * n_train / len(outofset.OUTLIER_KINDS)))
+    made = outofset.clips(labels, s.clip_seconds, s.sample_rate, per_kind=per_kind, seed=args.seed + 1,
+                          kinds=outofset.OUTLIER_KINDS)  # fmt: skip
+    return [features.waveform(as_audio(w[None], s.sample_rate, "generated")) for _, w in made]
+
+
 class NoValidation(Callback):
     """Skip fastai's per-epoch validation: the held-out fold is measured once, after training."""
 
@@ -175,15 +213,16 @@ class CPUBFloat16(Callback):
         self.learn.model.to(memory_format=torch.contiguous_format)
 
 
-def fit(args: argparse.Namespace, start: Start, features: Features, data: Decoded, n_classes: int) -> torch.nn.Module:
+def fit(args: argparse.Namespace, start: Start, features: Features, data: Decoded, labels: list[str]) -> torch.nn.Module:
     """Train a network on `data` with the recipe in `args`; returns it on the CPU in eval mode."""
     set_seed(args.seed, reproducible=True)
     augment = replace(AugmentSettings() if args.specaugment else AugmentSettings.off(), speed=args.speed)
-    train_ds = ClipDataset(data.waves, data.targets, features, augment)
+    outliers = outlier_waves(args, features, labels, len(data.waves))
+    train_ds = ClipDataset(data.waves + outliers, data.targets + [OUTLIER] * len(outliers), features, augment)
     device = torch.device("cuda" if args.gpu and torch.cuda.is_available() else "cpu")
     dls = DataLoaders.from_dsets(train_ds, train_ds, bs=args.batch_size, device=device, num_workers=0)
 
-    net = build_network(start.arch, n_classes)
+    net = build_network(start.arch, len(labels))
     if start.state:
         net.load_state_dict(start.state, strict=False)
     if args.pretrained:
@@ -192,7 +231,8 @@ def fit(args: argparse.Namespace, start: Start, features: Features, data: Decode
     cbs = [NoValidation()] + ([MixUp(args.mixup)] if args.mixup > 0 else [])
     if use_bf16(args, device, features.settings.frames):
         cbs.append(CPUBFloat16())
-    learn = Learner(dls, net, loss_func=CrossEntropyLossFlat(), metrics=[], wd=args.weight_decay, cbs=cbs)
+    loss = OutlierExposureLoss() if outliers else CrossEntropyLossFlat()
+    learn = Learner(dls, net, loss_func=loss, metrics=[], wd=args.weight_decay, cbs=cbs)
     learn.fit_one_cycle(args.epochs, args.lr)
     net = learn.model.cpu().eval()
     broken = [k for k, v in net.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
@@ -223,7 +263,7 @@ def evaluate(args, start: Start, features: Features, ds: Dataset, data: Decoded)
         if not train.waves or not valid.waves:
             raise SystemExit(f"nothing left to train or validate on after skipping unreadable files (fold {fold})")
         log.info("fold %d: %d training clips, %d held out", fold, len(train.waves), len(valid.waves))
-        net = fit(args, start, features, train, len(ds.labels))
+        net = fit(args, start, features, train, ds.labels)
         valid_ds = ClipDataset(valid.waves, valid.targets, features, None)
         z = predict_logits(net, valid_ds)
         per_fold[fold] = report(valid.targets, z.argmax(axis=1), ds.labels)
@@ -336,12 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.save:
         return 0
 
-    if args.refit:
+    if args.refit or args.cv:
         log.info("refit on every fold: %d clips", len(data.waves))
-        net = fit(args, start, features, data, len(ds.labels))
+        net = fit(args, start, features, data, ds.labels)
         shipped = f"trained on every fold ({', '.join(map(str, ds.folds))}) after the evaluation, same recipe and seed"
-    elif args.cv:
-        raise SystemExit("--cv --no-refit leaves one network per fold and none to ship: add --no-save or drop --no-refit")
     else:
         net = ev.networks[0]
         shipped = f"the evaluated network (trained without fold {ev.folds[0]})"

@@ -1,4 +1,5 @@
-"""Data set loaders on the official layouts, their errors, decoding with skips, synthetic data."""
+"""Data set loaders on the official layouts, their errors, decoding with skips, synthetic data, the
+shipped real recordings (data/esc10) and how they were made, the window chosen from clip lengths."""
 
 from __future__ import annotations
 
@@ -6,13 +7,23 @@ import csv
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 
 from soundclassifier.features import Features, FeatureSettings
 from testkit import audiofiles as af
-from training.datasets import Clip, DatasetError, decode_clips, load_dataset
+from training import words
+from training.datasets import (
+    SHIPPED_ESC10,
+    Clip,
+    DatasetError,
+    choose_clip_seconds,
+    decode_clips,
+    load_dataset,
+)
 from training.synthetic import CLASSES, FOLDS, generate
+from training.vendor import vendor
 
 ESC_CLASSES = ["dog", "rooster", "rain"]
 US_CLASSES = {0: "air_conditioner", 3: "dog_bark", 8: "siren"}
@@ -306,3 +317,105 @@ def test_fingerprint_changes_with_labels_and_folds(tmp_path, layouts):
     first = text.splitlines()[1]
     csv_path.write_text(text.replace(first, first.replace(",1,0,dog,", ",2,0,dog,")))
     assert load_dataset("esc50", root).fingerprint() != fp
+
+
+# --- the shipped real recordings ----------------------------------------------------------------
+
+ESC10 = ["dog_bark", "rain", "sea_waves", "baby_cry", "clock_tick", "person_sneeze", "helicopter",
+         "chainsaw", "rooster", "fire_crackling"]  # fmt: skip
+
+
+def test_shipped_esc10_is_the_default_real_set():
+    ds = load_dataset("esc10", SHIPPED_ESC10)
+    assert ds.name == "esc10"
+    assert ds.labels == ESC10
+    assert ds.folds == [2, 3, 4, 5]  # fold 1 is the held-out test and is not shipped
+    assert len(ds.clips) == 320
+    assert Counter(c.label for c in ds.clips) == {lab: 32 for lab in ESC10}
+    assert Counter(c.fold for c in ds.clips) == {f: 80 for f in (2, 3, 4, 5)}
+    sizes = [c.path.stat().st_size for c in ds.clips]
+    assert max(sizes) < 5 * 2**20 and sum(sizes) < 12e6
+    for c in ds.clips[::40]:
+        info = sf.info(str(c.path))
+        assert (info.format, info.subtype, info.channels, info.samplerate) == ("OGG", "VORBIS", 1, 22050)
+        assert 3.0 < info.duration < 5.5
+
+
+def test_shipped_esc10_credits_every_clip_and_names_its_licence():
+    ds = load_dataset("esc10", SHIPPED_ESC10)
+    with (SHIPPED_ESC10 / "ATTRIBUTION.csv").open(newline="") as f:
+        credits = {r["filename"]: r for r in csv.DictReader(f)}
+    assert set(credits) == {c.path.name for c in ds.clips}
+    assert all(r["author"] and r["source_url"].startswith("http") and r["license"] for r in credits.values())
+    readme = (SHIPPED_ESC10 / "README.md").read_text()
+    assert "CC BY" in readme and "Piczak" in readme and "ATTRIBUTION.csv" in readme
+    assert "python -m training.vendor" in readme
+
+
+def test_vendor_reencodes_to_mono_22k_vorbis_and_keeps_meta_and_credits(tmp_path, layouts):
+    src = layouts["esc50"](tmp_path / "src", ["dog", "rain"], clips_per_fold=1, folds=2, seconds=1.0)
+    stereo = next((src / "audio").iterdir())  # one clip as 44.1 kHz stereo Vorbis, as ESC-50 ships it
+    left = af.sine(freq=440.0, seconds=1.0, rate=44100)
+    sf.write(stereo, np.stack([left, left * 0.5], axis=1), 44100, format="WAV")
+    rows = list(csv.DictReader((src / "meta" / "esc50.csv").open(newline="")))
+    with (src / "ATTRIBUTION.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["filename", "source_recording", "source_url", "author", "license"])
+        w.writerows([r["filename"], "x.wav", "http://example.org/1", "someone", "CC-BY"] for r in rows)
+    dest = tmp_path / "small"
+    total = vendor(src, dest)
+    assert (dest / "meta" / "esc50.csv").read_bytes() == (src / "meta" / "esc50.csv").read_bytes()
+    assert (dest / "ATTRIBUTION.csv").read_bytes() == (src / "ATTRIBUTION.csv").read_bytes()
+    assert "CC BY" in (dest / "README.md").read_text()
+    out = sorted((dest / "audio").iterdir())
+    assert [p.name for p in out] == sorted(r["filename"] for r in rows)
+    assert total == sum(p.stat().st_size for p in out)
+    for p in out:
+        info = sf.info(str(p))
+        assert (info.format, info.subtype, info.channels, info.samplerate) == ("OGG", "VORBIS", 1, 22050)
+        assert info.duration == pytest.approx(1.0, abs=0.01)
+    # the audio survives: the stereo sine comes back at 440 Hz with the mean of its channels' level
+    x, rate = sf.read(dest / "audio" / stereo.name)
+    spectrum = np.abs(np.fft.rfft(x))
+    assert np.fft.rfftfreq(len(x), 1 / rate)[spectrum.argmax()] == pytest.approx(440, abs=2)
+    assert np.sqrt(np.mean(x**2)) == pytest.approx(np.sqrt(np.mean((left * 0.75) ** 2)), rel=0.1)
+    assert load_dataset("esc50", dest).labels == ["dog", "rain"]
+
+
+# --- the window chosen from the clips ------------------------------------------------------------
+
+
+def test_window_covers_most_clips_in_quarter_seconds_between_half_a_second_and_five():
+    assert choose_clip_seconds([5.0] * 300 + [3.64, 5.14]) == 5.0  # ESC-50: 5 s recordings
+    assert choose_clip_seconds([4.0] * 100) == 4.0
+    assert choose_clip_seconds([4.01] * 100) == 4.25
+    assert choose_clip_seconds([30.0] * 10) == 5.0  # long recordings: read in 5 s windows
+    assert choose_clip_seconds([0.1] * 10) == 0.75
+    # the 95th percentile, not the longest: a few long outliers do not set the window
+    assert choose_clip_seconds([0.9] * 96 + [4.9] * 4) == 1.0
+
+
+def test_short_word_clips_get_a_short_window(tmp_path):
+    root = words.generate(tmp_path / "words", clips_per_class=6, seed=0)
+    ds = load_dataset("folder", root)
+    assert ds.labels == sorted(words.WORDS)
+    rates = {sf.info(str(c.path)).samplerate for c in ds.clips}
+    durations = [sf.info(str(c.path)).duration for c in ds.clips]
+    assert rates == {8000} and max(durations) < 1.0
+    decoded = decode_clips(ds.clips, ds.labels, Features(FeatureSettings()))
+    chosen = choose_clip_seconds([len(w) / 22050 for w in decoded.waves])
+    assert chosen <= 1.0
+    assert chosen >= np.percentile(durations, 95)
+
+
+def test_decoded_split_follows_the_folds_in_data_set_order(tmp_path, layouts):
+    root = layouts["esc50"](tmp_path / "esc", ESC_CLASSES, clips_per_fold=2)
+    ds = load_dataset("esc50", root)
+    decoded = decode_clips(ds.clips, ds.labels, Features(FeatureSettings()))
+    train, valid = decoded.split(ds, 3)
+    want_train, want_valid = ds.split(3)
+    assert train.clips == want_train and valid.clips == want_valid
+    assert [ds.labels[t] for t in valid.targets] == [c.label for c in want_valid]
+    assert len(train.waves) == len(train.targets) == 24 and len(valid.waves) == 6
+    with pytest.raises(DatasetError, match="fold 9 does not exist"):
+        decoded.split(ds, 9)

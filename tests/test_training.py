@@ -54,6 +54,22 @@ def test_saved_entry_has_weights_reports_and_metadata(tiny_model_tag, synthetic_
     assert meta["metrics"]["n_valid"] == 20  # fold 1: 2 clips of each of 10 classes
     assert set(meta["per_class_recall"]) == set(CLASSES)
     assert meta["skipped_files"] == 0
+    # how the score was obtained, and which network was shipped
+    ev = meta["evaluation"]
+    assert ev["method"] == "holdout" and ev["held_out_folds"] == [1]
+    assert ev["accuracy"] == meta["metrics"]["accuracy"] and ev["n_valid"] == 20
+    assert ev["per_fold_accuracy"] == {"1": meta["metrics"]["accuracy"]}
+    assert ev["shipped_model"] == "the evaluated network (trained without fold 1)"
+    # calibration, in exactly the shape serving reads
+    cal = meta["calibration"]
+    assert set(cal) == {"temperature", "ece_before", "ece_after", "threshold", "n", "method"}
+    assert cal["temperature"] > 0 and 0 <= cal["ece_before"] <= 1 and 0 <= cal["ece_after"] <= 1
+    assert 0 <= cal["threshold"] <= 1 and cal["n"] == 20 and "held-out fold 1" in cal["method"]
+    opened = meta["open_set"]
+    assert opened["n"] > 0 and 0 <= opened["unknown_rate"] <= 1
+    assert {"silence", "noise", "tones", "speech", "music"} <= set(opened["unknown_rate_by_kind"])
+    assert "synthetic" not in opened["unknown_rate_by_kind"]  # the synthetic set's classes are its labels
+    assert meta["clip_durations_s"] == {"median": 5.0, "p95": 5.0}
     assert meta["train_args"]["epochs"] == 5 and meta["train_args"]["batch_size"] == 8
     for package in ("python", "torch", "torchaudio", "fastai", "bentoml", "soundfile"):
         assert re.match(r"^\d+\.\d+", meta["versions"][package]), package
@@ -133,6 +149,9 @@ def test_train_on_esc50_layout(tmp_path, layouts, train_model):
     tag = train_model(["--dataset", "esc50", "--data-dir", str(root), *TINY])
     meta = load_model(tag).metadata
     assert meta["n_clips"] == 15 and meta["metrics"]["n_valid"] == 3
+    # 0.5 s clips: the shortest window, 0.75 s (33 frames), not 5 s of padding
+    assert meta["feature_settings"]["clip_seconds"] == 0.75
+    assert meta["input_shape"] == [1, 128, round(0.75 * 22050) // 512 + 1] == [1, 128, 33]
     _check_round_trip(tag, labels, "esc50", next((root / "audio").iterdir()))
 
 
@@ -219,11 +238,116 @@ def test_help_documents_every_flag():
     expected = {
         "--dataset", "--data-dir", "--arch", "--epochs", "--batch-size", "--lr", "--weight-decay",
         "--mixup", "--no-specaugment", "--valid-fold", "--cv", "--pretrained", "--clips-per-class",
-        "--seed", "--no-save", "--gpu", "--precision",
+        "--seed", "--no-save", "--gpu", "--precision", "--refit", "--clip-seconds", "--init-from",
+        "--speed", "--predictions", "--outliers",
     }  # fmt: skip
     assert expected <= set(documented), expected - set(documented)
     undocumented = [flag for flag, text in documented.items() if len(text.split()) < 3]
     assert undocumented == [], documented
     # the examples at the top name the data sets the loaders understand
-    for name in ("esc50", "urbansound8k", "folder"):
+    for name in ("esc50", "urbansound8k", "folder", "synthetic"):
         assert f"--dataset {name}" in out
+    assert "--init-from" in out.split("options:")[0]
+
+
+# --- evaluation modes, the default data set, transfer --------------------------------------------
+
+
+def test_defaults_train_on_the_shipped_real_recordings():
+    from training.datasets import SHIPPED_ESC10
+    from training.train import parse_args
+
+    args = parse_args([])
+    assert args.dataset == "esc10" and args.data_dir == SHIPPED_ESC10
+    assert not args.refit and args.valid_fold is None and args.clip_seconds is None and not args.cv
+    assert parse_args(["--dataset", "synthetic"]).data_dir == Path("data/synthetic")
+
+
+def test_bf16_only_for_inputs_wide_enough():
+    from soundclassifier.hardware import cpu_has_bf16
+    from training.train import BF16_MIN_FRAMES, parse_args, use_bf16
+
+    cpu, auto = torch.device("cpu"), parse_args([])
+    assert use_bf16(auto, cpu, BF16_MIN_FRAMES) == cpu_has_bf16()
+    assert not use_bf16(auto, cpu, BF16_MIN_FRAMES - 1)
+    assert use_bf16(parse_args(["--precision", "bf16"]), cpu, 5)  # asked for: given
+    assert not use_bf16(parse_args(["--precision", "fp32"]), cpu, 216)
+    # the shortest window the data sets get is wide enough
+    from training.datasets import WINDOW_RANGE_S
+
+    assert FeatureSettings(clip_seconds=WINDOW_RANGE_S[0]).frames >= BF16_MIN_FRAMES
+
+
+def test_cross_validation_without_saving(tmp_path, layouts, store_tags, capsys):
+    from training.train import main
+
+    root = layouts["folder"](tmp_path / "sounds", {"beep": 6, "hum": 6})
+    before = store_tags()
+    saved = tmp_path / "predictions.npz"
+    assert main(["--dataset", "folder", "--data-dir", str(root), "--cv", "--no-save", "--predictions", str(saved), *TINY]) == 0
+    out = capsys.readouterr().out
+    with np.load(saved, allow_pickle=False) as p:
+        assert list(p["labels"]) == ["beep", "hum"]
+        assert p["logits"].shape == (12, 2) and set(p["folds"].tolist()) == {1, 2, 3, 4, 5}
+        assert p["targets"].tolist().count(0) == 6
+        assert p["open_set_logits"].shape == (5, len(p["open_set_kinds"]), 2)  # one network per fold
+    assert re.search(r"cross-validation over 5 folds: accuracy \d\.\d{4} ± \d\.\d{4}", out)
+    calibration = json.loads(re.search(r"calibration: (\{.*\})", out)[1])
+    assert calibration["n"] == 12 and "5-fold cross-validation" in calibration["method"]
+    assert store_tags() == before
+
+
+def test_cross_validated_model_says_so(tmp_path, layouts, train_model):
+    root = layouts["folder"](tmp_path / "sounds", {"beep": 5, "hum": 5})
+    tag = train_model(["--dataset", "folder", "--data-dir", str(root), "--cv", *TINY])
+    meta = load_model(tag).metadata
+    ev = meta["evaluation"]
+    assert ev["method"] == "cross-validation" and ev["held_out_folds"] == [1, 2, 3, 4, 5]
+    assert ev["n_valid"] == 10 and set(ev["per_fold_accuracy"]) == {"1", "2", "3", "4", "5"}
+    accs = list(ev["per_fold_accuracy"].values())
+    assert ev["accuracy_mean"] == pytest.approx(np.mean(accs), abs=1e-4)
+    assert ev["accuracy_std"] == pytest.approx(np.std(accs), abs=1e-4)
+    assert "valid_fold" not in meta
+    assert meta["calibration"]["n"] == 10
+    assert ev["shipped_model"].startswith("trained on every fold")
+
+
+def test_init_from_keeps_the_stored_body_and_gives_new_labels_a_fresh_head(
+    tmp_path, layouts, train_model, tiny_model_tag
+):
+    stored = load_file(Path(bentoml.models.get(tiny_model_tag).path) / "weights.safetensors")
+    root = layouts["folder"](tmp_path / "mine", {"beep": 5, "hum": 5, "hiss": 5}, seconds=1.0)
+    # no training steps: what is saved is exactly where training would start
+    tag = train_model(["--dataset", "folder", "--data-dir", str(root), "--init-from", tiny_model_tag,
+                       "--epochs", "0"])  # fmt: skip
+    model = load_model(tag)
+    state = load_file(model.path / "weights.safetensors")
+    assert model.metadata["init_from"] == {"tag": tiny_model_tag, "fresh_parameters": ["fc.bias", "fc.weight"]}
+    body = [k for k in stored if not k.startswith("fc.")]
+    assert body and all(torch.equal(state[k], stored[k]) for k in body)
+    assert state["fc.weight"].shape == (3, 512) and stored["fc.weight"].shape == (10, 512)
+    # the stored model's spectrogram settings, with a window fitted to the new clips
+    want = {**load_model(tiny_model_tag).features.settings.model_dump(), "clip_seconds": 1.0}
+    assert model.metadata["feature_settings"] == want
+
+
+def test_init_from_the_same_labels_keeps_the_head_too(tiny_model_tag):
+    from training.synthetic import CLASSES
+    from training.transfer import start_from
+
+    stored = load_file(Path(bentoml.models.get(tiny_model_tag).path) / "weights.safetensors")
+    same = start_from(tiny_model_tag, list(CLASSES), "xresnet18")
+    assert same.arch == "resnet18" and same.fresh == () and same.state.keys() == stored.keys()
+    assert all(torch.equal(same.state[k], stored[k]) for k in stored)
+    reordered = start_from(tiny_model_tag, list(reversed(CLASSES)), "resnet18")
+    assert reordered.fresh == ("fc.bias", "fc.weight")  # same names, other order: another head
+
+
+def test_init_from_an_unknown_tag_fails_before_training(tmp_path, layouts, store_tags):
+    from training.train import main
+
+    root = layouts["folder"](tmp_path / "mine", {"beep": 5, "hum": 5})
+    before = store_tags()
+    with pytest.raises(bentoml.exceptions.NotFound):
+        main(["--dataset", "folder", "--data-dir", str(root), "--init-from", "sound-resnet:doesnotexist", *TINY])
+    assert store_tags() == before

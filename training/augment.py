@@ -2,7 +2,9 @@
 
 The feature step is the core's `Features` (the same code serving runs); augmentation only wraps it:
 
-    waveform -> [train: random window of a long clip, or random circular shift of a short one;
+    waveform -> [train: speed change (tempo and pitch together, as a tape played faster or slower);
+                 random window of a long clip, a short clip at a random place in the window, a
+                 clip of exactly the window's length shifted circularly;
                  additive noise at a random SNR]
              -> Features.fit_window -> Features.spectrogram
              -> [train: SpecAugment frequency and time masks]
@@ -18,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import soxr
 import torch
 import torchaudio
 
@@ -26,17 +29,18 @@ from soundclassifier.features import Features
 
 @dataclass(frozen=True)
 class AugmentSettings:
+    speed: float = 0.0  # resample by a factor drawn from [1 - speed, 1 + speed] (0 = off)
     shift: bool = True  # random time shift / crop: events occur anywhere in a clip
     noise_prob: float = 0.5  # chance of mixing white noise in at an SNR drawn from noise_snr_db
     noise_snr_db: tuple[float, float] = (10.0, 40.0)
     freq_masks: int = 2  # SpecAugment (Park et al. 2019): masks of up to freq_mask_bins bands
     freq_mask_bins: int = 16
-    time_masks: int = 2  # ... and of up to time_mask_frames frames
-    time_mask_frames: int = 24
+    time_masks: int = 2  # ... and of up to this share of the window's frames (24 of a 5 s window's 216):
+    time_mask_share: float = 24 / 216  # a share, so a 0.75 s window is not masked whole
 
     @classmethod
     def off(cls) -> AugmentSettings:
-        return cls(shift=False, noise_prob=0.0, freq_masks=0, time_masks=0)
+        return cls(speed=0.0, shift=False, noise_prob=0.0, freq_masks=0, time_masks=0)
 
 
 class ClipDataset(torch.utils.data.Dataset):
@@ -52,7 +56,8 @@ class ClipDataset(torch.utils.data.Dataset):
         self.waves, self.targets, self.features, self.augment = waves, targets, features, augment
         if augment is not None:
             self.freq_mask = torchaudio.transforms.FrequencyMasking(augment.freq_mask_bins)
-            self.time_mask = torchaudio.transforms.TimeMasking(augment.time_mask_frames)
+            frames = features.settings.frames
+            self.time_mask = torchaudio.transforms.TimeMasking(max(1, round(augment.time_mask_share * frames)))
 
     def __len__(self) -> int:
         return len(self.waves)
@@ -63,9 +68,15 @@ class ClipDataset(torch.utils.data.Dataset):
         if a is None:
             return torch.from_numpy(self.features.spectrogram(self.features.fit_window(wave))), self.targets[i]
         n = self.features.settings.clip_samples
+        if a.speed > 0:
+            factor = 1 + a.speed * (2 * float(torch.rand(())) - 1)
+            wave = speed_change(wave, factor)
         if a.shift and wave.shape[-1] > n:  # long recording: a random window of it
             start = int(torch.randint(0, wave.shape[-1] - n + 1, ()))
             window = wave[start : start + n]
+        elif a.shift and wave.shape[-1] < n:  # short clip: anywhere in the window, not wrapped round its edge
+            start = int(torch.randint(0, n - wave.shape[-1] + 1, ()))
+            window = np.pad(wave, (start, n - wave.shape[-1] - start))
         else:
             window = self.features.fit_window(wave)
             if a.shift:
@@ -82,3 +93,10 @@ class ClipDataset(torch.utils.data.Dataset):
         for _ in range(a.time_masks):
             spec = self.time_mask(spec)
         return spec, self.targets[i]
+
+
+def speed_change(wave: np.ndarray, factor: float) -> np.ndarray:
+    """The waveform played `factor` times as fast: 1/factor as long, every frequency times factor."""
+    rate = 10_000  # any reference rate: only the ratio matters to libsoxr
+    out = soxr.resample(np.asarray(wave, dtype=np.float32), rate * factor, rate, quality="MQ")
+    return np.ascontiguousarray(out, dtype=np.float32)

@@ -3,6 +3,8 @@
 Layouts understood (each loader follows the data set's official protocol: validate on one fold,
 cross-validate over all of them):
 
+    esc10         the real recordings shipped with the project (data/esc10: ESC-10 folds 2-5, CC BY),
+                  read as esc50; ROOT defaults to that directory
     esc50         ROOT/meta/esc50.csv (filename, fold, target, category), ROOT/audio/*.wav, folds 1-5
     urbansound8k  ROOT/metadata/UrbanSound8K.csv (slice_file_name, fold, classID, class),
                   ROOT/audio/fold<N>/*.wav, folds 1-10
@@ -20,6 +22,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import math
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,9 +34,27 @@ from soundclassifier.audio import AudioError, decode
 from soundclassifier.features import Features
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
-DATASETS = ("synthetic", "esc50", "urbansound8k", "folder")
+DATASETS = ("esc10", "synthetic", "esc50", "urbansound8k", "folder")
+SHIPPED_ESC10 = Path(__file__).resolve().parents[1] / "data" / "esc10"
 
 log = logging.getLogger(__name__)
+
+WINDOW_PERCENTILE = 95  # the window holds this share of the clips whole ...
+WINDOW_STEP_S = 0.25  # ... rounded up to a multiple of this ...
+WINDOW_RANGE_S = (0.75, 5.0)  # ... within these bounds (why: choose_clip_seconds)
+
+
+def choose_clip_seconds(durations_s: list[float] | np.ndarray) -> float:
+    """Window length for a data set: the 95th percentile of its clip durations, rounded up to a
+    quarter second, between 0.75 and 5 s. Short clips (words, knocks) then cost a fraction of a 5 s
+    window that would be mostly padding; 5-second recordings keep the 5-second window, and longer
+    recordings are read in windows of 5 s (the timeline). At least 0.75 s (33 frames at the default
+    hop) because the ResNet halves the time axis five times: shorter inputs leave its last stages
+    one frame wide, where bf16 training on this CPU returned non-finite activations (see
+    train.BF16_MIN_FRAMES)."""
+    p = float(np.percentile(np.asarray(durations_s, dtype=float), WINDOW_PERCENTILE))
+    lo, hi = WINDOW_RANGE_S
+    return min(hi, max(lo, math.ceil(p / WINDOW_STEP_S - 1e-6) * WINDOW_STEP_S))
 
 
 class DatasetError(ValueError):
@@ -89,6 +110,10 @@ def load_dataset(name: str, root: Path, *, seed: int = 0, clips_per_class: int =
             generate(root, clips_per_class=clips_per_class, seed=seed)
         ds = esc50(root)
         ds.name = "synthetic"
+        return ds
+    if name == "esc10":
+        ds = esc50(root)
+        ds.name = "esc10"
         return ds
     if name == "esc50":
         return esc50(root)
@@ -184,6 +209,17 @@ class Decoded:
     targets: list[int] = field(default_factory=list)
     clips: list[Clip] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    def split(self, ds: Dataset, valid_fold: int) -> tuple[Decoded, Decoded]:
+        """(every fold but valid_fold, valid_fold), in the data set's order; skips stay out of both."""
+        ds.split(valid_fold)  # refuses a fold that does not exist
+        train, valid = Decoded(), Decoded()
+        for wave, target, clip in zip(self.waves, self.targets, self.clips, strict=True):
+            part = valid if clip.fold == valid_fold else train
+            part.waves.append(wave)
+            part.targets.append(target)
+            part.clips.append(clip)
+        return train, valid
 
 
 def decode_clips(clips: list[Clip], labels: list[str], features: Features) -> Decoded:

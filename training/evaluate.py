@@ -10,14 +10,14 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 
 
 @torch.inference_mode()
-def predict_dataset(network: torch.nn.Module, dataset, batch_size: int = 32) -> np.ndarray:
-    """Class indices predicted for every item of a (features, target) dataset, in order."""
+def predict_logits(network: torch.nn.Module, dataset, batch_size: int = 32) -> np.ndarray:
+    """Raw class scores (n, classes) for every item of a (features, target) dataset, in order."""
     network.eval()
-    preds = []
+    out = []
     for start in range(0, len(dataset), batch_size):
         batch = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, len(dataset)))])
-        preds.append(network(batch).argmax(dim=1).numpy())
-    return np.concatenate(preds) if preds else np.zeros(0, dtype=int)
+        out.append(network(batch).float().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
 def report(targets: list[int] | np.ndarray, preds: np.ndarray, labels: list[str]) -> dict:

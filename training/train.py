@@ -1,14 +1,25 @@
 """Train a sound classifier with fastai and save it into the BentoML model store.
 
-    python -m training.train                                   # synthetic set, default model
+    python -m training.train                                   # the shipped real recordings: the default model
+    python -m training.train --cv --no-save                    # cross-validate the recipe over the shipped folds
+    python -m training.train --dataset synthetic               # synthetic set (generated on first use), fast
     python -m training.train --dataset esc50 --data-dir data/ESC-50-master --epochs 60
     python -m training.train --dataset urbansound8k --data-dir data/UrbanSound8K --valid-fold 10
     python -m training.train --dataset folder --data-dir my_sounds/      # my_sounds/<label>/*.wav
-    python -m training.train --dataset esc50 --data-dir ... --cv         # cross-validate all folds
+    python -m training.train --dataset folder --data-dir my_sounds/ --init-from sound-resnet:latest
+
+How a model is made: train on every fold but one (--valid-fold, default the data set's first),
+measure it on that fold, fit its calibration there (temperature, recommended min_confidence) and
+ship that very network, so its score and calibration are its own. --refit then trains once more,
+same recipe and seed, on every fold and ships that instead (more data, about twice the time; the
+score and calibration are the measured network's). With --cv every fold is held out in turn, the
+pooled held-out predictions give the score (mean and spread over folds) and the calibration, and
+the shipped network is trained on every fold. The metadata says which was done ("evaluation").
+The window the model sees is chosen from the clips' durations (--clip-seconds overrides it).
 
 The model lands in the store as `sound-resnet:<version>` (see soundclassifier/store.py) with its
-labels, feature settings, held-out metrics and a confusion matrix; `bentoml models list` shows it.
-The store is $BENTOML_HOME (the Makefile points it at ./.bentoml unless you set it).
+labels, feature settings, held-out metrics, calibration and a confusion matrix; `bentoml models
+list` shows it. The store is $BENTOML_HOME (the Makefile points it at ./.bentoml unless you set it).
 """
 
 from __future__ import annotations
@@ -16,11 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import platform
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
 
@@ -28,36 +40,52 @@ import bentoml
 import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle)
 import numpy as np
 import torch
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelValidException
 from fastai.callback.mixup import MixUp
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
-from fastai.metrics import accuracy
 from fastai.torch_core import set_seed
+from scipy.special import softmax
 
+from soundclassifier.audio import as_audio
 from soundclassifier.features import Features, FeatureSettings
 from soundclassifier.hardware import cpu_has_bf16
 from soundclassifier.network import ARCHS, build_network, load_pretrained
-from soundclassifier.store import METRICS_FILE, save_model, summary, write_json
+from soundclassifier.store import METRICS_FILE, save_model, write_json
+from soundclassifier.store import summary as engines_summary
+from training import outofset
 from training.augment import AugmentSettings, ClipDataset
-from training.datasets import DATASETS, Dataset, decode_clips, load_dataset
-from training.evaluate import format_report, plot_confusion, predict_dataset, report
+from training.calibrate import accuracy_with_unknown, answered, calibrate
+from training.datasets import (
+    DATASETS,
+    SHIPPED_ESC10,
+    Dataset,
+    Decoded,
+    choose_clip_seconds,
+    decode_clips,
+    load_dataset,
+)
+from training.evaluate import format_report, plot_confusion, predict_logits, report
+from training.transfer import Start, start_from
 
 log = logging.getLogger("training")
 
 # Defaults, chosen for a few hundred to a few thousand real clips trained from scratch on a CPU.
 DEFAULTS = dict(
-    dataset="synthetic",  # offline default; see training/synthetic.py
-    data_dir=None,  # synthetic: data/synthetic (generated on first use)
+    dataset="esc10",  # the real recordings shipped in data/esc10 (ESC-10 folds 2-5, CC BY)
+    data_dir=None,  # esc10: the shipped data/esc10; synthetic: data/synthetic (generated on first use)
     arch="resnet18",  # torchvision ResNet-18 with a one-channel stem
-    epochs=40,  # one-cycle; a few hundred real clips need ~40 from scratch (make train: 12 on synthetic)
+    epochs=40,  # one-cycle; a few hundred real clips need ~40 from scratch
     batch_size=32,
     lr=3e-3,  # peak one-cycle learning rate for Adam
     weight_decay=1e-2,
     mixup=0.4,  # mixup alpha (0 disables); strong regulariser for small audio sets
     specaugment=True,  # time/frequency masking + time shift + noise
-    valid_fold=1,  # held-out fold (ESC-50 / synthetic: 1-5, UrbanSound8K: 1-10)
+    speed=0.0,  # speed perturbation: resample by up to +-this fraction (0 = off)
+    outliers=0.0,  # outlier exposure: generated non-class clips, this share of the training set (0 = off)
+    valid_fold=None,  # held-out fold; None = the data set's first (ESC-50: 1, shipped ESC-10: 2)
+    clip_seconds=None,  # model window; None = chosen from the clip durations (choose_clip_seconds)
     seed=0,
 )
 
@@ -69,90 +97,99 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d = DEFAULTS
-    p.add_argument("--dataset", choices=DATASETS, default=d["dataset"], help="data set layout (default %(default)s)")
-    p.add_argument("--data-dir", type=Path, default=d["data_dir"], help="root of the data set (synthetic: generated here if absent; default data/synthetic)")
-    p.add_argument("--arch", choices=ARCHS, default=d["arch"], help="network architecture (default %(default)s)")
+    p.add_argument("--dataset", choices=DATASETS, default=d["dataset"], help="data set layout; esc10 = the real recordings shipped in data/esc10 (default %(default)s)")
+    p.add_argument("--data-dir", type=Path, default=d["data_dir"], help="root of the data set (default: data/esc10 for esc10, data/synthetic for synthetic, generated there if absent)")
+    p.add_argument("--arch", choices=ARCHS, default=d["arch"], help="network architecture (default %(default)s; --init-from uses the stored model's)")
     p.add_argument("--epochs", type=int, default=d["epochs"], help="training epochs, one-cycle schedule (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=d["batch_size"], help="mini-batch size (default %(default)s)")
     p.add_argument("--lr", type=float, default=d["lr"], help="peak learning rate (default %(default)s)")
     p.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="AdamW weight decay (default %(default)s)")
     p.add_argument("--mixup", type=float, default=d["mixup"], help="mixup alpha; 0 turns mixup off (default %(default)s)")
     p.add_argument("--no-specaugment", dest="specaugment", action="store_false", help="turn off masking, shift and noise augmentation")
-    p.add_argument("--valid-fold", type=int, default=d["valid_fold"], help="fold held out for evaluation (default %(default)s)")
-    p.add_argument("--cv", action="store_true", help="cross-validate: train once per fold, report mean and spread, save no model")
+    p.add_argument("--speed", type=float, default=d["speed"], help="speed perturbation: play each training clip up to this fraction faster or slower, pitch with tempo (default %(default)s = off)")
+    p.add_argument("--outliers", type=float, default=d["outliers"], help="outlier exposure: add generated sounds of none of the classes (noise, tones, silence, synthetic) to training with a uniform target, this many per training clip (default %(default)s = off)")
+    p.add_argument("--valid-fold", type=int, default=d["valid_fold"], help="fold held out for evaluation and calibration (default: the data set's first fold)")
+    p.add_argument("--cv", action="store_true", help="cross-validate: hold out every fold in turn, report mean and spread, calibrate on all held-out predictions")
+    p.add_argument("--refit", action="store_true", help="after the evaluation, train once more on every fold and ship that network (always so with --cv)")
+    p.add_argument("--clip-seconds", type=float, default=d["clip_seconds"], help="window the model sees, in seconds (default: from the clip durations, 0.5-5 s)")
+    p.add_argument("--init-from", metavar="TAG", default=None, help="start from a stored model's weights (e.g. sound-resnet:latest); a fresh head when the labels differ")
     p.add_argument("--pretrained", type=Path, default=None, help="local torchvision ImageNet state_dict for --arch resnet*; nothing is downloaded")
     p.add_argument("--clips-per-class", type=int, default=40, help="synthetic only: clips per class to generate (default %(default)s)")
     p.add_argument("--seed", type=int, default=d["seed"], help="random seed for splits, init and augmentation (default %(default)s)")
+    p.add_argument("--predictions", type=Path, default=None, help="also write the held-out and out-of-set logits to this .npz file (for analysis)")
     p.add_argument("--no-save", dest="save", action="store_false", help="evaluate only; do not write to the model store")
     p.add_argument("--gpu", action="store_true", help="train on the GPU when there is one (default: CPU)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="CPU training precision; auto = bf16 autocast where the CPU has native bf16 (2.5x faster here), else fp32")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="CPU training precision; auto = bf16 autocast where the CPU has native bf16 (2.5x faster here) and the input is at least 33 frames wide, else fp32")
     a = p.parse_args(argv)
     if a.data_dir is None:
-        if a.dataset != "synthetic":
+        defaults = {"esc10": SHIPPED_ESC10, "synthetic": Path("data/synthetic")}
+        if a.dataset not in defaults:
             p.error(f"--data-dir is required for --dataset {a.dataset}")
-        a.data_dir = Path("data/synthetic")
+        a.data_dir = defaults[a.dataset]
+    if a.init_from and a.pretrained:
+        p.error("--init-from and --pretrained both choose the starting weights: give one")
+    if a.cv and a.valid_fold is not None:
+        p.error("--cv holds out every fold in turn: drop --valid-fold")
     return a
 
 
-def train_fold(args: argparse.Namespace, ds: Dataset, settings: FeatureSettings, valid_fold: int):
-    """Train on every fold but `valid_fold`.
-
-    Returns the network, held-out metrics, skipped files, up to 64 held-out model inputs with their
-    classes (kept with the model: every engine is checked against PyTorch on them), and up to
-    CALIBRATION_CLIPS model inputs of training clips, unaugmented (INT8 calibration).
-    """
-    set_seed(args.seed, reproducible=True)
-    features = Features(settings)
-    train_clips, valid_clips = ds.split(valid_fold)
-    train = decode_clips(train_clips, ds.labels, features)
-    valid = decode_clips(valid_clips, ds.labels, features)
-    if not train.waves or not valid.waves:
-        raise SystemExit(f"nothing left to train or validate on after skipping unreadable files (fold {valid_fold})")
-    log.info("fold %d: %d training clips, %d held out", valid_fold, len(train.waves), len(valid.waves))
-
-    augment = AugmentSettings() if args.specaugment else AugmentSettings.off()
-    train_ds = ClipDataset(train.waves, train.targets, features, augment)
-    valid_ds = ClipDataset(valid.waves, valid.targets, features, None)
-    device = torch.device("cuda" if args.gpu and torch.cuda.is_available() else "cpu")
-    dls = DataLoaders.from_dsets(train_ds, valid_ds, bs=args.batch_size, device=device, num_workers=0)
-
-    net = build_network(args.arch, len(ds.labels))
-    if args.pretrained:
-        fresh = load_pretrained(net, args.arch, args.pretrained)
-        log.info("loaded %s; fresh parameters: %s", args.pretrained, ", ".join(fresh))
-    cbs = [MixUp(args.mixup)] if args.mixup > 0 else []
-    if device.type == "cpu" and (args.precision == "bf16" or (args.precision == "auto" and cpu_has_bf16())):
-        cbs.append(CPUBFloat16())
-    learn = Learner(dls, net, loss_func=CrossEntropyLossFlat(), metrics=[accuracy], wd=args.weight_decay, cbs=cbs)
-    learn.fit_one_cycle(args.epochs, args.lr)
-
-    net = learn.model.cpu().eval()
-    preds = predict_dataset(net, valid_ds)
-    metrics = report(valid.targets, preds, ds.labels)
-    held_out = range(min(64, len(valid_ds)))
-    samples = Samples(
-        inputs=torch.stack([valid_ds[i][0] for i in held_out]).numpy(),
-        targets=np.array([valid_ds[i][1] for i in held_out]),
-        calibration=calibration_inputs(ClipDataset(train.waves, train.targets, features, None), args.seed),
-    )
-    return net, metrics, train.skipped + valid.skipped, samples
+BF16_MIN_FRAMES = 33
+"""Inputs narrower than this train in fp32 even where bf16 is available: the ResNet's stride-2
+convolutions then produce maps one frame wide, and oneDNN's bf16 convolution returned non-finite
+values for those (torch 2.14.1 here: 9 of 30 fresh ResNet-18 forward passes at 22 frames, channels_last,
+0 of 30 at 33 or more; fp32 never)."""
 
 
-CALIBRATION_CLIPS = 200  # INT8 calibration: NNCF's default subset is 300; 32 sufficed for ResNet-18 here
+def use_bf16(args: argparse.Namespace, device: torch.device, frames: int) -> bool:
+    if device.type != "cpu" or args.precision == "fp32":
+        return False
+    if args.precision == "bf16":
+        return True
+    return cpu_has_bf16() and frames >= BF16_MIN_FRAMES
 
 
-@dataclass(frozen=True)
-class Samples:
-    inputs: np.ndarray  # held-out model inputs (n, 1, n_mels, frames)
-    targets: np.ndarray  # their classes (n,)
-    calibration: np.ndarray  # training model inputs for INT8 calibration
+OUTLIER = -1  # target of an outlier-exposure clip
+OUTLIER_WEIGHT = 0.5  # weight of the uniform-target term (Hendrycks et al. 2019, "Deep Anomaly Detection with Outlier Exposure")
 
 
-def calibration_inputs(dataset: ClipDataset, seed: int) -> np.ndarray:
-    """Model inputs of up to CALIBRATION_CLIPS training clips drawn evenly at random."""
-    rng = np.random.default_rng(seed)
-    chosen = sorted(rng.permutation(len(dataset))[:CALIBRATION_CLIPS])
-    return np.stack([dataset[i][0].numpy() for i in chosen])
+class OutlierExposureLoss(torch.nn.Module):
+    """Cross-entropy for class targets; for OUTLIER targets, cross-entropy against the uniform
+    distribution (the mean negative log-probability over classes), weighted by OUTLIER_WEIGHT.
+    Honours `reduction` so fastai's MixUp can mix two targets per clip."""
+
+    y_int = True  # fastai's MixUp mixes the losses of integer targets (instead of the targets themselves)
+
+    def __init__(self, reduction: str = "mean"):
+        super().__init__()
+        self.reduction = reduction
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(logits.float(), dim=1)
+        outlier = target == OUTLIER
+        in_set = -logp.gather(1, target.clamp_min(0).unsqueeze(1)).squeeze(1)
+        loss = torch.where(outlier, OUTLIER_WEIGHT * -logp.mean(dim=1), in_set)
+        return loss.mean() if self.reduction == "mean" else loss.sum() if self.reduction == "sum" else loss
+
+
+def outlier_waves(args: argparse.Namespace, features: Features, labels: list[str], n_train: int) -> list:
+    """Waveforms for outlier exposure: OUTLIER_KINDS only, from another seed than the open-set check."""
+    if args.outliers <= 0:
+        return []
+    s = features.settings
+    per_kind = max(1, math.ceil(args.outliers * n_train / len(outofset.OUTLIER_KINDS)))
+    made = outofset.clips(labels, s.clip_seconds, s.sample_rate, per_kind=per_kind, seed=args.seed + 1,
+                          kinds=outofset.OUTLIER_KINDS)  # fmt: skip
+    return [features.waveform(as_audio(w[None], s.sample_rate, "generated")) for _, w in made]
+
+
+class NoValidation(Callback):
+    """Skip fastai's per-epoch validation: the held-out fold is measured once, after training."""
+
+    def before_fit(self):
+        self.learn.recorder.valid_metrics = False
+
+    def before_validate(self):
+        raise CancelValidException()
 
 
 class CPUBFloat16(Callback):
@@ -178,6 +215,138 @@ class CPUBFloat16(Callback):
         self.learn.model.to(memory_format=torch.contiguous_format)
 
 
+def fit(args: argparse.Namespace, start: Start, features: Features, data: Decoded, labels: list[str]) -> torch.nn.Module:
+    """Train a network on `data` with the recipe in `args`; returns it on the CPU in eval mode."""
+    set_seed(args.seed, reproducible=True)
+    augment = replace(AugmentSettings() if args.specaugment else AugmentSettings.off(), speed=args.speed)
+    outliers = outlier_waves(args, features, labels, len(data.waves))
+    train_ds = ClipDataset(data.waves + outliers, data.targets + [OUTLIER] * len(outliers), features, augment)
+    device = torch.device("cuda" if args.gpu and torch.cuda.is_available() else "cpu")
+    dls = DataLoaders.from_dsets(train_ds, train_ds, bs=args.batch_size, device=device, num_workers=0)
+
+    net = build_network(start.arch, len(labels))
+    if start.state:
+        net.load_state_dict(start.state, strict=False)
+    if args.pretrained:
+        fresh = load_pretrained(net, start.arch, args.pretrained)
+        log.info("loaded %s; fresh parameters: %s", args.pretrained, ", ".join(fresh))
+    cbs = [NoValidation()] + ([MixUp(args.mixup)] if args.mixup > 0 else [])
+    if use_bf16(args, device, features.settings.frames):
+        cbs.append(CPUBFloat16())
+    loss = OutlierExposureLoss() if outliers else CrossEntropyLossFlat()
+    learn = Learner(dls, net, loss_func=loss, metrics=[], wd=args.weight_decay, cbs=cbs)
+    learn.fit_one_cycle(args.epochs, args.lr)
+    net = learn.model.cpu().eval()
+    broken = [k for k, v in net.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise RuntimeError(f"training diverged: non-finite values in {', '.join(broken[:5])}; try a lower --lr or --precision fp32")
+    return net
+
+
+@dataclass
+class Evaluation:
+    """Held-out predictions of the networks trained without them, pooled over the folds held out."""
+
+    method: str  # "holdout" or "cross-validation"
+    folds: list[int]  # folds held out
+    logits: np.ndarray  # (n, classes), in the order of `targets`
+    targets: np.ndarray
+    fold_of: np.ndarray  # fold of each held-out clip
+    per_fold: dict[int, dict]  # report() of each fold
+    networks: list[torch.nn.Module]  # one per fold held out
+    samples: np.ndarray  # up to 64 held-out model inputs (engine agreement checks)
+    sample_targets: np.ndarray  # their classes (held-out accuracy of each engine)
+    calibration: np.ndarray  # up to CALIBRATION_CLIPS training inputs of the first network (INT8)
+
+
+CALIBRATION_CLIPS = 200  # INT8 calibration: NNCF's default subset is 300; 32 sufficed for ResNet-18 here
+
+
+def calibration_inputs(dataset: ClipDataset, seed: int) -> np.ndarray:
+    """Model inputs of up to CALIBRATION_CLIPS training clips drawn evenly at random."""
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.permutation(len(dataset))[:CALIBRATION_CLIPS])
+    return np.stack([np.asarray(dataset[i][0]) for i in chosen])
+
+
+def evaluate(args, start: Start, features: Features, ds: Dataset, data: Decoded) -> Evaluation:
+    folds = ds.folds if args.cv else [args.valid_fold if args.valid_fold is not None else ds.folds[0]]
+    logits, targets, fold_of, per_fold, nets, samples = [], [], [], {}, [], None
+    sample_targets = calibration = None
+    for fold in folds:
+        train, valid = data.split(ds, fold)
+        if not train.waves or not valid.waves:
+            raise SystemExit(f"nothing left to train or validate on after skipping unreadable files (fold {fold})")
+        log.info("fold %d: %d training clips, %d held out", fold, len(train.waves), len(valid.waves))
+        net = fit(args, start, features, train, ds.labels)
+        valid_ds = ClipDataset(valid.waves, valid.targets, features, None)
+        z = predict_logits(net, valid_ds)
+        per_fold[fold] = report(valid.targets, z.argmax(axis=1), ds.labels)
+        log.info("fold %d\n%s", fold, format_report(per_fold[fold]))
+        logits.append(z)
+        targets += valid.targets
+        fold_of += [fold] * len(valid.targets)
+        nets.append(net)
+        if samples is None:
+            held_out = range(min(64, len(valid_ds)))
+            samples = torch.stack([valid_ds[i][0] for i in held_out]).numpy()
+            sample_targets = np.array([valid_ds[i][1] for i in held_out])
+            calibration = calibration_inputs(ClipDataset(train.waves, train.targets, features, None), args.seed)
+    return Evaluation(
+        method="cross-validation" if args.cv else "holdout",
+        folds=folds,
+        logits=np.concatenate(logits),
+        targets=np.asarray(targets),
+        fold_of=np.asarray(fold_of),
+        per_fold=per_fold,
+        networks=nets,
+        samples=samples,
+        sample_targets=sample_targets,
+        calibration=calibration,
+    )
+
+
+def open_set_logits(ev: Evaluation, features: Features, labels: list[str], seed: int) -> tuple[list[str], np.ndarray]:
+    """Sounds from none of the classes (training.outofset) and each evaluated network's logits for
+    them: (kinds, array of shape (networks, clips, classes))."""
+    s = features.settings
+    made = outofset.clips(labels, s.clip_seconds, s.sample_rate, seed=seed)
+    waves = [features.waveform(as_audio(w[None], s.sample_rate, "generated")) for _, w in made]
+    items = ClipDataset(waves, [0] * len(waves), features, None)
+    return [kind.split(":")[0] for kind, _ in made], np.stack([predict_logits(net, items) for net in ev.networks])
+
+
+def open_set_report(kinds: list[str], logits: np.ndarray, ev: Evaluation, temperature: float, threshold: float) -> dict:
+    """How often those sounds get "unknown" at the threshold (averaged over the evaluated networks),
+    beside the in-set accuracy with "unknown" counted wrong."""
+    unknown = np.mean([~answered(softmax(z / temperature, axis=1), threshold) for z in logits], axis=0)
+    by_kind = {k: round(float(unknown[[i for i, kind in enumerate(kinds) if kind == k]].mean()), 4)
+               for k in sorted(set(kinds))}  # fmt: skip
+    in_set = softmax(ev.logits / temperature, axis=1)
+    return {
+        "n": len(kinds),
+        "unknown_rate": round(float(unknown.mean()), 4),
+        "unknown_rate_by_kind": by_kind,
+        "in_set_accuracy_with_unknown": round(accuracy_with_unknown(in_set, ev.targets, threshold), 4),
+        "in_set_unknown_rate": round(float(1 - answered(in_set, threshold).mean()), 4),
+        "source": "training.outofset (generated offline: silence, noise, tones, speech-like, music, "
+        "synthetic classes not among the labels)",
+    }
+
+
+def summary(ev: Evaluation, labels: list[str]) -> dict:
+    """Pooled held-out report plus, for cross-validation, the spread over folds."""
+    pooled = report(ev.targets, ev.logits.argmax(axis=1), labels)
+    acc = np.array([m["accuracy"] for m in ev.per_fold.values()])
+    f1 = np.array([m["macro_f1"] for m in ev.per_fold.values()])
+    pooled["per_fold_accuracy"] = {str(f): m["accuracy"] for f, m in ev.per_fold.items()}
+    pooled["accuracy_mean"] = round(float(acc.mean()), 4)
+    pooled["accuracy_std"] = round(float(acc.std()), 4)
+    pooled["macro_f1_mean"] = round(float(f1.mean()), 4)
+    pooled["macro_f1_std"] = round(float(f1.std()), 4)
+    return pooled
+
+
 def library_versions() -> dict[str, str]:
     pkgs = ("torch", "torchaudio", "torchvision", "fastai", "bentoml", "soundfile")
     return {"python": platform.python_version(), **{p: version(p) for p in pkgs}}
@@ -188,59 +357,99 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    settings = FeatureSettings()
+    started = time.time()
     ds = load_dataset(args.dataset, args.data_dir, seed=args.seed, clips_per_class=args.clips_per_class)
     log.info("%s: %d clips, %d classes, folds %s", ds.name, len(ds.clips), len(ds.labels), ds.folds)
+    start = start_from(args.init_from, ds.labels, args.arch)
+    base = start.settings or FeatureSettings()
+    # Decoding and resampling depend on the sample rate only; the window is chosen from what was read.
+    data = decode_clips(ds.clips, ds.labels, Features(base))
+    if not data.waves:
+        raise SystemExit("no clip of the data set could be read")
+    durations = [len(w) / base.sample_rate for w in data.waves]
+    clip_seconds = args.clip_seconds or choose_clip_seconds(durations)
+    settings = base.model_copy(update={"clip_seconds": clip_seconds})
+    features = Features(settings)
+    log.info("window %.2f s (clip durations: median %.2f s, 95th percentile %.2f s)",
+             clip_seconds, np.median(durations), np.percentile(durations, 95))  # fmt: skip
 
-    if args.cv:
-        results = {}
-        for fold in ds.folds:
-            _, metrics, _, _ = train_fold(args, ds, settings, fold)
-            results[fold] = metrics
-            log.info("fold %d\n%s", fold, format_report(metrics))
-        acc = np.array([m["accuracy"] for m in results.values()])
-        f1 = np.array([m["macro_f1"] for m in results.values()])
-        print(f"cross-validation over {len(acc)} folds: accuracy {acc.mean():.4f} ± {acc.std():.4f}, "
-              f"macro-F1 {f1.mean():.4f} ± {f1.std():.4f}")
-        return 0
-
-    started = time.time()
-    net, metrics, skipped, samples = train_fold(args, ds, settings, args.valid_fold)
+    ev = evaluate(args, start, features, ds, data)
+    metrics = summary(ev, ds.labels)
+    groups = ev.fold_of if args.cv else np.arange(len(ev.targets)) % 2
+    method = (f"temperature scaling on the held-out predictions of {len(ev.folds)}-fold cross-validation "
+              f"(folds {', '.join(map(str, ev.folds))})" if args.cv else
+              f"temperature scaling on held-out fold {ev.folds[0]}")  # fmt: skip
+    calibration = calibrate(ev.logits, ev.targets, method, groups=groups)
+    kinds, oos_logits = open_set_logits(ev, features, ds.labels, args.seed)
+    open_set = open_set_report(kinds, oos_logits, ev, calibration["temperature"], calibration["threshold"])
+    if args.predictions:
+        np.savez_compressed(args.predictions, labels=np.array(ds.labels), logits=ev.logits, targets=ev.targets,
+                            folds=ev.fold_of, open_set_kinds=np.array(kinds), open_set_logits=oos_logits)  # fmt: skip
     print(format_report(metrics))
-    if skipped:
-        print(f"skipped {len(skipped)} unreadable file(s); see the log above")
+    if args.cv:
+        print(f"cross-validation over {len(ev.folds)} folds: accuracy {metrics['accuracy_mean']:.4f} ± "
+              f"{metrics['accuracy_std']:.4f}, macro-F1 {metrics['macro_f1_mean']:.4f} ± {metrics['macro_f1_std']:.4f}")  # fmt: skip
+    print(f"calibration: {json.dumps(calibration)}")
+    print(f"open set: {json.dumps(open_set)}")
+    if data.skipped:
+        print(f"skipped {len(data.skipped)} unreadable file(s); see the log above")
     if not args.save:
         return 0
 
+    if args.refit or args.cv:
+        log.info("refit on every fold: %d clips", len(data.waves))
+        net = fit(args, start, features, data, ds.labels)
+        shipped = f"trained on every fold ({', '.join(map(str, ds.folds))}) after the evaluation, same recipe and seed"
+    else:
+        net = ev.networks[0]
+        shipped = f"the evaluated network (trained without fold {ev.folds[0]})"
+
     def reports(folder: Path) -> None:
-        write_json(folder / METRICS_FILE, {**metrics, "skipped_files": skipped})
+        write_json(folder / METRICS_FILE, {**metrics, "skipped_files": data.skipped})
         plot_confusion(metrics, ds.labels, folder / "confusion_matrix.png")
 
     train_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if v is not None}
+    evaluation = {
+        "method": ev.method,
+        "held_out_folds": ev.folds,
+        "accuracy": metrics["accuracy"],
+        "macro_f1": metrics["macro_f1"],
+        "n_valid": metrics["n_valid"],
+        "per_fold_accuracy": metrics["per_fold_accuracy"],
+        "shipped_model": shipped,
+    }
+    if args.cv:
+        evaluation.update({k: metrics[k] for k in ("accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std")})
     tag = save_model(
         net,
-        arch=args.arch,
+        arch=start.arch,
         labels=ds.labels,
         settings=settings,
         metadata={
             "dataset": ds.name,
             "dataset_fingerprint": ds.fingerprint(),
             "n_clips": len(ds.clips),
-            "valid_fold": args.valid_fold,
+            **({} if args.cv else {"valid_fold": ev.folds[0]}),
+            "evaluation": evaluation,
             "metrics": {k: metrics[k] for k in ("accuracy", "macro_f1", "n_valid")},
             "per_class_recall": {lab: m["recall"] for lab, m in metrics["per_class"].items()},
-            "skipped_files": len(skipped),
+            "calibration": calibration,
+            "open_set": open_set,
+            "clip_durations_s": {"median": round(float(np.median(durations)), 3),
+                                 "p95": round(float(np.percentile(durations, 95)), 3)},  # fmt: skip
+            **({"init_from": start.describe()} if args.init_from else {}),
+            "skipped_files": len(data.skipped),
             "train_args": json.loads(json.dumps(train_args)),
             "train_seconds": round(time.time() - started, 1),
             "versions": library_versions(),
         },
-        samples=samples.inputs,
-        sample_targets=samples.targets,
-        calibration=samples.calibration,
+        samples=ev.samples,
+        sample_targets=ev.sample_targets,
+        calibration=ev.calibration,
         extra_files=reports,
     )
     print(f"saved {tag}")
-    print(f"engines: {summary(bentoml.models.get(tag).info.metadata['engines'])}")
+    print(f"engines: {engines_summary(bentoml.models.get(tag).info.metadata['engines'])}")
     return 0
 
 

@@ -1,0 +1,122 @@
+"""Calibration: temperature scaling, expected calibration error, the "unknown" threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.special import softmax
+
+from training.calibrate import (
+    accuracy_with_unknown,
+    answered,
+    calibrate,
+    choose_threshold,
+    ece,
+    fit_temperature,
+    nll,
+)
+
+
+def sampled(temperature: float, n: int = 4000, classes: int = 5, seed: int = 0):
+    """Logits and labels drawn from softmax(logits / temperature): that T is the true calibration."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 4, (n, classes))
+    probs = softmax(logits / temperature, axis=1)
+    targets = np.array([rng.choice(classes, p=p) for p in probs])
+    return logits, targets
+
+
+@pytest.mark.parametrize("true_t", [0.5, 1.0, 2.5])
+def test_fit_temperature_recovers_the_temperature_the_labels_were_drawn_with(true_t):
+    logits, targets = sampled(true_t)
+    t = fit_temperature(logits, targets)
+    assert t == pytest.approx(true_t, rel=0.1)
+    assert nll(logits, targets, t) <= min(nll(logits, targets, t * 0.8), nll(logits, targets, t * 1.25))
+
+
+def test_ece_is_small_for_calibrated_and_large_for_overconfident_probabilities():
+    logits, targets = sampled(3.0, n=6000)
+    calibrated = softmax(logits / 3.0, axis=1)
+    overconfident = softmax(logits, axis=1)
+    assert ece(calibrated, targets) < 0.03
+    assert ece(overconfident, targets) > 0.15
+
+
+def test_ece_by_hand():
+    # Two clips at confidence 0.9 (one right): gap 0.4 over half the clips; two at 0.6 (both
+    # right): gap 0.4 over the other half. ECE = 0.4.
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.4, 0.6], [0.4, 0.6]])
+    targets = np.array([0, 1, 1, 1])
+    assert ece(probs, targets) == pytest.approx(0.5 * 0.4 + 0.5 * 0.4)
+    assert ece(probs, targets, bins=1) == pytest.approx(abs(0.75 - 0.75))
+
+
+def test_threshold_keeps_the_share_of_correct_answers_it_promises():
+    rng = np.random.default_rng(1)
+    probs = softmax(rng.normal(0, 3, (500, 10)), axis=1)
+    targets = np.where(rng.random(500) < 0.8, probs.argmax(axis=1), rng.integers(0, 10, 500))
+    correct = probs.argmax(axis=1) == targets
+    for keep in (0.5, 0.9, 0.95, 1.0):
+        t = choose_threshold(probs, targets, keep_correct=keep)
+        kept = answered(probs, t)[correct].mean()
+        assert kept >= keep
+        # the largest such threshold: a little higher and fewer are kept
+        assert answered(probs, t + 2e-4)[correct].mean() < keep or t + 2e-4 > probs.max()
+    assert choose_threshold(probs, targets, keep_correct=1.0) <= probs.max(axis=1)[correct].min()
+
+
+def test_accuracy_with_unknown_counts_unknown_as_wrong():
+    probs = np.array([[0.9, 0.1], [0.55, 0.45], [0.2, 0.8], [0.7, 0.3]])
+    targets = np.array([0, 0, 1, 1])  # the last one is answered wrongly
+    assert accuracy_with_unknown(probs, targets, 0.0) == 0.75
+    assert accuracy_with_unknown(probs, targets, 0.6) == 0.5  # 0.55 becomes "unknown"
+    assert accuracy_with_unknown(probs, targets, 0.95) == 0.0
+
+
+def test_calibrate_writes_the_shape_serving_reads():
+    logits, targets = sampled(2.0, n=800)
+    logits = logits * 3  # an overconfident network: true temperature 6
+    cal = calibrate(logits, targets, "temperature scaling on held-out fold 1")
+    assert set(cal) == {"temperature", "ece_before", "ece_after", "threshold", "n", "method"}
+    assert isinstance(cal["n"], int) and cal["n"] == 800
+    assert all(isinstance(cal[k], float) for k in ("temperature", "ece_before", "ece_after", "threshold"))
+    assert cal["method"] == "temperature scaling on held-out fold 1"
+    assert cal["temperature"] == pytest.approx(6.0, rel=0.15)
+    assert cal["ece_after"] < cal["ece_before"] / 3
+    assert 0.0 < cal["threshold"] < 1.0
+    # the threshold is the rule applied to the temperature-scaled probabilities it will meet
+    assert cal["threshold"] == choose_threshold(softmax(logits / cal["temperature"], axis=1), targets)
+
+
+def test_ece_after_is_measured_on_clips_the_temperature_was_not_fitted_on():
+    logits, targets = sampled(1.0, n=60, seed=3)
+    by_group = calibrate(logits, targets, "m", groups=np.arange(60) % 3)
+    t = fit_temperature(logits, targets)
+    in_sample = ece(softmax(logits / t, axis=1), targets)
+    assert by_group["ece_after"] != pytest.approx(in_sample, abs=1e-6)
+    # groups change only ece_after: the temperature and the threshold are fitted on every clip
+    halves = calibrate(logits, targets, "m")
+    assert (halves["temperature"], halves["threshold"]) == (by_group["temperature"], by_group["threshold"])
+
+
+# --- outlier exposure: the loss that teaches "none of these" --------------------------------------
+
+
+def test_outlier_exposure_loss():
+    import torch
+
+    from training.train import OUTLIER, OUTLIER_WEIGHT, OutlierExposureLoss
+
+    loss = OutlierExposureLoss()
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0], [3.0, -3.0, 0.0]], requires_grad=True)
+    target = torch.tensor([0, OUTLIER, OUTLIER])
+    per_clip = OutlierExposureLoss(reduction="none")(logits, target).detach()
+    assert per_clip[0].item() == pytest.approx(torch.nn.functional.cross_entropy(logits[:1], target[:1]).item())
+    assert per_clip[1].item() == pytest.approx(OUTLIER_WEIGHT * np.log(3))  # uniform: the least it can be
+    assert per_clip[2] > per_clip[1]  # a confident answer to an outlier costs more
+    loss(logits, target).backward()
+    # the gradient pushes an outlier's logits towards equal: down where high, up where low
+    g = logits.grad[2]
+    assert g[0] > 0 and g[1] < 0
+    assert logits.grad[1].abs().max() < 1e-6  # already uniform: nothing to push
+    assert OutlierExposureLoss.y_int  # fastai's MixUp then mixes losses, not integer targets

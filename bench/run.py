@@ -249,11 +249,26 @@ def litserve_sweep(tag: str, plan: Plan, body: tuple[bytes, str], results: dict)
         log.exception("  litserve failed")
 
 
+def private_home(stack: contextlib.ExitStack) -> Path:
+    """A BentoML home of its own that sees the run's model store. `bentoml serve` empties
+    <home>/prometheus_multiproc_dir when it starts, so a second server on the same home silently
+    erases the first one's metrics (its /metrics, hence the mean batch sizes, lose its counts)."""
+    import tempfile
+
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-home-")))
+    (home / "models").symlink_to(Path(BentoMLContainer.bentoml_home.get()) / "models")
+    return home
+
+
 def started_service(tag: str, name: str, env: dict[str, str], out: Path, stack: contextlib.ExitStack):
-    """A `bentoml serve` with `env` added, settled, stopped (and its log kept) when `stack` closes."""
+    """A `bentoml serve` with `env` added, on a private home (so servers up together keep their own
+    metrics), settled, stopped (and its log kept) when `stack` closes."""
     from testkit.server import ServedService
 
-    server = ServedService(tag, grpc_port="0", env=env, start_timeout_s=SERVER_START_TIMEOUT_S)
+    server = ServedService(tag, grpc_port="0", env=env, start_timeout_s=SERVER_START_TIMEOUT_S,
+                           bentoml_home=private_home(stack))
 
     def stop() -> None:
         server.stop()

@@ -6,10 +6,12 @@ import contextlib
 import os
 import random
 import signal
+import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -99,6 +101,75 @@ def tree_rss_mb(pid: int) -> float:
         except psutil.NoSuchProcess:
             pass
     return total / 2**20
+
+
+def tree_memory(pid: int) -> dict:
+    """The served tree's memory, MiB: `rss` summed over the processes (the figure the targets use:
+    what `ps` shows a user), `pss` (shared pages split between the processes that map them, so
+    libraries two workers share count once), and each process's RSS with its command."""
+    rss = pss = 0
+    processes = []
+    for p in process_tree(pid):
+        try:
+            info = p.memory_full_info()
+            cmdline = p.cmdline()
+            # Without the interpreter's path: "bentoml serve service:...", "-m _bentoml_impl.worker.service ..."
+            command = " ".join([Path(cmdline[1]).name, *cmdline[2:4]] if len(cmdline) > 1 else cmdline)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        rss, pss = rss + info.rss, pss + info.pss
+        processes.append({"pid": p.pid, "rss_mb": info.rss / 2**20, "command": command[:120]})
+    return {"rss_mb": rss / 2**20, "pss_mb": pss / 2**20, "processes": processes}
+
+
+TORCH_LIBRARIES = ("libtorch", "libc10")
+
+
+def libtorch_maps(pid: int) -> dict:
+    """Which processes of the tree map PyTorch's native libraries (/proc/PID/maps): issue 21's
+    "no PyTorch in the served process", checked on the running server."""
+    mapped, processes = [], 0
+    for p in process_tree(pid):
+        try:
+            maps = Path(f"/proc/{p.pid}/maps").read_text()
+        except OSError:
+            continue
+        processes += 1
+        if any(lib in maps for lib in TORCH_LIBRARIES):
+            mapped.append(p.pid)
+    return {"processes": processes, "mapped": mapped}
+
+
+class RssSampler:
+    """Samples the RSS of a process tree every `interval_s` on a thread, from the moment `pid_of()`
+    names a process (a server being launched) until `stop()`: the start-up peak, which a worker
+    compiling its engine may hold only for a moment."""
+
+    def __init__(self, pid_of: Callable[[], int | None], interval_s: float = 0.05):
+        self.samples: list[tuple[float, float]] = []  # (seconds since start(), MiB)
+        self._pid_of = pid_of
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def start(self) -> RssSampler:
+        self._t0 = time.perf_counter()
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            pid = self._pid_of()
+            if pid is None:
+                continue
+            with contextlib.suppress(psutil.NoSuchProcess):
+                self.samples.append((time.perf_counter() - self._t0, tree_rss_mb(pid)))
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        at, peak = max(self.samples, key=lambda s: s[1], default=(float("nan"), float("nan")))
+        return {"peak_mb": peak, "peak_at_s": at, "samples": len(self.samples), "interval_s": self._interval_s}
 
 
 def tree_cpu_s(pid: int) -> float:

@@ -3,15 +3,15 @@
     python -m bench.litserve_peer --model sound-resnet:latest --port 8000 --max-batch-size 32
 
 POST /predict with a multipart file field `audio` answers as /classify does with its defaults. The
-model is opened and its engine chosen as the service does it (`open_classifier`, SOUND_ENGINE
-honoured). Needs
+model is opened and its engine chosen as the service does it (`open_classifier`, SOUND_ENGINE and
+SOUND_PRECISION honoured: `SOUND_ENGINE=torch` is LitServe as users deploy it, eager PyTorch fp32).
+Needs
 `pip install litserve==0.2.19 python-multipart`; bench/run.py notes the peer as skipped without it.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 
 import litserve as ls
 import numpy as np
@@ -31,9 +31,11 @@ class SoundAPI(ls.LitAPI):
         self.model_tag = model_tag
 
     def setup(self, device) -> None:
+        from soundclassifier.config import Settings
         from soundclassifier.pipeline import open_classifier
 
-        self.core, report = open_classifier(self.model_tag, os.environ.get("SOUND_ENGINE", "auto"))
+        settings = Settings()
+        self.core, report = open_classifier(self.model_tag, settings.engine, precision=settings.precision)
         self.options = self.core.classify_options()
         print(f"litserve peer serving {self.core.tag} on {report['chosen']}", flush=True)
 

@@ -19,7 +19,7 @@ import numpy as np
 from bench.common import CLIP_RATE, CLIP_SECONDS, FORMATS, clip_file
 from soundclassifier.audio import decode
 from soundclassifier.classifier import Classifier
-from soundclassifier.engine import Engine, OnnxRuntimeEngine, OpenVinoEngine, TorchEngine, agreement
+from soundclassifier.engine import Engine, OnnxRuntimeEngine, OpenVinoEngine, TorchEngine, accepted, agreement
 from soundclassifier.hardware import cpu_has_bf16
 from soundclassifier.predictions import softmax
 from soundclassifier.store import LoadedModel
@@ -28,15 +28,28 @@ log = logging.getLogger("bench")
 
 
 def engines(model: LoadedModel, threads: int | None = None) -> dict[str, Callable[[], Engine] | str]:
-    """label -> constructor for every engine the serving code could pick here (or why not)."""
-    found: dict[str, Callable[[], Engine] | str] = {"torch/fp32": lambda: TorchEngine(model.network, threads)}
-    found["onnxruntime/fp32"] = lambda: OnnxRuntimeEngine(model.onnx_path, threads)
-    found["openvino/fp32"] = lambda: OpenVinoEngine(model.onnx_path, "fp32", threads)
+    """label -> constructor for every engine the serving code could pick here (or why not), in
+    `soundclassifier.engine.ENGINES` order. INT8 runs the graph stored with the model (made and
+    checked at save time); a model stored without one says why in its engine report."""
+    found: dict[str, Callable[[], Engine] | str] = {}
+    if model.int8_path is not None:
+        found["openvino/int8"] = lambda: OpenVinoEngine(model.int8_path, "int8", threads)
+    else:
+        found["openvino/int8"] = f"skipped: no INT8 graph in the model ({stored_verdict(model, 'openvino/int8')})"
     if cpu_has_bf16():
         found["openvino/bf16"] = lambda: OpenVinoEngine(model.onnx_path, "bf16", threads)
     else:
         found["openvino/bf16"] = "skipped: the CPU has no native bf16 (avx512_bf16 / amx_bf16)"
+    found["openvino/fp32"] = lambda: OpenVinoEngine(model.onnx_path, "fp32", threads)
+    found["onnxruntime/fp32"] = lambda: OnnxRuntimeEngine(model.onnx_path, threads)
+    found["torch/fp32"] = lambda: TorchEngine(model.network, threads)
     return found
+
+
+def stored_verdict(model: LoadedModel, label: str) -> str:
+    """What the model's stored engine report says of `label`: accepted, or why not."""
+    ok, reason = accepted(model, label)
+    return f"accepted: {reason}" if ok else f"refused: {reason}"
 
 
 def inputs(model: LoadedModel, n: int) -> np.ndarray:
@@ -125,6 +138,7 @@ def raw_model(model: LoadedModel, batch_sizes: list[int], seconds_per_point: flo
         results[label] = {
             "load_s": load_s,
             "agreement": {"top1": check.top1, "max_prob_diff": check.max_prob_diff, "ok": check.ok},
+            "stored_report": stored_verdict(model, label),
             "batches": points,
             "best": {"batch": best_b, **points[best_b]},
         }

@@ -4,16 +4,48 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
-# The targets of issues 6 and 9, as ratios against what this run measured.
+# The targets of issues 6, 9 and 21, as ratios against what this run measured.
 THROUGHPUT_SHARE = 0.85  # (6) HTTP req/s at 32 clients >= this x the best raw in-process clips/s
 LATENCY_ALLOWANCE_MS = 10.0  # (6) HTTP p50 at 1 client <= raw single-clip latency + this
-ENGINE_LATENCY_ALLOWANCE_MS = 5.0  # (9) the same, with the served engine's own latency
 ENGINE_SPEEDUP = 2.0  # (9) engine-served req/s at 32 clients >= this x PyTorch-served
+MiB_PER_GiB = 1024
+MAX_RSS_MB = 1.0 * MiB_PER_GiB  # (21) the served tree after warm-up and after a 32-client load
+MAX_STARTUP_RSS_MB = 1.5 * MiB_PER_GiB  # (21) its peak from launch until every worker answers
+MAX_HOSTILE_GROWTH = 1.25  # (21) after a hostile burst, x the RSS after the load
+MAX_COLD_START_S = 15.0  # (21) `bentoml serve` to every worker answering
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """A target on the interleaved rounds: the median over rounds of numerator / denominator (each
+    round's pair measured minutes apart at most, so the machine's drift cancels), `op` goal."""
+
+    title: str
+    numerator: str  # a name measured in the interleaved rounds
+    denominator: str
+    metric: str  # "rps" (req/s at the stage's clients) or "p50_ms" (at one client)
+    op: str  # ">=", ">" or "<="
+    goal: float
+
+
+RATIOS = (
+    Ratio("(21) served throughput >= 1.4 x the same service forced to bf16 (HTTP, interleaved)",
+          "service", "service-bf16", "rps", ">=", 1.4),
+    Ratio("(21) served throughput >= 3.5 x LitServe as users deploy it: eager PyTorch fp32 and its batching "
+          "(HTTP, interleaved)", "service", "litserve-eager", "rps", ">=", 3.5),
+    Ratio("(9) ahead of LitServe on the service's own engine (HTTP, interleaved)",
+          "service", "litserve-engine", "rps", ">", 1.0),
+    Ratio("(21) p50 at 1 client <= 0.6 x LitServe eager's p50 at 1 client (HTTP, interleaved)",
+          "service, 1 client", "litserve-eager, 1 client", "p50_ms", "<=", 0.6),
+)  # fmt: skip
+_OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le}
 
 
 def point(results: dict, config: str, transport: str, clients: int) -> dict | None:
@@ -57,9 +89,6 @@ def targets(results: dict, soak_seconds: float) -> list[dict]:
 
     engine = results.get("served", {}).get("batching", {}).get("engine")
     out.append(_latency_target(results, engine, LATENCY_ALLOWANCE_MS, 6))
-    if paired := results.get("interleaved", {}).get("latency"):
-        out.append(_paired_latency_target(paired, ENGINE_LATENCY_ALLOWANCE_MS))
-    out.append(_latency_target(results, engine, ENGINE_LATENCY_ALLOWANCE_MS, 9, " (sequential stages)"))
 
     name = "(6) batching beats no batching at 32 clients (HTTP)"
     naive = point(results, "no-batching", "http", 32)
@@ -83,15 +112,8 @@ def targets(results: dict, soak_seconds: float) -> list[dict]:
     else:
         out.append(_missing(name, "soak skipped"))
 
-    # The issue-9 peer ratios: from the interleaved rounds, then from the sequential stages.
-    both = results.get("interleaved", {})
-    for peer in PEERS:
-        if f"ratio_to_{peer}" in both:
-            rps = both["median_rps"]
-            out.append(_peer_target(
-                peer, both["clients"], "interleaved", both[f"ratio_to_{peer}"],
-                f"median of {len(both['rounds'])} rounds: {both[f'ratio_to_{peer}']:.2f} x "
-                f"({rps['service']:.1f} vs {rps[peer]:.1f} req/s)"))
+    # The peer ratios of issues 9 and 21 from the interleaved rounds, then issue 9's from the sequential stages.
+    out += interleaved_targets(results.get("interleaved", {}))
     for peer, (label, why_missing) in PEERS.items():
         theirs = point(results, peer, "http", 32)
         if http32 and theirs and theirs["rps"] > 0:
@@ -100,7 +122,142 @@ def targets(results: dict, soak_seconds: float) -> list[dict]:
             out.append(_peer_target(peer, 32, "sequential stages", ratio, measured))
         else:
             out.append(_missing(_peer_name(peer, 32, "sequential stages"), why_missing))
+    out += lean_targets(results.get("lean"))
+    out.append(bento_target(results.get("bento")))
     return out
+
+
+def summarize_interleaved(rounds: list[dict[str, dict]]) -> dict:
+    """Medians over the interleaved rounds (each round: name -> {"rps", "p50_ms", ...}) and, for
+    every RATIOS pair measured in every round, the median of the rounds' own ratios."""
+    names = [n for n in rounds[0] if all(n in row for row in rounds)] if rounds else []
+    summary: dict = {
+        "median_rps": {n: statistics.median(row[n]["rps"] for row in rounds) for n in names},
+        "median_p50_ms": {n: statistics.median(row[n]["p50_ms"] for row in rounds) for n in names},
+        "ratios": {},
+    }
+    for r in RATIOS:
+        if r.numerator in names and r.denominator in names:
+            per_round = [row[r.numerator][r.metric] / row[r.denominator][r.metric] if row[r.denominator][r.metric]
+                         else math.inf for row in rounds]  # fmt: skip
+            summary["ratios"][f"{r.numerator} / {r.denominator}"] = {"median": statistics.median(per_round),
+                                                                      "per_round": per_round}
+    return summary
+
+
+def interleaved_targets(both: dict) -> list[dict]:
+    """One row per RATIOS entry: met when the median of the rounds' ratios meets its goal."""
+    out = []
+    servers = both.get("servers", {})
+    for r in RATIOS:
+        ratio = both.get("ratios", {}).get(f"{r.numerator} / {r.denominator}")
+        if ratio is None:
+            skipped = [n.removesuffix(", 1 client") for n in (r.numerator, r.denominator)]
+            why = both.get("failed") or "; ".join(
+                f"{n}: {servers[n]['skipped']}" for n in skipped if "skipped" in servers.get(n, {})
+            ) or "interleaved stage skipped"
+            out.append(_missing(r.title, why))
+            continue
+        m = ratio["median"]
+        medians = both["median_rps" if r.metric == "rps" else "median_p50_ms"]
+        unit = "req/s" if r.metric == "rps" else "ms p50"
+        a, b = (f"{n} {medians[n]:.1f} {unit} on {servers.get(n.removesuffix(', 1 client'), {}).get('engine', '?')}"
+                for n in (r.numerator, r.denominator))
+        note = ""
+        if r.numerator == "service" and r.denominator == "service-bf16" and \
+                servers.get("service", {}).get("engine") == servers.get("service-bf16", {}).get("engine"):
+            note = "; both served the same engine: the model has no accepted INT8 graph (see the raw table)"
+        per_round = ", ".join(f"{x:.2f}" for x in ratio["per_round"])
+        out.append(_target(
+            r.title, f"median of {len(ratio['per_round'])} rounds: {m:.2f} x ({a} vs {b}; per round {per_round}){note}",
+            f"{r.op} {r.goal:g} x", m / r.goal, _OPS[r.op](m, r.goal),
+            f"{_pct(m / r.goal - 1)} vs target" if r.op != "<=" else f"{_pct(1 - m / r.goal)} headroom",
+        ))  # fmt: skip
+    return out
+
+
+def _mib(x: float) -> str:
+    return f"{x:.0f} MiB"
+
+
+def lean_targets(lean: dict | None) -> list[dict]:
+    """Issue 21's memory, start-up and no-PyTorch rows from the `lean` stage (one server, defaults)."""
+    names = [
+        f"(21) RSS of the served tree after warm-up and after a 32-client load <= {MAX_RSS_MB / MiB_PER_GiB:g} GiB",
+        f"(21) RSS after a hostile burst <= {MAX_HOSTILE_GROWTH:g} x the RSS after the load",
+        f"(21) peak RSS during start-up (launch to every worker answering) <= {MAX_STARTUP_RSS_MB / MiB_PER_GiB:g} GiB",
+        f"(21) cold start: `bentoml serve` to every worker answering <= {MAX_COLD_START_S:g} s",
+        "(21) no process of the served tree maps libtorch",
+    ]
+    if not lean or "start" not in lean:
+        why = (lean or {}).get("failed", "lean stage skipped")
+        return [_missing(n, why) for n in names]
+    out = []
+    start = lean["start"]
+    warm, loaded = lean.get("memory_warm"), lean.get("memory_after_load")
+    if warm and loaded:
+        top = max(warm["rss_mb"], loaded["rss_mb"])
+        root, *children = loaded["processes"]  # tree_memory lists the `bentoml serve` process first
+        parts = f"`bentoml serve` {_mib(root['rss_mb'])}, its children " + ", ".join(_mib(p["rss_mb"]) for p in children)
+        out.append(_target(
+            names[0], f"warm {_mib(warm['rss_mb'])}, after {lean['load']['seconds']:.0f} s at {lean['load']['clients']} "
+                      f"clients {_mib(loaded['rss_mb'])} ({start['workers']} workers; PSS {_mib(loaded['pss_mb'])}; "
+                      f"{parts})",
+            f"<= {_mib(MAX_RSS_MB)}", top / MAX_RSS_MB, top <= MAX_RSS_MB, f"{_pct(1 - top / MAX_RSS_MB)} headroom"))
+    else:
+        out.append(_missing(names[0], lean.get("failed", "not reached")))
+    after = lean.get("memory_after_hostile")
+    if loaded and after:
+        burst = lean["hostile"]
+        growth = after["rss_mb"] / loaded["rss_mb"]
+        out.append(_target(
+            names[1], f"{_mib(after['rss_mb'])} = {growth:.2f} x {_mib(loaded['rss_mb'])} after {burst['seconds']:.0f} s of "
+                      f"{burst['clients']} hostile clients ({burst['requests']} requests, {burst['wrong']} wrong answers, "
+                      f"/readyz {burst['readyz_after']})",
+            f"<= {MAX_HOSTILE_GROWTH:g} x", growth / MAX_HOSTILE_GROWTH, growth <= MAX_HOSTILE_GROWTH,
+            f"{_pct(1 - growth / MAX_HOSTILE_GROWTH)} headroom"))
+    else:
+        out.append(_missing(names[1], lean.get("failed", "not reached")))
+    peak = start["startup_rss"]
+    out.append(_target(
+        names[2], f"{_mib(peak['peak_mb'])} at {peak['peak_at_s']:.1f} s ({peak['samples']} samples, every "
+                  f"{peak['interval_s'] * 1000:.0f} ms)",
+        f"<= {_mib(MAX_STARTUP_RSS_MB)}", peak["peak_mb"] / MAX_STARTUP_RSS_MB, peak["peak_mb"] <= MAX_STARTUP_RSS_MB,
+        f"{_pct(1 - peak['peak_mb'] / MAX_STARTUP_RSS_MB)} headroom"))
+    every = start["every_worker_s"]
+    if every is None:
+        out.append(_target(names[3], f"only {len(start['worker_first_answer_s'])} of {start['workers']} workers answered",
+                           f"<= {MAX_COLD_START_S:g} s", None, False, "not every worker answered"))
+    else:
+        out.append(_target(
+            names[3], f"{every:.1f} s for {start['workers']} workers (first /readyz {start['readyz_s']:.1f} s, first "
+                      f"/classify answer {start.get('first_answer_s', float('nan')):.1f} s; engine speed "
+                      f"{start['speed_cache']})",
+            f"<= {MAX_COLD_START_S:g} s", every / MAX_COLD_START_S, every <= MAX_COLD_START_S,
+            f"{MAX_COLD_START_S - every:+.1f} s headroom" if every <= MAX_COLD_START_S else
+            f"over by {every - MAX_COLD_START_S:.1f} s"))
+    torch_maps = lean.get("libtorch")
+    if torch_maps is None:
+        out.append(_missing(names[4], "not checked"))
+    else:
+        out.append(_target(names[4], f"{len(torch_maps['mapped'])} of {torch_maps['processes']} processes map it"
+                           + (f": {torch_maps['mapped']}" if torch_maps["mapped"] else ""),
+                           "none", None, not torch_maps["mapped"], "none" if not torch_maps["mapped"] else "PyTorch loaded"))
+    return out
+
+
+def bento_target(bento: dict | None) -> dict:
+    """(21) the first answer after import of a built Bento into an empty home: reported, no goal."""
+    name = "(21) a built Bento imported into an empty BentoML home: import + `bentoml serve` to the first answer"
+    if not bento or "first_answer_s" not in bento:
+        return _missing(name, (bento or {}).get("failed") or (bento or {}).get("skipped") or "bento stage skipped")
+    every = bento.get("every_worker_s")
+    return _target(
+        name, f"{bento['import_to_first_answer_s']:.1f} s: import {bento['import_s']:.1f} s, then first answer "
+              f"{bento['first_answer_s']:.1f} s after launch (every worker "
+              f"{'-' if every is None else f'{every:.1f}'} s; engine speed {bento['speed_cache']}; build "
+              f"{bento['build_s']:.0f} s, {_mib(bento['bento_mb'])})",
+        "reported", None, None, "no target")
 
 
 PEERS = {"torch": ("torch", "torch server skipped"), "litserve": ("LitServe", "LitServe peer skipped or not installed")}
@@ -119,29 +276,6 @@ def _peer_target(peer: str, clients: int, how: str, ratio: float, measured: str)
         return _target(name, measured, f">= {ENGINE_SPEEDUP:g} x", ratio, ratio >= ENGINE_SPEEDUP,
                        f"{_pct(ratio / ENGINE_SPEEDUP - 1)} vs target")
     return _target(name, measured, "> 1.00 x", ratio, ratio > 1.0, f"{_pct(ratio - 1)} throughput")
-
-
-def paired_latency(engine: str, rounds: list[dict]) -> dict:
-    """The issue-9 latency pairs of the interleaved rounds (each {"p50_ms", "raw_ms"}: the service
-    at one client, then the engine's one-clip call), with each round's difference and the medians."""
-    rounds = [{**row, "gap_ms": row["p50_ms"] - row["raw_ms"]} for row in rounds]
-    medians = {f"median_{k}": statistics.median(row[k] for row in rounds) for k in ("p50_ms", "raw_ms", "gap_ms")}
-    return {"clients": 1, "engine": engine, "rounds": rounds, **medians}
-
-
-def _paired_latency_target(paired: dict, allowance: float) -> dict:
-    """(9) from the interleaved rounds: each round's HTTP p50 at one client minus the served engine's
-    single-clip latency measured right after it in process; the median of those differences."""
-    rounds = paired["rounds"]
-    gap = paired["median_gap_ms"]
-    per_round = ", ".join(f"{row['gap_ms']:.1f}" for row in rounds)
-    return _target(
-        f"(9) HTTP p50 at 1 client <= raw single-clip latency + {allowance:g} ms (interleaved)",
-        f"median of {len(rounds)} rounds: p50 - raw = {gap:.1f} ms (p50 {paired['median_p50_ms']:.1f} ms, raw "
-        f"{paired['median_raw_ms']:.1f} ms, {paired['engine']}; per round {per_round})",
-        f"<= +{allowance:g} ms", gap / allowance, gap <= allowance,
-        _ms_margin(allowance - gap),
-    )  # fmt: skip
 
 
 def _latency_target(results: dict, engine: str | None, allowance: float, issue: int, how: str = "") -> dict:
@@ -192,35 +326,72 @@ def markdown(results: dict) -> str:
     if raw:
         sizes = sorted({int(b) for r in raw.values() for b in r.get("batches", {})})
         lines += ["", "## Raw model in process (clips/s; latency of one call, ms)", "",
-                  "| engine | agrees | " + " | ".join(f"b={b}" for b in sizes) + " |",
-                  "|---|---|" + "---|" * len(sizes)]
+                  "| engine | agrees now (max prob diff) | stored report | " + " | ".join(f"b={b}" for b in sizes) + " |",
+                  "|---|---|---|" + "---|" * len(sizes)]
         for label, r in raw.items():
             if "skipped" in r:
-                lines.append(f"| {label} | {r['skipped']} |" + " |" * len(sizes))
+                lines.append(f"| {label} | {r['skipped']} | |" + " |" * len(sizes))
                 continue
             a = r["agreement"]
             cells = [f"{_f(r['batches'][b]['clips_per_s'])} / {_f(r['batches'][b]['latency_ms_p50'])} ms" for b in sizes]
-            lines.append(f"| {label} | {a['ok']} ({a['max_prob_diff']:.4f}) | " + " | ".join(cells) + " |")
+            lines.append(f"| {label} | {a['ok']} ({a['max_prob_diff']:.4f}) | {r.get('stored_report', '')} | "
+                         + " | ".join(cells) + " |")
         best = results["raw_best"]
         lines.append(f"\nBest: {best['engine']} at batch {best['batch']}: {best['clips_per_s']:.1f} clips/s.")
 
     both = results.get("interleaved", {})
     if both.get("rounds"):
         names = list(both["rounds"][0])
-        paired = both.get("latency")
-        extra = ["service p50 at 1 client, ms", f"raw {paired['engine']} one clip, ms", "difference, ms"] if paired else []
-        lines += ["", f"## Interleaved at {both['clients']} clients (req/s; servers up together, loaded in turn while the others are paused, "
-                  f"{both['seconds']:g} s each; then, in the same round, the service at one client and the served engine's "
-                  "single-clip call in process with every server paused)", "",
-                  "| round | " + " | ".join(names + extra) + " |", "|---" * (len(names) + len(extra) + 1) + "|"]
-        keys = ("p50_ms", "raw_ms", "gap_ms")
+        servers = both.get("servers", {})
+        heads = [f"{n}: {'p50 ms' if n.endswith(', 1 client') else 'req/s'}" for n in names]
+        lines += ["", f"## Interleaved at {both['clients']} clients (servers up together, each loaded in turn while the "
+                  f"others are paused, {both['seconds']:g} s each; the ', 1 client' columns are p50 latency at one client)",
+                  "", "Servers: " + "; ".join(f"{n} = {s.get('engine', s.get('skipped', '?'))}"
+                                              + (f" ({' '.join(f'{k}={v}' for k, v in s['env'].items())})" if s.get("env") else "")
+                                              for n, s in servers.items()) + ".", "",
+                  "| round | " + " | ".join(heads) + " |", "|---" * (len(names) + 1) + "|"]
         for i, row in enumerate(both["rounds"], 1):
-            cells = [_f(row[n]["rps"]) for n in names] + ([_f(paired["rounds"][i - 1][k]) for k in keys] if paired else [])
+            cells = [_f(row[n]["p50_ms" if n.endswith(", 1 client") else "rps"]) + (f" ({row[n]['errors']} errors)"
+                     if row[n].get("errors") else "") for n in names]  # fmt: skip
             lines.append(f"| {i} | " + " | ".join(cells) + " |")
-        cells = [_f(both["median_rps"][n]) for n in names] + ([_f(paired[f"median_{k}"]) for k in keys] if paired else [])
-        lines.append("| median | " + " | ".join(cells) + " |")
+        medians = [_f(both["median_p50_ms"][n] if n.endswith(", 1 client") else both["median_rps"][n])
+                   for n in names if n in both.get("median_rps", {})]
+        lines.append("| median | " + " | ".join(medians) + " |")
     elif both.get("failed"):
         lines += ["", "## Interleaved", "", f"failed: {both['failed']}"]
+
+    lean = results.get("lean")
+    if lean and "start" in lean:
+        start = lean["start"]
+        lines += ["", f"## Start-up and memory ({lean.get('engine', '?')}, {start['workers']} workers, defaults)", "",
+                  f"`bentoml serve` to the first /readyz {_f(start['readyz_s'])} s, to every worker answering "
+                  f"{_f(start['every_worker_s'])} s (each worker's first answer: "
+                  + ", ".join(f"pid {pid} {t:.1f} s" for pid, t in start["worker_first_answer_s"].items())
+                  + f"), first /classify answer {_f(start.get('first_answer_s'))} s; start-up RSS peak "
+                  f"{_f(start['startup_rss']['peak_mb'], 0)} MiB; the engine's speed was {start['speed_cache']}.", "",
+                  "| when | tree RSS MiB | tree PSS MiB | per process RSS MiB |", "|---|---|---|---|"]
+        for key, when in (("memory_warm", "after warm-up"), ("memory_after_load", "after the 32-client load"),
+                          ("memory_after_hostile", "after the hostile burst")):
+            if m := lean.get(key):
+                per = ", ".join(f"{p['rss_mb']:.0f} (`{p['command']}`)" for p in m["processes"])
+                lines.append(f"| {when} | {m['rss_mb']:.0f} | {m['pss_mb']:.0f} | {per} |")
+        if burst := lean.get("hostile"):
+            lines += ["", f"Hostile burst: {burst['clients']} clients for {burst['seconds']:.0f} s, answers "
+                      f"{burst['statuses']}, {burst['wrong']} wrong; cases sent: {burst['per_case']}."]
+            lines += [f"- {f}" for f in burst["failures"][:5]]
+    elif lean and lean.get("failed"):
+        lines += ["", "## Start-up and memory", "", f"failed: {lean['failed']}"]
+
+    bento = results.get("bento")
+    if bento and "first_answer_s" in bento:
+        lines += ["", "## A built Bento, imported into an empty BentoML home (and an empty HOME)", "",
+                  f"`bentoml build` {bento['build_s']:.1f} s, `bentoml export` {bento['export_s']:.1f} s "
+                  f"({bento['bento_mb']:.0f} MiB), `bentoml import` {bento['import_s']:.1f} s; `bentoml serve "
+                  f"{bento['bento']}` to the first /readyz {bento['readyz_s']:.1f} s, to every worker "
+                  f"{_f(bento['every_worker_s'])} s, to the first /classify answer {bento['first_answer_s']:.1f} s "
+                  f"(engine speed {bento['speed_cache']}); start-up RSS peak {bento['startup_rss']['peak_mb']:.0f} MiB."]
+    elif bento:
+        lines += ["", "## Bento", "", f"{bento.get('failed') or bento.get('skipped')}"]
 
     share = results.get("sharing")
     if share and "wide" in share:

@@ -1,25 +1,34 @@
 """One benchmark run: the raw model, the features, and the real server over HTTP and gRPC.
 
-    make bench                                             # the full run (~18 min here), on a quiet machine
+    make bench                                             # the full run (~25 min here), on a quiet machine
     python -m bench.run --quick                            # the same stages, short (a few minutes)
     python -m bench.run --model sound-resnet:abc123 --out bench/results
-    python -m bench.run --quick --skip litserve,torch      # leave stages out
+    python -m bench.run --quick --skip bento,litserve,torch      # leave stages out
 
 Stages, in order, each measured in this one run so ratios compare like with like:
-    raw       clips/s and latency per batch size (1..32) for every installed engine, in process,
-              through soundclassifier.store.load_model and soundclassifier.engine (the ceiling)
+    raw       clips/s and latency per batch size (1..32) for every engine the model can run on (INT8
+              from the graph stored with it), in process, through soundclassifier.store.load_model and
+              soundclassifier.engine (the ceiling), with the stored engine report's verdict
     features  decode + resample + log-mel per 5-second clip, per format (Classifier.prepare), and
               the served engine wide or as streams, alone and beside a busy feature thread
+    lean      issue 21 on one `bentoml serve` with the defaults, before anything else of the run is up:
+              launch to every worker answering (bench/startup.py) with the tree's RSS sampled every
+              50 ms (the start-up peak); RSS after warm-up, after a 32-client load and after a hostile
+              burst (bench/hostile.py); whether any served process maps libtorch
+    bento     `bentoml build` + `export`, then `import` into an empty BentoML home and `bentoml serve`
+              of the Bento to its first answer
     http      a real `bentoml serve` with adaptive batching (the default), at 1/8/32/64 clients (wrk)
     grpc      the same server over gRPC (grpc.aio clients, Classify)
     soak      64 clients mixing good and bad files on that server (bench/soak.py), every answer checked
     nobatch   a second server with SOUND_MAX_BATCH_SIZE=1: the naive baseline
     torch     a third server with SOUND_ENGINE=torch: the PyTorch eager peer
     litserve  the same model and features under LitServe's batching (only if litserve is installed)
-    interleaved  the issue-9 ratios at 32 clients: the service, the service on PyTorch and LitServe
-              up together and loaded in turn (the others paused) for several rounds (medians), so drift
-              cannot bias them; in the same rounds, the service at one client against the served
-              engine's own single-clip call in process (the issue-9 latency target, paired)
+    interleaved  issue 21's ratios at 32 clients: the service (its automatic engine: INT8 where the
+              model's report accepts it), the same service forced to bf16 (SOUND_PRECISION=bf16),
+              LitServe as users deploy it (eager PyTorch fp32, SOUND_ENGINE=torch) and LitServe on the
+              service's own engine, all up together and loaded in turn (the others paused) for several
+              rounds, plus the service and LitServe-eager at one client; targets on the medians of the
+              rounds' own ratios, so the machine's drift cannot bias them
 Mean batch sizes come from the server's /metrics around each measured window. Results go to
 OUT/bench-<time>.{json,md,png} and OUT/latest.{json,md,png}; the Markdown is also printed.
 Exit status 1 if a stage failed or the soak saw an error; missed targets are reported, not fatal.
@@ -34,8 +43,8 @@ import importlib.util
 import logging
 import os
 import platform
+import re
 import shlex
-import statistics
 import subprocess
 import sys
 import time
@@ -47,15 +56,27 @@ from pathlib import Path
 
 import httpx
 
+from bench import hostile, raw, report, startup
 from bench import load as loads
-from bench import raw, report
-from bench.common import CLIP_RATE, CLIP_SECONDS, clip_file, cores, in_turn, multipart, settle, tree_rss_mb
+from bench.common import (
+    CLIP_RATE,
+    CLIP_SECONDS,
+    clip_file,
+    cores,
+    in_turn,
+    libtorch_maps,
+    multipart,
+    settle,
+    tree_memory,
+    tree_rss_mb,
+)
 from bench.soak import run_soak
 from soundclassifier.config import Settings
 from soundclassifier.hardware import cpu_has_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("raw", "features", "http", "grpc", "soak", "nobatch", "torch", "litserve", "interleaved", "spark")
+STAGES = ("raw", "features", "lean", "bento", "http", "grpc", "soak", "nobatch", "torch", "litserve", "interleaved",
+          "spark")
 SERVER_START_TIMEOUT_S = 300.0
 
 log = logging.getLogger("bench")
@@ -77,12 +98,23 @@ class Plan:
     litserve: bool = True  # the LitServe peer (its start-up alone takes ~20 s)
     rounds: int = 4  # of the interleaved comparison
     spark_files: int = 400  # clips classified by the Spark job on local[2]
+    hostile_seconds: float = 30.0  # the hostile burst of the lean stage
+    hostile_clients: int = 8
 
 
 FULL = Plan()
 QUICK = Plan(raw_seconds=0.2, feature_repeats=5, peer_clients=(1, 32), point_seconds=2.0, warmup_seconds=0.5,
-             soak_seconds=5.0, litserve=False, spark_files=48, rounds=1)
-PEER_CLIENTS = 32  # where the issue-9 ratios are taken
+             soak_seconds=5.0, litserve=False, spark_files=48, rounds=1, hostile_seconds=5.0)
+PEER_CLIENTS = 32  # where the issue-9 and issue-21 ratios are taken
+
+# The interleaved stage's servers: name -> (kind, environment). The names are those of report.RATIOS.
+INTERLEAVED = {
+    "service": ("service", {}),
+    "service-bf16": ("service", {"SOUND_PRECISION": "bf16"}),
+    "litserve-eager": ("litserve", {"SOUND_ENGINE": "torch"}),
+    "litserve-engine": ("litserve", {}),
+}
+ONE_CLIENT = ("service", "litserve-eager")  # also measured at one client, as "<name>, 1 client"
 
 
 def resolve_tag(tag: str) -> str:
@@ -161,14 +193,17 @@ def have_litserve() -> bool:
 
 
 @contextlib.contextmanager
-def litserve_peer(tag: str, out: Path) -> Iterator[tuple[str, int]]:
-    """The LitServe peer up on a free port: (predict URL, pid), stopped on exit."""
+def litserve_peer(tag: str, out: Path, name: str = "litserve", env: dict[str, str] | None = None
+                  ) -> Iterator[tuple[str, int, str]]:
+    """The LitServe peer up on a free port with `env` added: (predict URL, pid, engine), stopped on exit."""
     from testkit.server import free_port
 
     port = free_port()
     command = [sys.executable, "-m", "bench.litserve_peer", "--model", tag, "--port", str(port), "--max-batch-size", "32"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    with open(out / "server-litserve.log", "wb") as log_file:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           **(env or {})}
+    log_path = out / f"server-{name}.log"
+    with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:
@@ -181,10 +216,11 @@ def litserve_peer(tag: str, out: Path) -> Iterator[tuple[str, int]]:
                 pass
             time.sleep(0.5)
         else:
-            raise RuntimeError(f"the LitServe peer did not come up (exit {proc.poll()}); see server-litserve.log")
+            raise RuntimeError(f"the LitServe peer did not come up (exit {proc.poll()}); see {log_path.name}")
         # An idle LitServe still polls its queues (0.18 of a core here): settled is below 0.3.
-        log.info("  litserve peer up on :%d (settled in %.0f s)", port, settle(proc.pid, busy_cores=0.3))
-        yield f"http://127.0.0.1:{port}/predict", proc.pid
+        log.info("  %s up on :%d (settled in %.0f s)", name, port, settle(proc.pid, busy_cores=0.3))
+        found = re.search(r"litserve peer serving \S+ on (\S+)", log_path.read_text(errors="replace"))
+        yield f"http://127.0.0.1:{port}/predict", proc.pid, found.group(1) if found else "?"
     finally:
         os.killpg(proc.pid, 2)  # its own process group (start_new_session): the server and its workers
         try:
@@ -200,10 +236,11 @@ def litserve_sweep(tag: str, plan: Plan, body: tuple[bytes, str], results: dict)
         log.info("litserve: not installed, skipped")
         return
     log.info("served: litserve peer")
-    entry: dict = {"engine": "select_engine (as the service)", "max_batch_size": 32}
+    entry: dict = {"max_batch_size": 32}
     results["served"]["litserve"] = entry
     try:
-        with litserve_peer(tag, Path(results["meta"]["out"])) as (url, pid):
+        with litserve_peer(tag, Path(results["meta"]["out"])) as (url, pid, engine):
+            entry["engine"] = engine
             http = partial(loads.http_load, url, *body)
             entry["http"] = [loads.measure_point(http, c, plan.point_seconds, plan.warmup_seconds, server_pid=pid).as_dict()
                              for c in plan.peer_clients]
@@ -212,63 +249,124 @@ def litserve_sweep(tag: str, plan: Plan, body: tuple[bytes, str], results: dict)
         log.exception("  litserve failed")
 
 
-def interleaved(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, results: dict) -> None:
-    """The issue-9 ratios at PEER_CLIENTS clients, with the service, the service on PyTorch and the
-    LitServe peer all up at once and loaded in turn, round after round. Sequential stages let the
-    machine's drift into the ratios (here its speed moved by 15% within minutes); in turn, each
-    round compares the three under the same conditions, and the report takes medians. The servers
-    not under load are paused (`in_turn`), so none pays for another's idle work.
+def private_home(stack: contextlib.ExitStack) -> Path:
+    """A BentoML home of its own that sees the run's model store. `bentoml serve` empties
+    <home>/prometheus_multiproc_dir when it starts, so a second server on the same home silently
+    erases the first one's metrics (its /metrics, hence the mean batch sizes, lose its counts)."""
+    import tempfile
 
-    The issue-9 latency target is paired the same way: in each round, the service at one client,
-    then the served engine's own single-clip call in this process with every server paused; the
-    report takes the median of the rounds' differences."""
-    from soundclassifier.store import load_model
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-home-")))
+    (home / "models").symlink_to(Path(BentoMLContainer.bentoml_home.get()) / "models")
+    return home
+
+
+def started_service(tag: str, name: str, env: dict[str, str], out: Path, stack: contextlib.ExitStack):
+    """A `bentoml serve` with `env` added, on a private home (so servers up together keep their own
+    metrics), settled, stopped (and its log kept) when `stack` closes."""
     from testkit.server import ServedService
 
-    entry: dict = {"clients": PEER_CLIENTS, "rounds": [], "seconds": plan.point_seconds}
-    pairs: list[dict] = [{} for _ in range(plan.rounds)]  # the latency target's, per round
+    server = ServedService(tag, grpc_port="0", env=env, start_timeout_s=SERVER_START_TIMEOUT_S,
+                           bentoml_home=private_home(stack))
+
+    def stop() -> None:
+        server.stop()
+        (out / f"server-{name}.log").write_text(server.log())
+
+    stack.callback(stop)
+    server.start()
+    settle(server.process.pid)
+    return server
+
+
+def interleaved(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, results: dict) -> None:
+    """Issue 21's ratios at PEER_CLIENTS clients (and one client), with every INTERLEAVED server up
+    at once and loaded in turn, round after round. Sequential stages let the machine's drift into
+    the ratios (here its speed moved by 15% within minutes); in turn, each round compares them under
+    the same conditions, and the targets take the median of the rounds' own ratios. The servers not
+    under load are paused (`in_turn`), so none pays for another's idle work."""
+    entry: dict = {"clients": PEER_CLIENTS, "seconds": plan.point_seconds, "servers": {},
+                   "rounds": [{} for _ in range(plan.rounds)]}
     results["interleaved"] = entry
-    log.info("interleaved: service, service on torch%s, %d rounds at %d clients",
-             ", LitServe" if have_litserve() else "", plan.rounds, PEER_CLIENTS)
+    log.info("interleaved: %s, %d rounds at %d clients (and %s at one client)", ", ".join(INTERLEAVED), plan.rounds,
+             PEER_CLIENTS, ", ".join(ONE_CLIENT))
     with contextlib.ExitStack() as stack:
-        targets: dict[str, tuple[str, int, str | None]] = {}
-        for name, env in (("service", {}), ("torch", {"SOUND_ENGINE": "torch"})):
-            server = ServedService(tag, grpc_port="0", env=env, start_timeout_s=SERVER_START_TIMEOUT_S)
-            server.start()
-            stack.callback(server.stop)
-            settle(server.process.pid)
-            targets[name] = (f"{server.base_url}/classify", server.process.pid, server.base_url)
-        if have_litserve():
-            url, pid = stack.enter_context(litserve_peer(tag, out))
-            targets["litserve"] = (url, pid, None)
-        info = httpx.post(f"{targets['service'][2]}/info", timeout=30).json()
-        served_engine = f"{info['engine']}/{info['precision']}"
-        model = load_model(tag)
-        engine = raw.engines(model, Settings().engine_threads or None)[served_engine]()
-        clip = raw.inputs(model, 1)
-        # name -> (url, pid, base URL, clients): every server at PEER_CLIENTS, then the service at one.
-        points = {name: (*t, PEER_CLIENTS) for name, t in targets.items()} | {"service, 1 client": (*targets["service"], 1)}
-        entry["rounds"] = [{} for _ in range(plan.rounds)]
-        for r, name in in_turn({name: p[1] for name, p in points.items()} | {"raw engine": None}, plan.rounds):
-            log.info("  round %d: %s", r + 1, name)
-            if name == "raw engine":
-                times = raw.time_calls(lambda: engine(clip), plan.raw_seconds)
-                pairs[r]["raw_ms"] = statistics.median(times) * 1000
-                continue
+        targets: dict[str, tuple[str, int, str | None]] = {}  # name -> (URL, pid, base URL of a service)
+        for name, (kind, env) in INTERLEAVED.items():
+            if kind == "litserve":
+                if not have_litserve():
+                    entry["servers"][name] = {"skipped": "litserve not installed (pip install litserve==0.2.19 "
+                                                         "python-multipart)"}
+                    continue
+                url, pid, engine = stack.enter_context(litserve_peer(tag, out, f"interleaved-{name}", env))
+                targets[name] = (url, pid, None)
+                entry["servers"][name] = {"env": env, "engine": engine}
+            else:
+                server = started_service(tag, f"interleaved-{name}", env, out, stack)
+                info = httpx.post(f"{server.base_url}/info", timeout=30).json()
+                targets[name] = (f"{server.base_url}/classify", server.process.pid, server.base_url)
+                entry["servers"][name] = {"env": env, "engine": f"{info['engine']}/{info['precision']}",
+                                          "engines_tried": info["engines_tried"]}
+            log.info("  %s: %s", name, entry["servers"][name]["engine"])
+        points = {name: (*t, PEER_CLIENTS) for name, t in targets.items()}
+        points |= {f"{name}, 1 client": (*targets[name], 1) for name in ONE_CLIENT if name in targets}
+        for r, name in in_turn({name: p[1] for name, p in points.items()}, plan.rounds):
             url, pid, base, clients = points[name]
+            log.info("  round %d: %s", r + 1, name)
             load = loads.measure_point(partial(loads.http_load, url, *body), clients,
                                        plan.point_seconds, plan.warmup_seconds, base_url=base, server_pid=pid)
-            if clients == 1:
-                pairs[r]["p50_ms"] = load.latency_ms["p50"]
-            else:
-                entry["rounds"][r][name] = {"rps": load.rps, "errors": load.errors, "p50_ms": load.latency_ms["p50"]}
-    entry["latency"] = report.paired_latency(served_engine, pairs)
-    names = entry["rounds"][0].keys()
-    entry["median_rps"] = {n: statistics.median(row[n]["rps"] for row in entry["rounds"]) for n in names}
-    for peer in ("torch", "litserve"):
-        if peer in names:
-            entry[f"ratio_to_{peer}"] = statistics.median(row["service"]["rps"] / row[peer]["rps"]
-                                                          for row in entry["rounds"])
+            entry["rounds"][r][name] = {"clients": clients, "rps": load.rps, "errors": load.errors,
+                                        "p50_ms": load.latency_ms["p50"], "p99_ms": load.latency_ms["p99"],
+                                        "mean_batch": load.mean_batch}
+    entry.update(report.summarize_interleaved(entry["rounds"]))
+
+
+def lean(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, results: dict) -> None:
+    """Issue 21 on one server with the defaults: cold start and start-up peak (bench/startup.py),
+    RSS after warm-up, after a PEER_CLIENTS load and after a hostile burst (bench/hostile.py), and
+    whether a served process maps libtorch."""
+    from testkit.server import ServedService
+
+    workers, _, _ = Settings().layout()  # the environment the server inherits
+    entry: dict = {}
+    results["lean"] = entry
+    log.info("lean: cold start, memory (%d workers)", workers)
+    server = ServedService(tag, grpc_port="0", start_timeout_s=SERVER_START_TIMEOUT_S)
+    try:
+        entry["start"] = startup.launch(server, workers, body)
+        pid, url = server.process.pid, server.base_url
+        info = httpx.post(f"{url}/info", timeout=30).json()
+        entry["engine"] = f"{info['engine']}/{info['precision']}"
+        http = partial(loads.http_load, f"{url}/classify", *body)
+        http(PEER_CLIENTS, max(plan.warmup_seconds, 2.0))
+        loads.wait_idle(url)
+        entry["memory_warm"] = tree_memory(pid)
+        entry["load"] = loads.measure_point(http, PEER_CLIENTS, plan.point_seconds, 0, base_url=url,
+                                            server_pid=pid).as_dict()
+        entry["memory_after_load"] = tree_memory(pid)
+        entry["hostile"] = hostile.run_burst(url, plan.hostile_clients, plan.hostile_seconds)
+        loads.wait_idle(url)
+        entry["memory_after_hostile"] = tree_memory(pid)
+        entry["libtorch"] = libtorch_maps(pid)
+        log.info("  RSS warm %.0f MiB, after load %.0f, after the hostile burst %.0f; libtorch mapped by %s",
+                 entry["memory_warm"]["rss_mb"], entry["memory_after_load"]["rss_mb"],
+                 entry["memory_after_hostile"]["rss_mb"], entry["libtorch"]["mapped"] or "no process")
+    except Exception as e:  # noqa: BLE001 - one failed stage must not lose the others
+        entry["failed"] = f"{type(e).__name__}: {e}"
+        log.exception("  lean failed")
+    finally:
+        server.stop()
+        (out / "server-lean.log").write_text(server.log())
+
+
+def bento(tag: str, body: tuple[bytes, str], out: Path, results: dict) -> None:
+    log.info("bento: build, export, import into an empty home, serve")
+    try:
+        results["bento"] = startup.bento_cold_start(tag, Settings().layout()[0], body, out)
+    except Exception as e:  # noqa: BLE001
+        results["bento"] = {"failed": f"{type(e).__name__}: {e}"}
+        log.exception("  bento failed")
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -357,6 +455,10 @@ def main(argv: list[str] | None = None) -> int:
 
     audio = clip_file("WAV")
     body = multipart(audio)
+    if "lean" not in skip:  # first: its cold start and memory are measured with nothing else of the run up
+        lean(tag, plan, body, args.out, results)
+    if "bento" not in skip:
+        bento(tag, body, args.out, results)
     if not {"http", "grpc", "soak"} <= skip:
         served_sweep(tag, "batching", {}, plan, body, audio, plan.clients, with_http="http" not in skip,
                      with_grpc="grpc" not in skip, with_soak="soak" not in skip, out=args.out, results=results)
@@ -395,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     print(paths["md"].read_text())
     log.info("wrote %s", ", ".join(str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p) for p in paths.values()))
     failed = [name for name, s in results["served"].items() if "failed" in s]
-    failed += ["interleaved"] if "failed" in results.get("interleaved", {}) else []
+    failed += [stage for stage in ("lean", "bento", "interleaved") if "failed" in results.get(stage, {})]
     soak_errors = results.get("soak", {}).get("errors", 0)
     if failed or soak_errors:
         log.error("failed stages: %s; soak errors: %d", failed or "none", soak_errors)

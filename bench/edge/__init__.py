@@ -2,7 +2,7 @@
 
     PYTHONPATH=$PWD python -m bench.edge.race PORT 64 60              # keep-alive race, 64 clients, 60 s
     PYTHONPATH=$PWD python -m bench.edge.killtest PORT ARBITER_PID 30  # SIGKILL a worker under load (/echo)
-    PYTHONPATH=$PWD python -m bench.edge.killtest_classify PORT ARBITER_PID 30   # the same on /classify
+    PYTHONPATH=$PWD python -m bench.edge.killtest PORT ARBITER_PID 30 classify   # the same on /classify
     PYTHONPATH=$PWD python -m bench.edge.abandon PORT ARBITER_PID 90   # hang up on a 90-min /timeline
     PYTHONPATH=$PWD python -m bench.edge.textfields PORT               # hostile text fields, names, /info
     PYTHONPATH=$PWD python -m bench.edge.early413 PORT                 # 200 MiB to /classify: when is 413 seen

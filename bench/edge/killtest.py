@@ -10,8 +10,12 @@ import time
 import httpx
 import psutil
 
+from bench.edge._tone import tone_bytes
+
 port, arbiter_pid = int(sys.argv[1]), int(sys.argv[2])
 duration = float(sys.argv[3]) if len(sys.argv) > 3 else 40
+ROUTE = sys.argv[4] if len(sys.argv) > 4 else "echo"  # echo (bench/edge/tiny_service.py) or classify
+WAV = tone_bytes() if ROUTE == "classify" else b""
 stop = time.monotonic() + duration
 results, livez = [], []
 
@@ -21,7 +25,8 @@ def client():
         while time.monotonic() < stop:
             t = time.monotonic()
             try:
-                r = c.post("/echo", json={"text": "hi"})
+                r = (c.post("/classify", files={"audio": ("a.wav", WAV, "audio/wav")}) if ROUTE == "classify"
+                     else c.post("/echo", json={"text": "hi"}))
                 results.append((t, r.status_code, time.monotonic() - t))
             except httpx.HTTPError as e:
                 results.append((t, type(e).__name__, time.monotonic() - t))

@@ -171,13 +171,20 @@ def interleaved_targets(both: dict) -> list[dict]:
         out.append(_target(
             r.title, f"median of {len(ratio['per_round'])} rounds: {m:.2f} x ({a} vs {b}; per round {per_round}){note}",
             f"{r.op} {r.goal:g} x", m / r.goal, _OPS[r.op](m, r.goal),
-            f"{_pct(m / r.goal - 1)} vs target" if r.op != "<=" else f"{_pct(1 - m / r.goal)} headroom",
+            f"{_pct(m / r.goal - 1)} vs target" if r.op != "<=" else _under(m, r.goal, "x"),
         ))  # fmt: skip
     return out
 
 
 def _mib(x: float) -> str:
     return f"{x:.0f} MiB"
+
+
+def _under(value: float, limit: float, unit: str = "MiB") -> str:
+    """The margin of an at-most target: headroom when met, by how much it is over when not."""
+    if value <= limit:
+        return f"{_pct(1 - value / limit)} headroom"
+    return f"over by {value - limit:.{0 if unit == 'MiB' else 2}f} {unit}".rstrip()
 
 
 def lean_targets(lean: dict | None) -> list[dict]:
@@ -203,7 +210,7 @@ def lean_targets(lean: dict | None) -> list[dict]:
             names[0], f"warm {_mib(warm['rss_mb'])}, after {lean['load']['seconds']:.0f} s at {lean['load']['clients']} "
                       f"clients {_mib(loaded['rss_mb'])} ({start['workers']} workers; PSS {_mib(loaded['pss_mb'])}; "
                       f"{parts})",
-            f"<= {_mib(MAX_RSS_MB)}", top / MAX_RSS_MB, top <= MAX_RSS_MB, f"{_pct(1 - top / MAX_RSS_MB)} headroom"))
+            f"<= {_mib(MAX_RSS_MB)}", top / MAX_RSS_MB, top <= MAX_RSS_MB, _under(top, MAX_RSS_MB)))
     else:
         out.append(_missing(names[0], lean.get("failed", "not reached")))
     after = lean.get("memory_after_hostile")
@@ -215,7 +222,7 @@ def lean_targets(lean: dict | None) -> list[dict]:
                       f"{burst['clients']} hostile clients ({burst['requests']} requests, {burst['wrong']} wrong answers, "
                       f"/readyz {burst['readyz_after']})",
             f"<= {MAX_HOSTILE_GROWTH:g} x", growth / MAX_HOSTILE_GROWTH, growth <= MAX_HOSTILE_GROWTH,
-            f"{_pct(1 - growth / MAX_HOSTILE_GROWTH)} headroom"))
+            _under(growth, MAX_HOSTILE_GROWTH, "x")))
     else:
         out.append(_missing(names[1], lean.get("failed", "not reached")))
     peak = start["startup_rss"]
@@ -223,7 +230,7 @@ def lean_targets(lean: dict | None) -> list[dict]:
         names[2], f"{_mib(peak['peak_mb'])} at {peak['peak_at_s']:.1f} s ({peak['samples']} samples, every "
                   f"{peak['interval_s'] * 1000:.0f} ms)",
         f"<= {_mib(MAX_STARTUP_RSS_MB)}", peak["peak_mb"] / MAX_STARTUP_RSS_MB, peak["peak_mb"] <= MAX_STARTUP_RSS_MB,
-        f"{_pct(1 - peak['peak_mb'] / MAX_STARTUP_RSS_MB)} headroom"))
+        _under(peak["peak_mb"], MAX_STARTUP_RSS_MB)))
     every = start["every_worker_s"]
     if every is None:
         out.append(_target(names[3], f"only {len(start['worker_first_answer_s'])} of {start['workers']} workers answered",

@@ -267,3 +267,11 @@ def test_a_hostile_answer_is_wrong_unless_status_and_error_kind_match():
     assert hostile.check(case, httpx.Response(413, json={"error": "too_large", "detail": "x"})) is None
     assert "status 500" in hostile.check(case, httpx.Response(500, text="oops"))
     assert "expected 'too_large'" in hostile.check(case, httpx.Response(413, json={"error": "bad_request"}))
+
+
+def test_a_missed_memory_target_says_by_how_much():
+    rss, growth, peak, _, _ = lean_targets(_lean(loaded=MAX_RSS_MB + 3, after=(MAX_RSS_MB + 3) * 1.3,
+                                                 peak=MAX_STARTUP_RSS_MB + 10))
+    assert rss["margin"] == "over by 3 MiB"
+    assert growth["margin"] == "over by 0.05 x"
+    assert peak["margin"] == "over by 10 MiB"

@@ -54,7 +54,7 @@ bento: $(STAMP)
 containerize: bento
 	$(VENV)/bin/bentoml containerize "$$(sed 's/^__tag__://' bentos/.last-tag)"
 
-# Benchmark report (bench/results/latest.{md,json,png}) + a 64-client 60-s soak: ~18 min on a
+# Benchmark report (bench/results/latest.{md,json,png}) + a 64-client 60-s soak: ~25 min on a
 # quiet machine; the HTTP load client is wrk (apt-get install wrk).
 bench: $(STAMP)
 	@command -v wrk >/dev/null || { apt-get update && apt-get install -y --no-install-recommends wrk; }

@@ -96,6 +96,7 @@ def protocol_class(limits: EdgeLimits) -> type:
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
+            self._head_bytes, self._head_tail = 0, b""  # whatever arrives next is the next head
             self._phase = _APP  # the app's time is bounded by BentoML's traffic.timeout
 
         def on_response_complete(self) -> None:
@@ -108,7 +109,7 @@ def protocol_class(limits: EdgeLimits) -> type:
                 return
             if self._phase == _BODY:
                 self._since = self.loop.time()
-            if self._phase in (_IDLE, _HEAD) and self._head_too_large(data):
+            if self._phase != _BODY and self._head_too_large(data):
                 self._refuse(431, b"Request Header Fields Too Large", "too_large",
                              f"The request head is over {self.edge.max_head_bytes:,} bytes.")
                 return

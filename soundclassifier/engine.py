@@ -359,6 +359,17 @@ def check_engines(
                 attempts.append({"accepted": False, "reason": f"not made: quantization failed: {e}"})
                 break
             entry = run(lambda xml=xml: OpenVinoEngine(xml, "int8", threads))
+            if entry["accepted"]:
+                # A few dozen held-out clips are thin evidence for a quantized graph: its top-1 must
+                # also agree on the training clips it was calibrated with (the whole synthetic set
+                # showed 0.983 where 60 held-out clips showed 1.0).
+                seen = check_engine(OpenVinoEngine(xml, "int8", threads), softmax(reference_engine(calibration)),
+                                    calibration, None)
+                entry["calibration_top1_agreement"] = seen["top1_agreement"]
+                if seen["top1_agreement"] < MIN_TOP1_AGREEMENT:
+                    entry["accepted"] = False
+                    entry["reason"] = (f"top-1 agreement {seen['top1_agreement']:.4f} < {MIN_TOP1_AGREEMENT} on the "
+                                       f"{len(calibration)} calibration clips")
             attempts.append({**entry, "quantized": attempt, "fp32_layers": keep, "calibration_inputs": len(calibration)})
             if entry["accepted"]:
                 int8_path = xml

@@ -172,7 +172,10 @@ class Background:
                  ready_path: str = "/", start_timeout_s: float = 60.0):
         self.port = port
         self.log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})},
+        # A private BENTOML_HOME: `bentoml serve` empties <home>/prometheus_multiproc_dir as it starts,
+        # which erased the /metrics of every other server on the same home (the tests' own).
+        home = {"BENTOML_HOME": tempfile.mkdtemp(prefix="edge-bentoml-home-")}
+        self.proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **home, **(env or {})},
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + start_timeout_s
         while time.monotonic() < deadline:

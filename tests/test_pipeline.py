@@ -89,7 +89,7 @@ def test_min_confidence_turns_a_weak_answer_into_unknown(loaded_model):
 
 def test_the_stored_calibration_sets_the_temperature_and_the_default_threshold(loaded_model):
     clip = af.wav_sine(freq=700.0, seconds=2.0)
-    plain = pipeline(loaded_model)
+    plain = pipeline(loaded_model, calibration={})
     calibrated = pipeline(loaded_model, calibration={"temperature": 3.0, "threshold": 0.99})
     for p in (plain, calibrated):
         p.batcher.open.set()

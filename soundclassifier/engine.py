@@ -490,7 +490,8 @@ def select_engine(
         report["tried"] = {**tried, **report["tried"]}
         report["forced"] = f"{choice}/{precision or 'any'} could not serve"
         return engine, report
-    if all(v.startswith("not installed") for label, v in tried.items() if label != REFERENCE):
+    loaded = [v for label, v in tried.items() if label != REFERENCE and not v.startswith("not used")]
+    if all(v.startswith("not installed") for v in loaded):  # (engines the report refused were never loaded)
         raise NoEngineError(
             "no inference engine is installed: install OpenVINO and ONNX Runtime (pip install -r "
             "requirements/serve.txt), or the PyTorch extra (pip install -r requirements/torch.txt)")

@@ -260,6 +260,7 @@ def test_defaults_train_on_the_shipped_real_recordings():
     args = parse_args([])
     assert args.dataset == "esc10" and args.data_dir == SHIPPED_ESC10
     assert not args.refit and args.valid_fold is None and args.clip_seconds is None and not args.cv
+    assert args.outliers == 0.25 and args.mixup == 0.4 and args.epochs == 40 and args.speed == 0.0
     assert parse_args(["--dataset", "synthetic"]).data_dir == Path("data/synthetic")
 
 

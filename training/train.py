@@ -83,7 +83,7 @@ DEFAULTS = dict(
     mixup=0.4,  # mixup alpha (0 disables); strong regulariser for small audio sets
     specaugment=True,  # time/frequency masking + time shift + noise
     speed=0.0,  # speed perturbation: resample by up to +-this fraction (0 = off)
-    outliers=0.0,  # outlier exposure: generated non-class clips, this share of the training set (0 = off)
+    outliers=0.25,  # outlier exposure: generated non-class clips, this share of the training set (0 = off)
     valid_fold=None,  # held-out fold; None = the data set's first (ESC-50: 1, shipped ESC-10: 2)
     clip_seconds=None,  # model window; None = chosen from the clip durations (choose_clip_seconds)
     seed=0,
@@ -107,7 +107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mixup", type=float, default=d["mixup"], help="mixup alpha; 0 turns mixup off (default %(default)s)")
     p.add_argument("--no-specaugment", dest="specaugment", action="store_false", help="turn off masking, shift and noise augmentation")
     p.add_argument("--speed", type=float, default=d["speed"], help="speed perturbation: play each training clip up to this fraction faster or slower, pitch with tempo (default %(default)s = off)")
-    p.add_argument("--outliers", type=float, default=d["outliers"], help="outlier exposure: add generated sounds of none of the classes (noise, tones, silence, synthetic) to training with a uniform target, this many per training clip (default %(default)s = off)")
+    p.add_argument("--outliers", type=float, default=d["outliers"], help="outlier exposure: add generated sounds of none of the classes (noise, tones, silence, synthetic) to training with a uniform target, this many per training clip; 0 turns it off (default %(default)s)")
     p.add_argument("--valid-fold", type=int, default=d["valid_fold"], help="fold held out for evaluation and calibration (default: the data set's first fold)")
     p.add_argument("--cv", action="store_true", help="cross-validate: hold out every fold in turn, report mean and spread, calibrate on all held-out predictions")
     p.add_argument("--refit", action="store_true", help="after the evaluation, train once more on every fold and ship that network (always so with --cv)")
@@ -329,8 +329,9 @@ def open_set_report(kinds: list[str], logits: np.ndarray, ev: Evaluation, temper
         "unknown_rate_by_kind": by_kind,
         "in_set_accuracy_with_unknown": round(accuracy_with_unknown(in_set, ev.targets, threshold), 4),
         "in_set_unknown_rate": round(float(1 - answered(in_set, threshold).mean()), 4),
-        "source": "training.outofset (generated offline: silence, noise, tones, speech-like, music, "
-        "synthetic classes not among the labels)",
+        "source": "training.outofset, generated offline: silence, noise, tones, speech-like babble, music, "
+        "synthetic classes not among the labels; with --outliers, training saw other clips of the kinds "
+        f"{', '.join(outofset.OUTLIER_KINDS)}, never speech or music",
     }
 
 

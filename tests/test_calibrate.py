@@ -7,6 +7,8 @@ import pytest
 from scipy.special import softmax
 
 from training.calibrate import (
+    MAX_THRESHOLD,
+    MIN_TEMPERATURE,
     accuracy_with_unknown,
     answered,
     calibrate,
@@ -26,7 +28,7 @@ def sampled(temperature: float, n: int = 4000, classes: int = 5, seed: int = 0):
     return logits, targets
 
 
-@pytest.mark.parametrize("true_t", [0.5, 1.0, 2.5])
+@pytest.mark.parametrize("true_t", [0.7, 1.0, 2.5])
 def test_fit_temperature_recovers_the_temperature_the_labels_were_drawn_with(true_t):
     logits, targets = sampled(true_t)
     t = fit_temperature(logits, targets)
@@ -120,3 +122,18 @@ def test_outlier_exposure_loss():
     assert g[0] > 0 and g[1] < 0
     assert logits.grad[1].abs().max() < 1e-6  # already uniform: nothing to push
     assert OutlierExposureLoss.y_int  # fastai's MixUp then mixes losses, not integer targets
+
+
+def test_held_out_clips_all_right_do_not_sharpen_to_certainty():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 0.3, (100, 10))
+    targets = rng.integers(0, 10, 100)
+    logits[np.arange(100), targets] += 3 + 3 * rng.random(100)  # every clip right, by a clear margin
+    assert nll(logits, targets, 0.1) < nll(logits, targets, 0.5)  # the NLL alone wants T -> 0
+    cal = calibrate(logits, targets, "m")
+    assert cal["temperature"] == pytest.approx(MIN_TEMPERATURE, rel=1e-3)
+    assert cal["threshold"] <= MAX_THRESHOLD < 1.0
+    # an answer with a clear but not overwhelming margin can still be "unknown"
+    doubtful = np.zeros((1, 10))
+    doubtful[0, 0] = 2.0
+    assert not answered(softmax(doubtful / cal["temperature"], axis=1), cal["threshold"])[0]

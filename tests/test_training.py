@@ -81,6 +81,7 @@ def test_saved_entry_has_weights_reports_and_metadata(tiny_model_tag, synthetic_
     assert np.array(metrics["confusion_matrix"]).shape == (10, 10)
     assert np.array(metrics["confusion_matrix"]).sum() == 20
     assert metrics["skipped_files"] == []
+    assert metrics["labels"] == list(CLASSES)  # the confusion matrix's row and column order
 
 
 def test_load_model_returns_an_eval_network_and_labels(loaded_model, tiny_model_tag):

@@ -137,7 +137,7 @@ BF16_MIN_FRAMES = 33
 """Inputs narrower than this train in fp32 even where bf16 is available: the ResNet's stride-2
 convolutions then produce maps one frame wide, and oneDNN's bf16 convolution returned non-finite
 values for those (torch 2.14.1 here: 9 of 30 fresh ResNet-18 forward passes at 22 frames, channels_last,
-0 of 30 at 33 or more; fp32 never)."""
+0 of 20 at 33, 0 of 30 at 44 and 216; fp32 never)."""
 
 
 def use_bf16(args: argparse.Namespace, device: torch.device, frames: int) -> bool:
@@ -406,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         shipped = f"the evaluated network (trained without fold {ev.folds[0]})"
 
     def reports(folder: Path) -> None:
-        write_json(folder / METRICS_FILE, {**metrics, "skipped_files": data.skipped})
+        # The labels in class order: the confusion matrix follows them (the JSON's keys are sorted).
+        write_json(folder / METRICS_FILE, {**metrics, "labels": ds.labels, "skipped_files": data.skipped})
         plot_confusion(metrics, ds.labels, folder / "confusion_matrix.png")
 
     train_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if v is not None}

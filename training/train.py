@@ -11,7 +11,7 @@
 How a model is made: train on every fold but one (--valid-fold, default the data set's first),
 measure it on that fold, fit its calibration there (temperature, recommended min_confidence) and
 ship that very network, so its score and calibration are its own. --refit then trains once more,
-same recipe and seed, on every fold and ships that instead (more data, about twice the time; the
+same recipe and seed, on every fold and ships that instead (more data, more than twice the time; the
 score and calibration are the measured network's). With --cv every fold is held out in turn, the
 pooled held-out predictions give the score (mean and spread over folds) and the calibration, and
 the shipped network is trained on every fold. The metadata says which was done ("evaluation").

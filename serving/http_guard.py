@@ -10,11 +10,11 @@ turns each of those into a clear 4xx:
          by the core's own rules, soundclassifier.options: BentoML `json.loads` every text field
          and answered a 5000-digit number or deeply nested brackets with 500), or a file's name
          is longer than MAX_FILENAME_BYTES (BentoML puts it in a temporary file's name)
-A body that passes is replayed unchanged to BentoML. Large bodies spill to a temporary file.
-
-The check runs starlette's own multipart parser (the one BentoML runs next), so it refuses exactly
-what would make BentoML fail, but keeps only the form's shape: file contents are not copied (a long
-recording for /timeline would otherwise be written to a temporary file here and again by BentoML).
+The body passes through to BentoML unchanged as it arrives; the guard parses each piece before
+BentoML gets it (starlette's own multipart parser, the one BentoML runs next, so it refuses exactly
+what would make BentoML fail) and checks the whole form before handing over the last piece. It keeps
+only the form's shape, never the file contents: an upload is held once, by BentoML (issue 18:
+a long /timeline recording was on disk twice, the guard's copy and BentoML's spool).
 
 Until the previous round the guard also answered /classify itself from its own parse, beside
 BentoML's declared route: -0.9 and -0.1 ms p50 at one client in two A/Bs of 10 rounds, below what
@@ -23,13 +23,16 @@ this machine can tell from noise, for a second copy of the route's arguments and
 
 from __future__ import annotations
 
+import codecs
 import json
-import tempfile
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import python_multipart as multipart
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import FormData, Headers, UploadFile
-from starlette.formparsers import MultiPartParser
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from soundclassifier.config import Settings
 from soundclassifier.options import ClassifyOptions, InvalidArgumentError, TimelineOptions, validate_options
@@ -37,8 +40,6 @@ from soundclassifier.options import ClassifyOptions, InvalidArgumentError, Timel
 Scope = dict
 Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
-CHUNK = 1 << 20  # large bodies are replayed from disk in pieces of this size
-SPOOL_BYTES = 8 << 20
 MAX_FILENAME_BYTES = 200  # file systems allow 255 per name; BentoML adds a prefix
 
 
@@ -94,112 +95,139 @@ class UploadGuard:
         if declared is not None and declared.isdigit() and int(declared) > rule.max_bytes:
             await _reject(send, 413, "too_large", _too_large(int(declared), rule.max_bytes), close=True)
             return
-        with _Body() as body:
-            if not await body.read(receive, send, rule.max_bytes):
-                return
-            problem = await _form_problem(scope, body, rule)
+        try:
+            form = _FormShape(headers)
+        except MultiPartException as e:
+            await _reject(send, 400, "bad_request", _malformed(e), close=True)
+            return
+        size = 0
+
+        async def checked() -> dict:
+            """The client's next piece of body, once the form so far (all of it, with the last
+            piece) is known to be one BentoML will take."""
+            nonlocal size
+            message = await receive()
+            if message["type"] != "http.request":
+                raise _Answered  # the client left mid-body: nobody to answer, nothing to parse
+            chunk, last = message.get("body", b""), not message.get("more_body", False)
+            size += len(chunk)
+            if size > rule.max_bytes:
+                await _reject(send, 413, "too_large", _too_large(size, rule.max_bytes), close=True)
+                raise _Answered
+            try:
+                form.feed(chunk)
+                problem = _form_problem(form.finish(), rule) if last else None
+            except MultiPartException as e:
+                await _reject(send, 400, "bad_request", _malformed(e), close=not last)
+                raise _Answered from None
             if problem:
                 await _reject(send, 400, "bad_request", problem)
-                return
-            await self.app(scope, _replay(body, then=receive), send)
+                raise _Answered
+            return message
+
+        try:
+            await self.app(scope, checked, send)
+        except _Answered:
+            pass
+        finally:
+            form.close()
 
     async def _no_arguments(self, scope: Scope, receive: Receive, send: Send, rule: NoArgumentsRule,
                             headers: Headers) -> None:
-        with _Body() as body:
-            if not await body.read(receive, send, rule.max_bytes):
-                return
-            data = b"".join(body.pieces())
-            if data.strip():
-                if not headers.get("content-type", "").startswith("application/json"):
-                    await _reject(send, 415, "unsupported_media_type", "This route takes no body, or {} as JSON.")
-                    return
-                try:
-                    arguments = json.loads(data)
-                except ValueError:
-                    arguments = None
-                if arguments != {}:
-                    await _reject(send, 400, "bad_request", "This route takes no arguments: send no body, or {}.")
-                    return
-            await self.app(scope, _replay(body, then=receive), send)
-
-
-class _Body:
-    """The request body: chunks in memory up to SPOOL_BYTES, then a temporary file.
-
-    Not a SpooledTemporaryFile: its writes and reads copied every byte twice more and cost
-    ~1 ms per 0.4 MB upload here; small bodies are joined once and replayed as one message."""
-
-    def __init__(self):
-        self.size = 0
-        self.chunks: list[bytes] = []
-        self.file = None
-
-    async def read(self, receive: Receive, send: Send, max_bytes: int) -> bool:
-        """Read the whole body; False if the client left or the body is over `max_bytes` (then
-        answered with 413)."""
+        data = b""
         while True:
             message = await receive()
-            if message["type"] == "http.disconnect":
-                return False
-            self.write(message.get("body", b""))
-            if self.size > max_bytes:
-                await _reject(send, 413, "too_large", _too_large(self.size, max_bytes), close=True)
-                return False
+            if message["type"] != "http.request":
+                return
+            data += message.get("body", b"")
+            if len(data) > rule.max_bytes:
+                await _reject(send, 413, "too_large", _too_large(len(data), rule.max_bytes), close=True)
+                return
             if not message.get("more_body", False):
-                return True
+                break
+        if data.strip():
+            if not headers.get("content-type", "").startswith("application/json"):
+                await _reject(send, 415, "unsupported_media_type", "This route takes no body, or {} as JSON.")
+                return
+            try:
+                arguments = json.loads(data)
+            except ValueError:
+                arguments = None
+            if arguments != {}:
+                await _reject(send, 400, "bad_request", "This route takes no arguments: send no body, or {}.")
+                return
+        await self.app(scope, _replay(data, then=receive), send)
 
-    def write(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        if self.file is None and self.size > SPOOL_BYTES:
-            self.file = tempfile.TemporaryFile()
-            self.file.writelines(self.chunks)
-            self.chunks = []
-        if self.file is not None:
-            self.file.write(chunk)
-        elif chunk:
-            self.chunks.append(chunk)
 
-    def pieces(self) -> Iterator[bytes]:
-        if self.file is None:
-            if len(self.chunks) > 1:
-                self.chunks = [b"".join(self.chunks)]
-            yield from self.chunks
-            return
-        self.file.seek(0)
-        while piece := self.file.read(CHUNK):
-            yield piece
-
-    def __enter__(self) -> _Body:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.file is not None:
-            self.file.close()
+class _Answered(BaseException):
+    """Raised out of the app's `receive()` once the guard has answered (or the client has left):
+    it unwinds BentoML's form parsing (which closes its temporary files) up to the guard. A
+    BaseException, so that no handler on the way turns it into a 500 and a logged traceback of
+    its own, as BentoML does with a ClientDisconnect."""
 
 
 class _FormShape(MultiPartParser):
-    """starlette's multipart parser, minus the copying of file contents."""
+    """starlette's multipart parser (the one BentoML runs next, same callbacks and limits), fed
+    the body a piece at a time as it passes to BentoML, and keeping only the form's shape: file
+    contents are not copied. So the body is held once, by BentoML (a long recording for /timeline
+    on disk once, not also here), and it is still refused before BentoML sees its last piece."""
+
+    def __init__(self, headers: Headers):
+        super().__init__(headers, stream=None)
+        # As MultiPartParser.parse() sets up its parser (starlette 1.x), minus the reading loop.
+        _, params = parse_options_header(headers["Content-Type"])
+        charset = params.get(b"charset", "utf-8")
+        charset = charset.decode("latin-1") if isinstance(charset, bytes) else charset
+        try:
+            self._charset = codecs.lookup(charset).name
+        except LookupError:
+            self._charset = "latin-1"
+        if b"boundary" not in params:
+            raise MultiPartException("Missing boundary in multipart.")
+        callbacks = {
+            "on_part_begin": self.on_part_begin,
+            "on_part_data": self.on_part_data,
+            "on_part_end": self.on_part_end,
+            "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value,
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+            "on_end": self.on_end,
+        }
+        try:  # a boundary over 256 bytes is refused here
+            self._parser = multipart.MultipartParser(params[b"boundary"], callbacks)
+        except FormParserError as e:
+            raise MultiPartException(f"Invalid multipart data: {e}.") from e
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._current_part.file is None:  # text fields: kept, and size-checked as usual
             super().on_part_data(data, start, end)
 
+    def feed(self, chunk: bytes) -> None:
+        try:
+            self._parser.write(chunk)
+        except FormParserError as e:
+            raise MultiPartException("Invalid multipart data.") from e
 
-async def _chunks(body: _Body):
-    for piece in body.pieces():
-        yield piece
+    def finish(self) -> FormData:
+        try:
+            self._parser.finalize()
+        except FormParserError as e:
+            raise MultiPartException("Invalid multipart data.") from e
+        return FormData(self.items)
+
+    def close(self) -> None:
+        for file in self._files_to_close_on_error:  # empty: their contents were never written
+            file.close()
 
 
-async def _form_problem(scope: Scope, body: _Body, rule: UploadRule) -> str | None:
-    """What is wrong with the body's form, or None."""
-    try:
-        form = await _FormShape(Headers(scope=scope), _chunks(body)).parse()
-    except Exception as e:  # starlette raises HTTPException / MultiPartException / ValueError
-        return f"The multipart body is malformed ({getattr(e, 'detail', None) or e})."
-    try:
-        return _file_field_problem(form, rule.file_fields) or _text_field_problem(form, rule)
-    finally:
-        await form.close()
+def _malformed(e: MultiPartException) -> str:
+    return f"The multipart body is malformed ({e.message})."
+
+
+def _form_problem(form: FormData, rule: UploadRule) -> str | None:
+    """What is wrong with a whole form, or None."""
+    return _file_field_problem(form, rule.file_fields) or _text_field_problem(form, rule)
 
 
 def _file_field_problem(form: FormData, names: tuple[str, ...]) -> str | None:
@@ -232,20 +260,17 @@ def _text_field_problem(form: FormData, rule: UploadRule) -> str | None:
     return None
 
 
-def _replay(body: _Body, then: Receive | None = None) -> Receive:
-    """A `receive` that plays the buffered body, then defers to `then` (the client's own
-    channel, which reports a real disconnect) or reports a disconnect itself."""
-    pieces = body.pieces()
-    current = next(pieces, b"")
-    done = False
+def _replay(body: bytes, then: Receive) -> Receive:
+    """A `receive` that plays the read body, then defers to `then` (the client's own channel,
+    which reports a real disconnect)."""
+    sent = False
 
     async def receive() -> dict:
-        nonlocal current, done
-        if done:
-            return await then() if then is not None else {"type": "http.disconnect"}
-        chunk, current = current, next(pieces, None)
-        done = current is None
-        return {"type": "http.request", "body": chunk, "more_body": not done}
+        nonlocal sent
+        if sent:
+            return await then()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
 
     return receive
 

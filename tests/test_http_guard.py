@@ -100,3 +100,55 @@ def test_a_route_without_arguments_takes_no_body_or_an_empty_json_object():
     assert client.post("/info", json={"a": 1}).status_code == 400
     assert client.post("/info", content=b"{" * 10, headers={"content-type": "application/json"}).status_code == 400
     assert client.post("/info", content=b" " * (64 << 20), headers={"content-type": "application/json"}).status_code == 413
+
+
+def test_the_body_passes_piece_by_piece_and_the_last_piece_only_once_the_form_is_checked():
+    """The guard holds no copy of an upload (issue 18: disk <= 1x the upload): each piece reaches
+    the app as it arrives; only the last waits for the whole form's check, and a bad field found
+    there stops the app before it has the whole body."""
+    import asyncio
+
+    import httpx
+
+    async def run(fields: dict) -> tuple[list[int], list[dict], list[int]]:
+        request = httpx.Request("POST", "http://x/classify", files={"audio": ("clip.wav", AUDIO)}, data=fields)
+        body = request.read()
+        pieces = [body[i:i + 10_000] for i in range(0, len(body), 10_000)]
+        given, reached, sent = [], [], []
+
+        async def receive() -> dict:
+            i = len(given)
+            given.append(i)
+            return {"type": "http.request", "body": pieces[i], "more_body": i < len(pieces) - 1}
+
+        async def app(scope, receive_, send_) -> None:
+            while True:
+                message = await receive_()
+                reached.append(len(given))  # how many pieces the client had given when this one arrived
+                if not message["more_body"]:
+                    break
+            await send_({"type": "http.response.start", "status": 200, "headers": []})
+            await send_({"type": "http.response.body", "body": b"app"})
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                sent.append(message["status"])
+
+        scope = {"type": "http", "method": "POST", "path": "/classify",
+                 "headers": [(k.lower().encode(), v.encode()) for k, v in request.headers.items()]}
+        await UploadGuard(app, rules={"/classify": UploadRule(1 << 20, ClassifyOptions)})(scope, receive, send)
+        return reached, sent, pieces
+
+    reached, sent, pieces = asyncio.run(run({"top_k": "3"}))
+    assert len(pieces) > 20 and reached == list(range(1, len(pieces) + 1)) and sent == [200]
+    reached, sent, pieces = asyncio.run(run({"top_k": "51"}))
+    assert reached == list(range(1, len(pieces))) and sent == [400]  # all but the last piece
+
+
+def test_a_boundary_the_parser_refuses_is_a_400():
+    client, behind = guarded()
+    b = "B" * 5000  # python-multipart allows 256 bytes
+    body = f'--{b}\r\nContent-Disposition: form-data; name="audio"; filename="a.wav"\r\n\r\nx\r\n--{b}--\r\n'
+    r = client.post("/classify", content=body.encode(), headers={"content-type": f"multipart/form-data; boundary={b}"})
+    assert r.status_code == 400 and "256" in r.json()["detail"]
+    assert behind.seen == []

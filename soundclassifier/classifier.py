@@ -1,6 +1,6 @@
 """The synchronous core: one model and its engine, from bytes to typed results.
 
-    prepare(bytes)  -> (Audio, features)        decode + validate + log-mel, per clip
+    prepare(bytes)  -> (AudioInfo, features)    decode + validate + log-mel, per clip
     forward(batch)  -> probabilities            one engine call for a stacked batch
     classification(...) / timeline(...)         typed results
 
@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from soundclassifier.audio import NO_LIMITS, Audio, Limits, Source, decode
+from soundclassifier.audio import NO_LIMITS, AudioInfo, BlockDecoder, Limits, Source
 from soundclassifier.engine import Engine, TorchEngine
 from soundclassifier.options import ClassifyOptions, TimelineOptions, validate_options
 from soundclassifier.predictions import (
@@ -63,10 +63,12 @@ class Classifier:
 
     def prepare(
         self, source: Source, limits: Limits = NO_LIMITS
-    ) -> tuple[Audio, np.ndarray]:
-        """Decode one upload and compute its model input (1, n_mels, frames); raises AudioError."""
-        audio = decode(source, limits)
-        return audio, np.asarray(self.features(audio))
+    ) -> tuple[AudioInfo, np.ndarray]:
+        """Decode one upload and compute its model input (1, n_mels, frames); raises AudioError.
+        Decoded a block at a time: memory holds one block and one window, not the clip."""
+        clip = BlockDecoder(source, limits)
+        x = self.features.from_blocks(clip, clip.sample_rate)
+        return clip.info(), np.asarray(x)
 
     def forward(self, batch: np.ndarray, wide: bool = True) -> np.ndarray:
         """Calibrated probabilities (n, n_classes) for a stacked batch (n, 1, n_mels, frames);
@@ -74,7 +76,7 @@ class Classifier:
         streams."""
         return softmax(self.engine(batch, wide=wide), self.temperature).astype(np.float32)
 
-    def classification(self, audio: Audio, probs: np.ndarray, opts: ClassifyOptions) -> Classification:
+    def classification(self, audio: AudioInfo, probs: np.ndarray, opts: ClassifyOptions) -> Classification:
         top = top_k(probs, self.labels, opts.top_k)
         return Classification(
             model=self.tag,

@@ -52,8 +52,8 @@ class Settings(BaseSettings):
     max_timeline_upload_mb: float = Field(1024.0, gt=0, description="largest upload /timeline accepts")
     max_timeline_seconds: float = Field(4 * 3600.0, gt=0, description="longest audio /timeline accepts")
     max_samples: int = Field(
-        2**24, gt=0, description="samples (frames x channels) decoded at once: a whole clip, or one timeline "
-        "window; bounds a request's memory (2**24 float32 samples: 64 MiB, 6 min of 44.1 kHz stereo)"
+        2**24, gt=0, description="samples (frames x channels) in one clip, or in one timeline window: bounds "
+        "a request's decoding work (2**24: 6 min of 44.1 kHz stereo)"
     )
     max_timeline_windows: int = Field(
         6000, gt=0, description="windows of one timeline (4 h at the default hop of a 5 s model)"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterable
 from fractions import Fraction
 from typing import Literal
 
@@ -165,20 +166,30 @@ class Features:
         choice does not depend on anything but the clip. Use the timeline for long recordings.
         """
         wave = np.asarray(wave, dtype=np.float32)
-        n = self.settings.clip_samples
-        if wave.shape[-1] == n:
+        if wave.shape[-1] == self.settings.clip_samples:
             return wave
-        if wave.shape[-1] < n:
-            return np.pad(wave, (0, n - wave.shape[-1]))
-        start = self.loudest_start(wave)
-        return wave[start : start + n]
+        loudest = LoudestWindow(self.settings.clip_samples, self.settings.hop_length)
+        loudest.add(wave)
+        return loudest.window()
 
-    def loudest_start(self, wave: np.ndarray) -> int:
-        n, hop = self.settings.clip_samples, self.settings.hop_length
-        energy = np.concatenate([[0.0], np.cumsum(np.square(wave, dtype=np.float64))])
-        starts = np.arange(0, wave.shape[-1] - n + 1, hop)
-        totals = energy[starts + n] - energy[starts]
-        return int(starts[int(np.argmax(totals))])  # the first of equals, as torch.argmax chose
+    def from_blocks(self, blocks: Iterable[np.ndarray], rate: int) -> np.ndarray:
+        """Model input of a clip decoded a block at a time (float32 (frames, channels) at `rate`):
+        the same values as `self(audio)` on the whole clip (tests/test_features.py), holding one
+        window and one block instead of the clip (issue 18: a 25 MB upload took 283 MB to find
+        its loudest window whole)."""
+        s = self.settings
+        if s.resampler != "soxr_hq":  # torchaudio's resampler takes the whole waveform at once
+            samples = np.ascontiguousarray(np.concatenate(list(blocks)).T)
+            return self.spectrogram(self.fit_window(to_mono_resampled(samples, rate, s.sample_rate, s.resampler)))
+        # libsoxr's stream gives the one-shot `soxr.resample`'s samples, whatever the pieces.
+        stream = soxr.ResampleStream(rate, s.sample_rate, 1, dtype="float32", quality="HQ") if rate != s.sample_rate else None
+        loudest = LoudestWindow(s.clip_samples, s.hop_length)
+        for block in blocks:
+            wave = mono(np.ascontiguousarray(block.T))
+            loudest.add(stream.resample_chunk(wave) if stream else wave)
+        if stream:
+            loudest.add(stream.resample_chunk(np.zeros(0, np.float32), last=True))
+        return self.spectrogram(loudest.window())
 
     # --- spectrogram stage ----------------------------------------------------------------------
 
@@ -295,12 +306,67 @@ def band_blocks(filterbank: np.ndarray) -> list[tuple[int, int, int, np.ndarray]
 MAX_RESAMPLE_DENOMINATOR = 500
 
 
+def mono(samples: np.ndarray) -> np.ndarray:
+    """(channels, frames) float32 -> (frames,): the channels' mean."""
+    # A mono clip's mean is its one channel (same values); the mean itself cost 0.2 ms per 5 s clip.
+    return samples[0] if len(samples) == 1 else samples.mean(axis=0, dtype=np.float32)
+
+
+class LoudestWindow:
+    """The `n`-sample window with the most energy of a mono waveform fed in pieces, among starts
+    `hop` apart (the first of equals, as torch.argmax chose); a waveform shorter than `n` is
+    zero-padded at the end. Holds one window and one piece whatever the waveform's length, and
+    finds the window a search over the whole waveform finds: the energies are the same float64
+    running sums, added in the same order."""
+
+    def __init__(self, n: int, hop: int):
+        self.n, self.hop = n, hop
+        self.tail = np.zeros(0, np.float32)  # the samples from `offset` on that a window may still need
+        self.energy = np.zeros(1)  # running sums of squares at offset, offset + 1, ... offset + len(tail)
+        self.offset = 0
+        self.next_start = 0  # the next window's start (a multiple of hop)
+        self.best: np.ndarray | None = None
+        self.best_total = -np.inf
+
+    def add(self, piece: np.ndarray) -> None:
+        piece = np.asarray(piece, dtype=np.float32)
+        if not len(piece):
+            return
+        buf = np.concatenate([self.tail, piece]) if len(self.tail) else piece
+        if self.best is None and len(buf) <= self.n:
+            # No choice to make yet: a clip of one window or less (the usual one) is kept as it is,
+            # without the energies (1.6 ms per 5 s clip).
+            self.tail = buf
+            return
+        if self.energy.shape[0] != len(self.tail) + 1:  # the samples kept so far had no energies yet
+            self.energy = np.concatenate([[0.0], np.cumsum(np.square(self.tail, dtype=np.float64))])
+        sums = np.cumsum(np.concatenate([self.energy[-1:], np.square(piece, dtype=np.float64)]))
+        energy = np.concatenate([self.energy[:-1], sums])
+        end = self.offset + len(buf)
+        if self.next_start + self.n <= end:  # windows complete in what has arrived
+            rel = np.arange(self.next_start, end - self.n + 1, self.hop) - self.offset
+            totals = energy[rel + self.n] - energy[rel]
+            i = int(np.argmax(totals))
+            if totals[i] > self.best_total:  # strictly: an earlier equal window stays
+                self.best_total = totals[i]
+                self.best = buf[rel[i]: rel[i] + self.n].copy()
+            self.next_start = self.offset + int(rel[-1]) + self.hop
+        keep = min(self.next_start, end) - self.offset
+        self.tail, self.energy, self.offset = buf[keep:].copy(), energy[keep:].copy(), self.offset + keep
+
+    def window(self) -> np.ndarray:
+        if self.best is not None:
+            return self.best
+        if len(self.tail) == self.n:
+            return self.tail
+        return np.pad(self.tail, (0, self.n - len(self.tail)))  # shorter than a window: all of it
+
+
 def to_mono_resampled(samples: np.ndarray, rate: int, target_rate: int, resampler: str = "soxr_hq") -> np.ndarray:
     """(channels, frames) float32 at `rate` -> (frames',) float32 mono at `target_rate`."""
     if resampler == "soxr_hq":
         # A mono clip's mean is its one channel (same values); the mean itself cost 0.2 ms per 5 s clip.
-        samples = np.asarray(samples, dtype=np.float32)
-        wave = samples[0] if len(samples) == 1 else samples.mean(axis=0, dtype=np.float32)
+        wave = mono(np.asarray(samples, dtype=np.float32))
         if rate != target_rate:
             # libsoxr handles any ratio in time linear in the input (no kernel to build per ratio).
             wave = soxr.resample(wave, rate, target_rate, quality="HQ")

@@ -303,19 +303,68 @@ def test_exact_length_clip_is_unchanged():
     assert np.array_equal(FEATURES.fit_window(wave), wave)
 
 
+def loudest_start_whole(wave: np.ndarray, n: int, hop: int) -> int:
+    """The loudest window's start by a search over the whole waveform (the reference)."""
+    energy = np.concatenate([[0.0], np.cumsum(np.square(wave, dtype=np.float64))])
+    starts = np.arange(0, len(wave) - n + 1, hop)
+    return int(starts[int(np.argmax(energy[starts + n] - energy[starts]))])
+
+
 def test_long_clip_keeps_the_loudest_window():
     rate = SETTINGS.sample_rate
     wave = af.noise(seconds=12.0, amplitude=0.01, seed=1)
     burst = slice(7 * rate, int(7.3 * rate))
     wave[burst] = af.noise(seconds=0.3, amplitude=0.9, seed=2)[: burst.stop - burst.start]
     window = FEATURES.fit_window(wave)
-    start = FEATURES.loudest_start(wave)
+    start = loudest_start_whole(wave, SETTINGS.clip_samples, SETTINGS.hop_length)
     assert window.shape == (SETTINGS.clip_samples,)
     assert start <= burst.start and start + SETTINGS.clip_samples >= burst.stop
     assert start % SETTINGS.hop_length == 0
     assert np.array_equal(window, wave[start : start + SETTINGS.clip_samples])
     # not simply the first or the last five seconds
     assert float(np.abs(window).max()) > 0.5
+
+
+def test_the_loudest_window_of_a_waveform_in_pieces_is_the_whole_searchs():
+    """LoudestWindow holds one window and one piece; whatever the cuts, it keeps the window the
+    whole-waveform search keeps (the first of equals too: constant waveforms)."""
+    from soundclassifier.features import LoudestWindow
+
+    rng = np.random.default_rng(1)
+    for _ in range(1000):
+        length, n, hop = int(rng.integers(1, 4000)), int(rng.integers(1, 700)), int(rng.integers(1, 300))
+        wave = (rng.standard_normal(length) * rng.uniform(0, 2, length)).astype(np.float32)
+        if rng.random() < 0.2:
+            wave[:] = 0.5
+        loudest = LoudestWindow(n, hop)
+        for piece in np.split(wave, np.sort(rng.integers(0, length, int(rng.integers(0, 8))))):
+            loudest.add(piece)
+        if length < n:
+            expected = np.pad(wave, (0, n - length))
+        else:
+            start = loudest_start_whole(wave, n, hop)
+            expected = wave[start : start + n]
+        assert np.array_equal(loudest.window(), expected), (length, n, hop)
+
+
+@pytest.mark.parametrize(("rate", "channels", "seconds"), [(44100, 2, 31.0), (22050, 1, 12.0), (8000, 3, 2.0),
+                                                           (48000, 1, 5.0)])
+def test_a_clip_decoded_a_block_at_a_time_gets_the_whole_clips_features(rate, channels, seconds, monkeypatch):
+    """Serving decodes a clip a block at a time (memory: a block and a window, issue 18); the
+    model input is the one the whole clip gives, bit for bit, however small the blocks."""
+    from soundclassifier import audio as audio_module
+    from soundclassifier.audio import BlockDecoder
+
+    rng = np.random.default_rng(rate)
+    samples = (rng.standard_normal((int(rate * seconds), channels)) * 0.1).astype(np.float32)
+    samples[len(samples) // 3 : len(samples) // 3 + rate // 4] *= 8  # a loud event mid-clip
+    data = af.encode(samples, rate, "WAV", "PCM_16")
+    whole = FEATURES(decode(data))
+    for block in (audio_module.BLOCK_FRAMES, 10_007, 999):
+        monkeypatch.setattr(audio_module, "BLOCK_FRAMES", block)
+        clip = BlockDecoder(data)
+        assert np.array_equal(FEATURES.from_blocks(clip, clip.sample_rate), whole), block
+        assert clip.info().frames == len(samples) and clip.info().sample_rate == rate
 
 
 def test_long_clip_through_decode_contains_the_burst():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from soundclassifier.features import FeatureSettings
 
@@ -13,6 +12,11 @@ from soundclassifier.features import FeatureSettings
 def spectrogram_png(features: np.ndarray, settings: FeatureSettings, title: str = "") -> bytes:
     """PNG of a model input (1, n_mels, frames): time in seconds across, mel band up, as the
     network receives it (after dB scaling and per-clip standardisation)."""
+    # matplotlib is imported on the first picture, not with the service: it is 29 MiB of RSS in
+    # every process that imports it (the `bentoml serve` parent imports service.py too), for a
+    # route many replicas never serve.
+    from matplotlib.figure import Figure
+
     image = features[0]
     seconds = image.shape[1] * settings.hop_length / settings.sample_rate
     fig = Figure(figsize=(8, 3.2), dpi=100)  # no pyplot: thread-safe, no global state

@@ -384,3 +384,29 @@ def test_grpc_listen_refusals_and_reflection(stub):
              for b in answer.file_descriptor_response.file_descriptor_proto]
     methods = {m.name: m for f in files for s in f.service for m in s.method}
     assert methods["Listen"].client_streaming and methods["Listen"].server_streaming
+
+
+# --- the command-line client --------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_classify_listen_streams_a_file_and_prints_windows_and_events(served, four_clips, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    label, clip = four_clips[1]
+    recording = tmp_path / "clip.wav"
+    recording.write_bytes(af.encode(np.concatenate([clip, clip[: RATE // 2]]), RATE, "WAV", "PCM_16"))
+    run = [sys.executable, "-m", "serving.client", "--url", served.base_url, "--listen", str(recording)]
+    root = Path(__file__).resolve().parents[1]
+    started = time.monotonic()
+    done = subprocess.run([*run, "--realtime", "--min-confidence", "0"], capture_output=True, text=True, cwd=root,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started >= 5.5  # sent at real speed
+    lines = done.stdout.splitlines()
+    assert lines[0].split()[:3] == ["0.00-", "5.00", "s"] and lines[0].split()[3] == label
+    assert f">> {label} from 0.00 s" in lines and f"<< {label} from 0.00 s to 5.50 s" in lines[-1]
+    refused = subprocess.run([*run, "--hop-s", "0.1"], capture_output=True, text=True, cwd=root, timeout=60)
+    assert refused.returncode == 1 and "hop_s" in refused.stdout and "1008" in refused.stderr

@@ -109,6 +109,7 @@ async def listen(a: argparse.Namespace) -> int:
     url = a.url.replace("http", "ws", 1).rstrip("/") + "/listen?" + "&".join(
         f"{k}={v}" for k, v in query.items() if v is not None)
     frame = 2 * max(1, round(FRAME_S * rate))
+    print(f"{a.listen}: {len(data) / 2 / rate:.2f} s at {rate} Hz", flush=True)
     try:
         async with connect(url, max_size=None) as ws:
             async def send() -> None:

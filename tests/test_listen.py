@@ -406,6 +406,7 @@ def test_classify_listen_streams_a_file_and_prints_windows_and_events(served, fo
     assert done.returncode == 0, done.stderr
     assert time.monotonic() - started >= 5.5  # sent at real speed
     lines = done.stdout.splitlines()
+    assert lines.pop(0) == f"{recording}: 5.50 s at {RATE} Hz"
     assert lines[0].split()[:3] == ["0.00-", "5.00", "s"] and lines[0].split()[3] == label
     assert f">> {label} from 0.00 s" in lines and f"<< {label} from 0.00 s to 5.50 s" in lines[-1]
     refused = subprocess.run([*run, "--hop-s", "0.1"], capture_output=True, text=True, cwd=root, timeout=60)

@@ -4,8 +4,8 @@
 
 Each worker process (one per core by default: `Settings.layout`) opens one pipeline
 (soundclassifier/pipeline.py: decode + features -> adaptive batcher -> engine -> typed results)
-and every front door adapts it: the routes below, gRPC (serving/grpc_server.py) and the page
-(serving/page.py). Uploads pass the upload guard (serving/http_guard.py) before BentoML parses
+and every front door adapts it: the routes below, gRPC (serving/grpc_server.py), the page
+(serving/page.py) and live streams (WebSocket /listen: serving/listen.py). Uploads pass the upload guard (serving/http_guard.py) before BentoML parses
 them; client errors become answers in serving/errors.py.
 """
 
@@ -29,6 +29,7 @@ with bentoml.importing():
     from serving.errors import http_answer
     from serving.grpc_server import start_grpc_server
     from serving.http_guard import UploadGuard, upload_rules
+    from serving.listen import app as listen_app
     from serving.metrics import PrometheusHooks
     from serving.page import app as page_app
     from serving.page import front_door
@@ -78,7 +79,7 @@ class SoundClassifier:
                                            max_latency_ms=SETTINGS.max_latency_ms),
             hooks=PrometheusHooks(SETTINGS.max_batch_size),
         )
-        page_app.state.pipeline = self.pipeline
+        page_app.state.pipeline = listen_app.state.pipeline = self.pipeline
         engine = self.pipeline.classifier.engine
         log.info("serving %s on %s/%s (%d threads for a lone clip, %d streams; %d worker processes)",
                  self.pipeline.classifier.tag, engine.name, engine.precision, engine.threads, engine.streams,
@@ -156,3 +157,4 @@ SoundClassifier.add_asgi_middleware(UploadGuard, rules=upload_rules(SETTINGS))
 # The web page (serving/page.py) at /ui, and GET / sends a person there.
 SoundClassifier.mount_asgi_app(page_app, path="/ui")
 SoundClassifier.mount_asgi_app(front_door, path="/")
+SoundClassifier.mount_asgi_app(listen_app, path="/")  # WebSocket /listen (serving/listen.py)

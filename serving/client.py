@@ -2,27 +2,46 @@
 
     classify dog.wav rain.flac --url http://localhost:3000 --top-k 3
     python -m serving.client dog.wav            # the same, without the console script
+    classify --listen street.wav --realtime     # stream a recording to /listen as if it were live
 
-Exit code 0 when every file was classified, 1 when any file was refused (its reason is printed),
-2 when the service could not be reached or answered with a server error.
+Exit code 0 when every file was classified (or the stream ended normally), 1 when any file was
+refused (its reason is printed), 2 when the service could not be reached or answered with a
+server error.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import sys
+import time
 from pathlib import Path
 
 import httpx
+import numpy as np
+import soundfile as sf
+
+FRAME_S = 0.1  # audio per WebSocket message when streaming a file
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="classify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("files", nargs="+", type=Path, help="audio files (WAV, FLAC, OGG, MP3)")
+    p.add_argument("files", nargs="*", type=Path, help="audio files (WAV, FLAC, OGG, MP3)")
     p.add_argument("--url", default="http://localhost:3000", help="service address (default %(default)s)")
     p.add_argument("--top-k", type=int, default=3, help="labels per file (default %(default)s)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default %(default)s)")
+    p.add_argument("--listen", type=Path, metavar="FILE",
+                   help="stream FILE's audio to the live-listening WebSocket and print windows and events")
+    p.add_argument("--realtime", action="store_true", help="with --listen: send the audio at real speed")
+    p.add_argument("--hop-s", type=float, help="with --listen: seconds between windows (server default 0.5)")
+    p.add_argument("--smoothing", type=int, help="with --listen: windows in the median events follow")
+    p.add_argument("--min-confidence", type=float, help='with --listen: "unknown" below this probability')
     a = p.parse_args(argv)
+    if a.listen is not None:
+        return asyncio.run(listen(a))
+    if not a.files:
+        p.error("give audio files to classify, or --listen FILE")
 
     refused = 0
     width = max(len(str(f)) for f in a.files)
@@ -51,6 +70,75 @@ def main(argv: list[str] | None = None) -> int:
             top = "  ".join(f"{t['label']} {t['probability']:6.1%}" for t in body["top"])
             print(f"{str(path):<{width}}  {body['duration_s']:6.2f} s  {top}")
     return 1 if refused else 0
+
+
+def pcm16_mono(path: Path) -> tuple[bytes, int]:
+    """A file's audio as little-endian 16-bit mono PCM (a mono 16-bit file's samples as they are)."""
+    info = sf.info(str(path))
+    if info.channels == 1:
+        samples, rate = sf.read(str(path), dtype="int16")
+    else:
+        x, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        samples = np.round(np.clip(x.mean(axis=1), -1, 1) * 32767).astype(np.int16)
+    return samples.astype("<i2").tobytes(), rate
+
+
+def _show(message: dict) -> str:
+    if "event" in message:
+        if message["event"] == "start":
+            return f">> {message['label']} from {message['start_s']:.2f} s"
+        return f"<< {message['label']} from {message['start_s']:.2f} s to {message['end_s']:.2f} s"
+    if "error" in message:
+        return f"refused ({message['error']}): {message['detail']}"
+    top = "  ".join(f"{t['label']} {t['probability']:6.1%}" for t in message["top"])
+    return f"{message['start_s']:7.2f}-{message['end_s']:7.2f} s  {message['label']:<14}  {top}"
+
+
+async def listen(a: argparse.Namespace) -> int:
+    """Stream a file to WebSocket /listen (at real speed with --realtime); print what comes back."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    try:
+        data, rate = pcm16_mono(a.listen)
+    except (OSError, sf.LibsndfileError) as e:
+        print(f"{a.listen}: cannot read ({e})", file=sys.stderr)
+        return 1
+    query = {"sample_rate": rate, "top_k": a.top_k, "hop_s": a.hop_s, "smoothing": a.smoothing,
+             "min_confidence": a.min_confidence}
+    url = a.url.replace("http", "ws", 1).rstrip("/") + "/listen?" + "&".join(
+        f"{k}={v}" for k, v in query.items() if v is not None)
+    frame = 2 * max(1, round(FRAME_S * rate))
+    print(f"{a.listen}: {len(data) / 2 / rate:.2f} s at {rate} Hz", flush=True)
+    try:
+        async with connect(url, max_size=None) as ws:
+            async def send() -> None:
+                start = time.monotonic()
+                try:
+                    for i, at in enumerate(range(0, len(data), frame)):
+                        if a.realtime:
+                            await asyncio.sleep(max(0.0, start + i * FRAME_S - time.monotonic()))
+                        await ws.send(data[at : at + frame])
+                    await ws.send("end")
+                except ConnectionClosed:  # the server closed first: its reason is read below
+                    pass
+
+            sender = asyncio.create_task(send())
+            try:
+                async for text in ws:
+                    print(_show(json.loads(text)), flush=True)
+            except ConnectionClosed:
+                pass
+            finally:
+                sender.cancel()
+            code, reason = ws.close_code, ws.close_reason
+    except (OSError, TimeoutError) as e:
+        print(f"cannot reach {url}: {e}", file=sys.stderr)
+        return 2
+    if code != 1000:
+        print(f"closed with {code}: {reason}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

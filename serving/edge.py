@@ -27,6 +27,15 @@ Per connection, one timer enforces:
                      this plus one read (256 KiB) is ever buffered
     keep_alive_s     idle time between requests (uvicorn's timeout_keep_alive), replacing the 5 s
                      default BentoML passes when --timeout-keep-alive is not given
+
+After an upgrade the connection belongs to uvicorn's WebSocket protocol ("auto": websockets' sans-I/O
+implementation, websockets being installed; pinned in requirements/serve.txt). `install()` swaps in
+a subclass that sets uvicorn's own WebSocket settings, which BentoML does not pass either:
+    ws_max_bytes     largest message (SOUND_LISTEN_MAX_FRAME_KB): larger ones close the socket
+                     with 1009 before the app reads them (uvicorn's default: 16 MiB)
+    ws_ping_s        a ping this often, and the socket closed (1011) when its pong is this late
+The protocol reads one message at a time: the next is read from the socket only when the app has
+received the previous one, so a stream that is slow to answer slows its client down.
 """
 
 from __future__ import annotations
@@ -51,13 +60,15 @@ class EdgeLimits:
     max_head_bytes: int = 64 * 1024
     keep_alive_s: float | None = 75.0
     """None: keep what uvicorn was given (--timeout-keep-alive, or BentoML's 5 s)."""
+    ws_max_bytes: int = 256 * 1024
+    ws_ping_s: float = 20.0
 
 
 def edge_limits(settings) -> EdgeLimits:
     """The limits as the service's settings (soundclassifier.config.Settings) give them."""
     return EdgeLimits(head_timeout_s=settings.head_timeout_s, body_idle_s=settings.body_idle_s,
                       send_idle_s=settings.send_idle_s, max_head_bytes=settings.max_head_kb * 1024,
-                      keep_alive_s=settings.keep_alive_s)
+                      keep_alive_s=settings.keep_alive_s, ws_max_bytes=settings.listen_max_frame_kb * 1024)
 
 
 def protocol_class(limits: EdgeLimits) -> type:
@@ -229,17 +240,36 @@ def protocol_class(limits: EdgeLimits) -> type:
     return EdgeHttpToolsProtocol
 
 
+def ws_protocol_class(limits: EdgeLimits) -> type:
+    """uvicorn's websockets (sans-I/O) protocol with `limits`' message size and pings."""
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):
+        edge = limits
+
+        def __init__(self, config, *args, **kwargs) -> None:
+            # uvicorn's Config is the server's own (one per worker); these fields are read by the
+            # WebSocket protocol only, as `uvicorn --ws-max-size --ws-ping-interval` would set them.
+            config.ws_max_size = self.edge.ws_max_bytes
+            config.ws_ping_interval = config.ws_ping_timeout = self.edge.ws_ping_s
+            super().__init__(config, *args, **kwargs)
+
+    return EdgeWebSocketProtocol
+
+
 def install(limits: EdgeLimits) -> None:
-    """Make uvicorn's "auto" HTTP protocol the guarded one, in this process (a BentoML worker:
-    call at import of the service module). Refuses to run unguarded: without httptools, uvicorn
-    would fall back to h11, whose timers this class does not cover."""
+    """Make uvicorn's "auto" HTTP and WebSocket protocols the guarded ones, in this process (a
+    BentoML worker: call at import of the service module). Refuses to run unguarded: without
+    httptools, uvicorn would fall back to h11, whose timers this class does not cover."""
     import httptools  # noqa: F401  (the dependency this protocol subclasses; fail loudly if absent)
     from uvicorn import config
 
-    cls = protocol_class(limits)
     module = sys.modules[__name__]
-    module.EdgeHttpToolsProtocol = cls  # importable by name: uvicorn resolves "module:attr"
+    # Importable by name: uvicorn resolves "module:attr".
+    module.EdgeHttpToolsProtocol = protocol_class(limits)
+    module.EdgeWebSocketProtocol = ws_protocol_class(limits)
     config.HTTP_PROTOCOLS["auto"] = f"{__name__}:EdgeHttpToolsProtocol"
+    config.WS_PROTOCOLS["auto"] = f"{__name__}:EdgeWebSocketProtocol"
 
 
 CLIENT_GONE = 499  # nginx's "client closed request": logged and counted, sent to no one

@@ -4,9 +4,12 @@
     InvalidArgumentError  an argument out of its bounds (soundclassifier.options)
     LimitExceededError    a request over a budget (files per batch)
     OverloadedError     the queue is longer than the latency budget: retry later
+    IdleError           a live stream sent no audio for too long
 
 HTTP answers `{"error": kind, "detail": message}` with the status below (503 with Retry-After);
-gRPC aborts with the code below and "kind: message".
+gRPC aborts with the code below and "kind: message"; a WebSocket sends the same JSON as a text
+message, then closes with the code below and "kind: message" as the reason (cut to the 123 bytes
+a close frame allows).
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import grpc
 from starlette.responses import JSONResponse
 
 from soundclassifier.audio import AudioError, ErrorKind
+from soundclassifier.listen import IdleError
 from soundclassifier.options import InvalidArgumentError, LimitExceededError
 from soundclassifier.pipeline import OverloadedError
 
 RETRY_AFTER_S = 1
 CLIENT_ERRORS = (AudioError, InvalidArgumentError, OverloadedError)
+STREAM_ERRORS = (*CLIENT_ERRORS, IdleError)  # a live stream's, besides the requests'
 
 HTTP_STATUS = {
     ErrorKind.EMPTY: 400,
@@ -38,17 +43,27 @@ GRPC_STATUS = {
     ErrorKind.TOO_LONG: grpc.StatusCode.OUT_OF_RANGE,
 }  # every other kind: INVALID_ARGUMENT
 
+# WebSocket close codes (RFC 6455 section 7.4.1).
+WS_POLICY, WS_UNSUPPORTED_DATA, WS_TOO_BIG, WS_TRY_AGAIN_LATER = 1008, 1003, 1009, 1013
+MAX_CLOSE_REASON_BYTES = 123
+
 
 def _kind(e: Exception) -> str:
     if isinstance(e, AudioError):
         return e.kind.value
     if isinstance(e, LimitExceededError):
         return "too_large"
+    if isinstance(e, IdleError):
+        return "idle"
     return "overloaded" if isinstance(e, OverloadedError) else "bad_request"
 
 
+def error_body(e: Exception) -> dict[str, str]:
+    return {"error": _kind(e), "detail": str(e)}
+
+
 def http_error(e: Exception) -> JSONResponse:
-    body = {"error": _kind(e), "detail": str(e)}
+    body = error_body(e)
     if isinstance(e, OverloadedError):
         return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
     if isinstance(e, AudioError):
@@ -63,9 +78,26 @@ def grpc_status(e: Exception) -> tuple[grpc.StatusCode, str]:
         code = grpc.StatusCode.UNAVAILABLE
     elif isinstance(e, LimitExceededError):
         code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    elif isinstance(e, IdleError):
+        code = grpc.StatusCode.DEADLINE_EXCEEDED
     else:
         code = grpc.StatusCode.INVALID_ARGUMENT
     return code, f"{_kind(e)}: {e}"
+
+
+def ws_close(e: Exception) -> tuple[int, str]:
+    """(close code, reason) for a live stream ended by `e`: a frame too large 1009, a frame that is
+    not 16-bit PCM 1003, overload 1013 (try again later), bad parameters and idleness 1008."""
+    if isinstance(e, AudioError):
+        code = WS_TOO_BIG if e.kind in (ErrorKind.TOO_LARGE, ErrorKind.TOO_LONG) else WS_UNSUPPORTED_DATA
+    elif isinstance(e, OverloadedError):
+        code = WS_TRY_AGAIN_LATER
+    else:
+        code = WS_POLICY
+    reason = f"{_kind(e)}: {e}".encode()
+    if len(reason) > MAX_CLOSE_REASON_BYTES:
+        reason = reason[: MAX_CLOSE_REASON_BYTES - 3] + b"..."
+    return code, reason.decode(errors="ignore")
 
 
 T = TypeVar("T")

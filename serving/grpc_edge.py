@@ -17,8 +17,9 @@ tests/test_grpc_edge.py against a real grpc.aio server and raw clients):
 and what it does not: an open call whose client sends nothing, the number of messages in a
 stream, or a cap on a call's wall time when the client set no deadline (a client deadline is
 enforced: the handler is cancelled when it passes). `CallBudget` adds those three as a server
-interceptor, so no servicer method changes (methods that answer with a stream, such as health's
-Watch, are left alone):
+interceptor, so no servicer method changes (health's Watch, a request answered by a stream, is
+left alone; bidirectional streams, Listen and reflection, get the first two: a live stream has no
+wall-time cap, its work per message being bounded by the session's own limits):
     idle_s         a streaming call whose next message does not arrive within this: DEADLINE_EXCEEDED
     max_messages   more messages than this in one stream: RESOURCE_EXHAUSTED
     max_call_s     wall time of any call, however long the client's own deadline: DEADLINE_EXCEEDED
@@ -27,6 +28,7 @@ Watch, are left alone):
 from __future__ import annotations
 
 import asyncio
+import inspect
 from dataclasses import dataclass
 
 import grpc
@@ -80,9 +82,37 @@ class CallBudget(grpc.aio.ServerInterceptor):
             return handler._replace(unary_unary=self._timed(handler.unary_unary))
         if handler.stream_unary is not None:
             return handler._replace(stream_unary=self._timed(self._streamed(handler.stream_unary, limits)))
-        # Streaming answers (grpc.health Watch, reflection) are left as they are: a Watch is
-        # meant to stay open, and this service's own methods all answer with one message.
+        if handler.stream_stream is not None and inspect.isasyncgenfunction(handler.stream_stream):
+            return handler._replace(stream_stream=self._bidirectional(handler.stream_stream, limits))
+        # A request answered by a stream (grpc.health Watch) is left as it is: it is meant to stay open.
         return handler
+
+    @staticmethod
+    def _bidirectional(behavior, limits: GrpcLimits):
+        async def bounded(request_iterator, context: grpc.aio.ServicerContext):
+            # A timer per message here (asyncio.timeout): these streams carry a few messages a
+            # second (live audio, reflection queries), not the thousands a file upload may.
+            count = 0
+            while True:
+                try:
+                    async with asyncio.timeout(limits.idle_s):
+                        message = await anext(request_iterator)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                        f"No message for {limits.idle_s:g} s: the stream is closed.")
+                count += 1
+                if count > limits.max_messages:
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                        f"More than {limits.max_messages} messages in one stream.")
+                yield message
+
+        async def streamed(request_iterator, context: grpc.aio.ServicerContext):
+            async for answer in behavior(bounded(request_iterator, context), context):
+                yield answer
+
+        return streamed
 
     def _timed(self, behavior):
         max_call_s = self.limits.max_call_s

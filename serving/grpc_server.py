@@ -11,7 +11,8 @@ Status codes (serving/errors.py):
                         an argument out of its bounds
     RESOURCE_EXHAUSTED  the upload exceeds the size limit (also grpc's own message size limit)
     OUT_OF_RANGE        the audio is longer than the duration limit
-    UNAVAILABLE         the server is overloaded: retry with back-off
+    UNAVAILABLE         the server is overloaded (or has its limit of live streams): retry with back-off
+    DEADLINE_EXCEEDED   a live stream sent no audio for SOUND_LISTEN_IDLE_S
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from serving.errors import CLIENT_ERRORS, grpc_status
+from serving.errors import CLIENT_ERRORS, STREAM_ERRORS, grpc_status
 from serving.grpc_edge import CallBudget, grpc_limits
 from serving.grpc_stubs.soundclassifier.v1 import sound_classifier_pb2 as pb
 from serving.grpc_stubs.soundclassifier.v1 import sound_classifier_pb2_grpc as pb_grpc
+from soundclassifier.listen import ListenEvent, Message
 from soundclassifier.pipeline import Pipeline
-from soundclassifier.predictions import Classification, LabelScore, Timeline
+from soundclassifier.predictions import Classification, LabelScore, Timeline, TimelineWindow
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SoundClassifier"].full_name
 T = TypeVar("T")
@@ -48,11 +50,20 @@ def _classification(c: Classification) -> pb.ClassifyResponse:
                                label=c.label, top=_scores(c.top))
 
 
+def _window(w: TimelineWindow) -> pb.TimelineWindow:
+    return pb.TimelineWindow(start_s=w.start_s, end_s=w.end_s, label=w.label, top=_scores(w.top))
+
+
+def _listened(m: Message) -> pb.ListenResponse:
+    if isinstance(m, ListenEvent):
+        return pb.ListenResponse(event=pb.ListenEvent(event=m.event, label=m.label, start_s=m.start_s, end_s=m.end_s))
+    return pb.ListenResponse(window=_window(m))
+
+
 def _timeline(t: Timeline) -> pb.TimelineResponse:
     return pb.TimelineResponse(
         model=t.model, duration_s=t.duration_s, sample_rate=t.sample_rate, window_s=t.window_s, hop_s=t.hop_s,
-        windows=[pb.TimelineWindow(start_s=w.start_s, end_s=w.end_s, label=w.label, top=_scores(w.top))
-                 for w in t.windows],
+        windows=[_window(w) for w in t.windows],
         summary=[pb.LabelSpan(label=s.label, start_s=s.start_s, end_s=s.end_s) for s in t.summary],
     )
 
@@ -106,6 +117,25 @@ class SoundClassifierServicer(pb_grpc.SoundClassifierServicer):
             spool.flush()
             call = self.pipeline.timeline(Path(spool.name), hop_s=first.hop_s or None, **self._options(first))
             return _timeline(await self._run(call, context))
+
+    async def Listen(self, request_iterator, context):  # noqa: N802
+        first = await anext(request_iterator, None)
+        if first is None:
+            return
+        options = {**self._options(first), "sample_rate": first.sample_rate or None, "hop_s": first.hop_s or None,
+                   "smoothing": first.smoothing or None}
+
+        async def frames():
+            yield first.pcm
+            async for message in request_iterator:
+                yield message.pcm
+
+        try:
+            with self.pipeline.listen(**options) as session:
+                async for message in session.run(frames()):
+                    yield _listened(message)
+        except STREAM_ERRORS as e:
+            await context.abort(*grpc_status(e))
 
     async def Info(self, request: pb.InfoRequest, context) -> pb.InfoResponse:  # noqa: N802
         info = self.pipeline.describe()

@@ -141,7 +141,7 @@ def _read_float32(f: sf.SoundFile, frames: int = -1) -> np.ndarray:
     if f.subtype == "PCM_16":
         # libsndfile copies 16-bit PCM into an int16 buffer as it is, but converts to float through
         # a small staging buffer: 0.45 ms per 5 s clip here against 0.1 ms for this, same values.
-        return np.multiply(f.read(frames, dtype="int16", always_2d=True), _PCM16_SCALE, dtype=np.float32)
+        return pcm16_to_float32(f.read(frames, dtype="int16", always_2d=True))
     return f.read(frames, dtype="float32", always_2d=True)
 
 
@@ -199,6 +199,12 @@ class BlockDecoder:
 
     def info(self) -> AudioInfo:
         return AudioInfo(self.sample_rate, self._frames, self.format)
+
+
+def pcm16_to_float32(samples: np.ndarray) -> np.ndarray:
+    """16-bit PCM samples (int16, any shape) as float32, scaled as libsndfile scales them (/ 32768):
+    a live stream's PCM becomes the same floats as the same samples read from a 16-bit WAV."""
+    return np.multiply(samples, _PCM16_SCALE, dtype=np.float32)
 
 
 def open_checked(source: Source, limits: Limits = NO_LIMITS) -> sf.SoundFile:

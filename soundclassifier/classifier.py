@@ -18,7 +18,7 @@ import numpy as np
 
 from soundclassifier.audio import NO_LIMITS, AudioInfo, BlockDecoder, Limits, Source
 from soundclassifier.engine import Engine, TorchEngine
-from soundclassifier.options import ClassifyOptions, TimelineOptions, validate_options
+from soundclassifier.options import ClassifyOptions, ListenOptions, TimelineOptions, validate_options
 from soundclassifier.predictions import (
     Classification,
     Timeline,
@@ -56,6 +56,9 @@ class Classifier:
     def timeline_options(self, **values) -> TimelineOptions:
         return validate_options(TimelineOptions, values, window_s=self.settings.clip_seconds)
 
+    def listen_options(self, **values) -> ListenOptions:
+        return validate_options(ListenOptions, values, window_s=self.settings.clip_seconds)
+
     def min_confidence(self, opts: ClassifyOptions) -> float:
         return self.default_min_confidence if opts.min_confidence is None else opts.min_confidence
 
@@ -85,6 +88,16 @@ class Classifier:
             label=label_of(top, self.min_confidence(opts)),
             top=top,
         )
+
+    def windows(self, spans: list[Span], probs: np.ndarray, opts: TimelineOptions) -> list[TimelineWindow]:
+        """Timeline windows (a recording's, or a live stream's) from their spans and probabilities."""
+        threshold = self.min_confidence(opts)
+        windows = []
+        for (start, end), p in zip(spans, probs, strict=True):
+            top = top_k(p, self.labels, opts.top_k)
+            windows.append(TimelineWindow(start_s=round(start, 4), end_s=round(end, 4),
+                                          label=label_of(top, threshold), top=top))
+        return windows
 
     # --- unbatched conveniences (scripts, tests, the Spark executor) ----------------------------
 
@@ -117,7 +130,6 @@ class TimelineJob:
     def __init__(self, classifier: Classifier, stream: Stream, hop_s: float, opts: TimelineOptions,
                  chunk: int = 16):
         self.classifier, self.stream, self.hop_s, self.opts, self.chunk = classifier, stream, hop_s, opts, chunk
-        self.min_confidence = classifier.min_confidence(opts)
         self.windows: list[TimelineWindow] = []
 
     def chunks(self) -> Iterator[tuple[list[Span], np.ndarray]]:
@@ -136,11 +148,7 @@ class TimelineJob:
             yield spans, np.stack(inputs)
 
     def add(self, spans: list[Span], probs: np.ndarray) -> None:
-        labels = self.classifier.labels
-        for (start, end), p in zip(spans, probs, strict=True):
-            top = top_k(p, labels, self.opts.top_k)
-            self.windows.append(TimelineWindow(start_s=round(start, 4), end_s=round(end, 4),
-                                               label=label_of(top, self.min_confidence), top=top))
+        self.windows.extend(self.classifier.windows(spans, probs, self.opts))
 
     def result(self) -> Timeline:
         return Timeline(

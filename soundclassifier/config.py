@@ -81,6 +81,19 @@ class Settings(BaseSettings):
         64, gt=0, description="requests a worker process decodes, queues or runs at once; more are refused "
         "at once with 503 and Retry-After"
     )
+    listen_max_streams: int = Field(
+        64, gt=0, description="live streams (WebSocket /listen, gRPC Listen) a worker process serves at once; "
+        "more are refused at once (WebSocket close 1013, gRPC UNAVAILABLE)"
+    )
+    listen_max_frame_kb: int = Field(
+        256, gt=0, description="largest PCM message of a live stream (256 KiB: 2.7 s of 48 kHz audio); else "
+        "WebSocket close 1009, gRPC RESOURCE_EXHAUSTED"
+    )
+    listen_idle_s: float = Field(10.0, gt=0, description="a live stream that sends no audio this long is closed")
+    listen_max_pending_windows: int = Field(
+        8, gt=0, description="windows of one live stream prepared and queued at once; a client sending faster "
+        "than real time is read no faster than they are answered"
+    )
 
     def layout(self) -> tuple[int, int, int]:
         """(worker processes, engine threads for a lone clip, single-threaded streams per worker).

@@ -17,6 +17,9 @@ from soundclassifier.timeline import MIN_HOP_S
 MAX_TOP_K = 50
 DEFAULT_TOP_K = 5
 DEFAULT_TIMELINE_TOP_K = 3
+MIN_LISTEN_RATE, MAX_LISTEN_RATE = 8_000, 48_000
+DEFAULT_LISTEN_HOP_S = 0.5
+MAX_SMOOTHING = 25
 
 TopK = Annotated[int, Field(ge=1, le=MAX_TOP_K, description="how many labels to return")]
 MinConfidence = Annotated[
@@ -62,6 +65,20 @@ class TimelineOptions(ClassifyOptions):
         if hop is not None and window is not None and hop > window:
             raise ValueError(f"hop_s must be between {MIN_HOP_S:g} s and the window ({window:g} s)")
         return hop
+
+
+class ListenOptions(TimelineOptions):
+    """What a client may ask of a live stream (WebSocket /listen, gRPC Listen): the PCM it sends,
+    and the timeline's arguments. `smoothing` N: events follow the per-class median of the
+    probabilities of N windows centred on each window (1: each window's own label)."""
+
+    sample_rate: Annotated[
+        int, Field(ge=MIN_LISTEN_RATE, le=MAX_LISTEN_RATE, description="Hz of the 16-bit mono PCM the client sends")
+    ]
+    hop_s: HopS = DEFAULT_LISTEN_HOP_S
+    smoothing: Annotated[
+        int, Field(ge=1, le=MAX_SMOOTHING, description="windows whose median probabilities decide events (1 = none)")
+    ] = 1
 
 
 Options = TypeVar("Options", bound=ClassifyOptions)

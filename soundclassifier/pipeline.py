@@ -4,6 +4,8 @@
     await pipeline.classify(data, top_k=3)                       # -> Classification
     await pipeline.classify_files([(name, data), ...])           # -> list[BatchItem]
     await pipeline.timeline(path_or_bytes, hop_s=2.5)            # -> Timeline
+    with pipeline.listen(sample_rate=16000) as session:          # a live stream (soundclassifier/listen.py)
+        async for message in session.run(frames): ...
     await pipeline.spectrogram(data)                             # -> PNG bytes
     pipeline.describe()                                          # -> ModelInfo (what /info says)
 
@@ -36,6 +38,7 @@ from soundclassifier.audio import AudioError, Source
 from soundclassifier.classifier import Classifier
 from soundclassifier.config import Settings
 from soundclassifier.engine import select_engine
+from soundclassifier.listen import ListenSession
 from soundclassifier.options import ClassifyOptions, LimitExceededError
 from soundclassifier.predictions import BatchItem, Classification, ModelInfo, Timeline
 from soundclassifier.render import spectrogram_png
@@ -124,6 +127,7 @@ class Pipeline:
         self.hooks.serving(engine.name, engine.precision, classifier.tag)
         self.prepare = Preparer(engine.workers, engine.streams)
         self.in_flight = 0  # requests admitted and not yet answered (one event loop: no lock)
+        self.streams = 0  # live streams open
         self.batcher = make_batcher(
             classifier.forward,
             others_busy=self.prepare.busy,
@@ -179,6 +183,21 @@ class Pipeline:
         with self._admitted():
             audio, x = await self._decode(self.classifier.prepare, source, self.settings.clip_limits)
             return await self.prepare(spectrogram_png, x, self.classifier.settings, f"{audio.duration:.2f} s")
+
+    def listen(self, **options) -> ListenSession:
+        """A live stream (soundclassifier/listen.py), its options validated, or refused at once when
+        the worker already serves SOUND_LISTEN_MAX_STREAMS: each holds a window of audio and asks
+        for a forward pass per hop for as long as it lasts, so they are counted apart from requests."""
+        opts = self.classifier.listen_options(**options)
+        if self.streams >= self.settings.listen_max_streams:
+            self.hooks.overloaded()
+            raise OverloadedError(f"the server has {self.streams} live streams open; retry shortly")
+        self.streams += 1
+
+        def release() -> None:
+            self.streams -= 1
+
+        return ListenSession(self, opts, release)
 
     def describe(self) -> ModelInfo:
         """Which model answers and how: what /info and gRPC Info return, and the page shows."""

@@ -127,3 +127,39 @@ class InfoResponse(_message.Message):
     precision: str
     info_json: str
     def __init__(self, model: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., feature_settings_json: _Optional[str] = ..., metrics_json: _Optional[str] = ..., engine: _Optional[str] = ..., precision: _Optional[str] = ..., info_json: _Optional[str] = ...) -> None: ...
+
+class ListenRequest(_message.Message):
+    __slots__ = ("pcm", "sample_rate", "hop_s", "top_k", "min_confidence", "smoothing")
+    PCM_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    HOP_S_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    MIN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    SMOOTHING_FIELD_NUMBER: _ClassVar[int]
+    pcm: bytes
+    sample_rate: int
+    hop_s: float
+    top_k: int
+    min_confidence: float
+    smoothing: int
+    def __init__(self, pcm: _Optional[bytes] = ..., sample_rate: _Optional[int] = ..., hop_s: _Optional[float] = ..., top_k: _Optional[int] = ..., min_confidence: _Optional[float] = ..., smoothing: _Optional[int] = ...) -> None: ...
+
+class ListenEvent(_message.Message):
+    __slots__ = ("event", "label", "start_s", "end_s")
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    START_S_FIELD_NUMBER: _ClassVar[int]
+    END_S_FIELD_NUMBER: _ClassVar[int]
+    event: str
+    label: str
+    start_s: float
+    end_s: float
+    def __init__(self, event: _Optional[str] = ..., label: _Optional[str] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ...) -> None: ...
+
+class ListenResponse(_message.Message):
+    __slots__ = ("window", "event")
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    window: TimelineWindow
+    event: ListenEvent
+    def __init__(self, window: _Optional[_Union[TimelineWindow, _Mapping]] = ..., event: _Optional[_Union[ListenEvent, _Mapping]] = ...) -> None: ...

@@ -54,6 +54,11 @@ class SoundClassifierStub:
                 request_serializer=serving_dot_grpc__stubs_dot_soundclassifier_dot_v1_dot_sound__classifier__pb2.InfoRequest.SerializeToString,
                 response_deserializer=serving_dot_grpc__stubs_dot_soundclassifier_dot_v1_dot_sound__classifier__pb2.InfoResponse.FromString,
                 _registered_method=True)
+        self.Listen = channel.stream_stream(
+                '/soundclassifier.v1.SoundClassifier/Listen',
+                request_serializer=serving_dot_grpc__stubs_dot_soundclassifier_dot_v1_dot_sound__classifier__pb2.ListenRequest.SerializeToString,
+                response_deserializer=serving_dot_grpc__stubs_dot_soundclassifier_dot_v1_dot_sound__classifier__pb2.ListenResponse.FromString,
+                _registered_method=True)
 
 
 class SoundClassifierServicer:
@@ -88,6 +93,15 @@ class SoundClassifierServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Listen(self, request_iterator, context):
+        """Classify a live stream as it arrives: 16-bit little-endian mono PCM in, one window per hop
+        (once a full window has arrived) and start/end events out. Options are read from the first
+        message; half-closing the stream asks for the last, shorter window and the end of an open event.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SoundClassifierServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +124,11 @@ def add_SoundClassifierServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=serving_dot_grpc__stubs_dot_soundclassifier_dot_v1_dot_sound__classifier__pb2.InfoRequest.FromString,
                     response_serializer=serving_dot_grpc__stubs_dot_soundclassifier_dot_v1_dot_sound__classifier__pb2.InfoResponse.SerializeToString,
+            ),
+            'Listen': grpc.stream_stream_rpc_method_handler(
+                    servicer.Listen,
+                    request_deserializer=serving_dot_grpc__stubs_dot_soundclassifier_dot_v1_dot_sound__classifier__pb2.ListenRequest.FromString,
+                    response_serializer=serving_dot_grpc__stubs_dot_soundclassifier_dot_v1_dot_sound__classifier__pb2.ListenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +239,33 @@ class SoundClassifier:
             '/soundclassifier.v1.SoundClassifier/Info',
             serving_dot_grpc__stubs_dot_soundclassifier_dot_v1_dot_sound__classifier__pb2.InfoRequest.SerializeToString,
             serving_dot_grpc__stubs_dot_soundclassifier_dot_v1_dot_sound__classifier__pb2.InfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Listen(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/soundclassifier.v1.SoundClassifier/Listen',
+            serving_dot_grpc__stubs_dot_soundclassifier_dot_v1_dot_sound__classifier__pb2.ListenRequest.SerializeToString,
+            serving_dot_grpc__stubs_dot_soundclassifier_dot_v1_dot_sound__classifier__pb2.ListenResponse.FromString,
             options,
             channel_credentials,
             insecure,

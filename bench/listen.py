@@ -1,72 +1,113 @@
-"""Issue 20's latency figure: N concurrent real-speed WebSocket /listen streams for 20 s; the lag from
-sending the frame that completes a window to receiving that window's message (default settings).
+"""Issue 20's figures: live WebSocket /listen streams at real speed against a served model.
 
-    python -m bench.listen MODEL_TAG [N]      # N streams (default 16); not yet a stage of bench/run.py
+    streams(url, n, seconds, window_s)   -> lag from the frame that completes a window to that
+                                            window's message (p50/p95/max), windows, failures
+    python -m bench.listen MODEL_TAG [N]  # N real-speed streams for 20 s against a fresh server
+
+Each stream sends 100 ms frames of 16 kHz PCM on the wall clock, then `end`, and reads every
+message on its own thread; a stream counts as dropped when it does not get every window the
+contract promises (one per hop, as /timeline counts them) and a normal close. `bench.run`'s
+`listen` stage runs 16 streams for the latency and 64 for 60 s for memory and drops.
 """
 
+from __future__ import annotations
+
+import contextlib
 import json
-import os
 import sys
 import threading
 import time
 
 import numpy as np
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from testkit import audiofiles as af
-from testkit.server import ServedService
 
 RATE = 16000
-TAG = sys.argv[1]
-N = int(sys.argv[2]) if len(sys.argv) > 2 else 16
-SECONDS = 20
-x = (
-    (np.clip(af.sine(440, SECONDS, RATE) + af.noise(SECONDS, RATE, 0.1), -1, 1) * 32767)
-    .astype("<i2")
-    .tobytes()
-)
-F = int(0.1 * RATE) * 2
-frames = [x[i : i + F] for i in range(0, len(x), F)]
-lags = []
-errors = []
+FRAME_S = 0.1
+HOP_S = 0.5
 
 
-def stream(url, k):
-    sent = {}
-    try:
-        with connect(url) as ws:
-
-            def read():
-                try:
-                    while True:
-                        m = json.loads(ws.recv(timeout=60))
-                        t = time.monotonic()
-                        if "top" in m and round(m["end_s"] - m["start_s"], 3) == 5.0:
-                            lags.append(t - sent[int(round(m["end_s"] / 0.1)) - 1])
-                        if "error" in m:
-                            errors.append(m)
-                except Exception:
-                    pass
-
-            r = threading.Thread(target=read)
-            r.start()
-            time.sleep(k * 0.1 / N)
-            start = time.monotonic()
-            for i, f in enumerate(frames):
-                time.sleep(max(0, start + i * 0.1 - time.monotonic()))
-                sent[i] = time.monotonic()
-                ws.send(f)
-            ws.send("end")
-            r.join()
-    except Exception as e:
-        errors.append(repr(e))
+def pcm(seconds: float) -> bytes:
+    wave = np.clip(af.sine(440, seconds, RATE) + af.noise(seconds, RATE, 0.1), -1, 1)
+    return (wave * 32767).astype("<i2").tobytes()
 
 
-with ServedService(TAG) as s:
-    url = f"ws://127.0.0.1:{s.port}/listen?sample_rate={RATE}"
-    ts = [threading.Thread(target=stream, args=(url, k)) for k in range(N)]
-    [t.start() for t in ts]
-    [t.join() for t in ts]
-print(
-    f"{N} streams: {len(lags)} windows, p50 {np.percentile(lags, 50) * 1000:.1f} ms, p95 {np.percentile(lags, 95) * 1000:.1f} ms, max {max(lags) * 1000:.1f} ms, errors {errors[:3]}, load {os.getloadavg()}"
-)
+def streams(url: str, n: int, seconds: float, window_s: float) -> dict:
+    """`n` concurrent real-speed streams of `seconds` of audio each, started 1/n of a frame apart."""
+    from soundclassifier.timeline import window_count
+
+    data = pcm(seconds)
+    step = int(FRAME_S * RATE) * 2
+    frames = [data[i : i + step] for i in range(0, len(data), step)]
+    expected = window_count(len(data) // 2, round(window_s * RATE), round(HOP_S * RATE))
+    lags: list[float] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def one(k: int) -> None:
+        sent: dict[int, float] = {}
+        windows = 0
+        try:
+            with connect(f"{url}/listen?sample_rate={RATE}&hop_s={HOP_S}", open_timeout=30) as ws:
+
+                def on_message(raw: str) -> None:
+                    nonlocal windows
+                    m, t = json.loads(raw), time.monotonic()
+                    if "error" in m:
+                        with lock:
+                            failures.append(f"stream {k}: {m}")
+                    elif "top" in m:
+                        windows += 1
+                        frame = int(round(m["end_s"] / FRAME_S)) - 1  # the frame that completed it
+                        if round(m["end_s"] - m["start_s"], 3) == round(window_s, 3) and frame in sent:
+                            with lock:
+                                lags.append(t - sent[frame])
+
+                def read() -> None:
+                    with contextlib.suppress(ConnectionClosed):  # an abnormal close: judged below
+                        for raw in ws:  # ends at the server's normal close
+                            on_message(raw)
+
+                reader = threading.Thread(target=read)
+                reader.start()
+                time.sleep(k * FRAME_S / n)
+                start = time.monotonic()
+                for i, f in enumerate(frames):
+                    time.sleep(max(0.0, start + i * FRAME_S - time.monotonic()))
+                    sent[i] = time.monotonic()
+                    ws.send(f)
+                ws.send("end")
+                reader.join(timeout=60)
+                if ws.close_code != 1000 or windows != expected:
+                    with lock:
+                        failures.append(f"stream {k}: {windows}/{expected} windows, close {ws.close_code}")
+        except Exception as e:  # noqa: BLE001 - a failed stream is a finding, not a crash
+            with lock:
+                failures.append(f"stream {k}: {type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ms = np.array(lags) * 1000
+    return {
+        "streams": n, "seconds": seconds, "hop_s": HOP_S, "sample_rate": RATE, "windows": len(lags),
+        "windows_expected_per_stream": expected, "dropped": len({f.split(":")[0] for f in failures}),
+        "failures": failures[:5],
+        **({"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+            "max_ms": float(ms.max())} if len(ms) else {}),
+    }  # fmt: skip
+
+
+if __name__ == "__main__":
+    import httpx
+
+    from testkit.server import ServedService
+
+    with ServedService(sys.argv[1]) as server:
+        window_s = httpx.post(f"{server.base_url}/info").json()["feature_settings"]["clip_seconds"]
+        ws_url = server.base_url.replace("http://", "ws://")
+        print(json.dumps(streams(ws_url, int(sys.argv[2]) if len(sys.argv) > 2 else 16, 20, window_s), indent=1))

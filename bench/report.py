@@ -20,6 +20,8 @@ MAX_RSS_MB = 1.0 * MiB_PER_GiB  # (21) the served tree after warm-up and after a
 MAX_STARTUP_RSS_MB = 1.5 * MiB_PER_GiB  # (21) its peak from launch until every worker answers
 MAX_HOSTILE_GROWTH = 1.25  # (21) after a hostile burst, x the RSS after the load
 MAX_COLD_START_S = 15.0  # (21) `bentoml serve` to every worker answering
+MAX_LISTEN_P95_MS = 100.0  # (20) last sample of a hop to its message, 16 real-speed streams
+MAX_LISTEN_GROWTH = 1.1  # (20) RSS after 64 streams for 60 s, x before
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,37 @@ def targets(results: dict, soak_seconds: float) -> list[dict]:
             out.append(_missing(_peer_name(peer, 32, "sequential stages"), why_missing))
     out += lean_targets(results.get("lean"))
     out.append(bento_target(results.get("bento")))
+    out += listen_targets(results.get("listen"))
+    return out
+
+
+def listen_targets(listen: dict | None) -> list[dict]:
+    """Issue 20's rows from the `listen` stage (one server, defaults)."""
+    names = [f"(20) live /listen: lag p95 <= {MAX_LISTEN_P95_MS:g} ms at 16 real-speed streams",
+             f"(20) 64 live streams: RSS after <= {MAX_LISTEN_GROWTH:g} x before, none dropped, other routes answered"]
+    if not listen or "soak" not in listen:
+        why = (listen or {}).get("failed", "listen stage skipped")
+        return [_missing(n, why) for n in names]
+    out = []
+    lat = listen["latency"]
+    if "p95_ms" in lat:
+        out.append(_target(
+            names[0], f"p50 {lat['p50_ms']:.1f} ms, p95 {lat['p95_ms']:.1f} ms, max {lat['max_ms']:.0f} ms over "
+                      f"{lat['windows']} windows of {lat['streams']} streams x {lat['seconds']:g} s ({lat['dropped']} dropped)",
+            f"<= {MAX_LISTEN_P95_MS:g} ms", lat["p95_ms"] / MAX_LISTEN_P95_MS,
+            lat["p95_ms"] <= MAX_LISTEN_P95_MS and lat["dropped"] == 0, _ms_margin(MAX_LISTEN_P95_MS - lat["p95_ms"])))
+    else:
+        out.append(_missing(names[0], f"no window measured: {lat['failures'][:2]}"))
+    soak, before, after = listen["soak"], listen["memory_before"], listen["memory_after"]
+    growth = after["rss_mb"] / before["rss_mb"]
+    other = listen["other_requests"]
+    met = growth <= MAX_LISTEN_GROWTH and soak["dropped"] == 0 and other["sent"] > 0 and other["ok"] == other["sent"]
+    out.append(_target(
+        names[1], f"{_mib(before['rss_mb'])} -> {_mib(after['rss_mb'])} = {growth:.2f} x; {soak['dropped']} of "
+                  f"{soak['streams']} streams dropped over {soak['seconds']:g} s; /classify beside them "
+                  f"{other['ok']}/{other['sent']} answered",
+        f"<= {MAX_LISTEN_GROWTH:g} x, 0 dropped", growth / MAX_LISTEN_GROWTH, met,
+        _under(growth, MAX_LISTEN_GROWTH, "x")))
     return out
 
 

@@ -76,7 +76,7 @@ from soundclassifier.hardware import cpu_has_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("raw", "features", "lean", "bento", "http", "grpc", "soak", "nobatch", "torch", "litserve", "interleaved",
-          "spark")
+          "listen", "spark")
 SERVER_START_TIMEOUT_S = 300.0
 
 log = logging.getLogger("bench")
@@ -100,11 +100,15 @@ class Plan:
     spark_files: int = 400  # clips classified by the Spark job on local[2]
     hostile_seconds: float = 30.0  # the hostile burst of the lean stage
     hostile_clients: int = 8
+    listen_seconds: float = 20.0  # the live-stream latency run (16 streams)
+    listen_soak_seconds: float = 60.0  # the live-stream memory run (64 streams)
 
 
 FULL = Plan()
 QUICK = Plan(raw_seconds=0.2, feature_repeats=5, peer_clients=(1, 32), point_seconds=2.0, warmup_seconds=0.5,
-             soak_seconds=5.0, litserve=False, spark_files=48, rounds=1, hostile_seconds=5.0)
+             soak_seconds=5.0, litserve=False, spark_files=48, rounds=1, hostile_seconds=5.0, listen_seconds=6.0,
+             listen_soak_seconds=8.0)
+LISTEN_STREAMS = (16, 64)  # issue 20: latency at 16 real-speed streams; memory and drops at 64
 PEER_CLIENTS = 32  # where the issue-9 and issue-21 ratios are taken
 
 # The interleaved stage's servers: name -> (kind, environment). The names are those of report.RATIOS.
@@ -360,6 +364,64 @@ def lean(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, results: dict
         (out / "server-lean.log").write_text(server.log())
 
 
+def listen_stage(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, results: dict) -> None:
+    """Issue 20 on one server with the defaults: the lag of 16 real-speed /listen streams, then 64
+    streams with a /classify every second beside them: RSS before and after, streams dropped,
+    other requests answered."""
+    import threading
+
+    from bench import listen
+    from testkit.server import ServedService
+
+    entry: dict = {}
+    results["listen"] = entry
+    log.info("listen: %d real-speed streams for %g s, then %d for %g s", LISTEN_STREAMS[0], plan.listen_seconds,
+             LISTEN_STREAMS[1], plan.listen_soak_seconds)
+    server = ServedService(tag, grpc_port="0", start_timeout_s=SERVER_START_TIMEOUT_S)
+    try:
+        server.start()
+        pid, url = server.process.pid, server.base_url
+        ws_url = url.replace("http://", "ws://")
+        window_s = httpx.post(f"{url}/info", timeout=30).json()["feature_settings"]["clip_seconds"]
+        loads.http_load(f"{url}/classify", *body, 4, 1.0)
+        entry["latency"] = listen.streams(ws_url, LISTEN_STREAMS[0], plan.listen_seconds, window_s)
+        loads.wait_idle(url)
+        entry["memory_before"] = tree_memory(pid)
+        statuses: list[int] = []
+        stop = threading.Event()
+
+        def other_routes() -> None:
+            with httpx.Client(base_url=url, timeout=30) as client:
+                while not stop.wait(1.0):
+                    try:
+                        statuses.append(client.post("/classify", content=body[0],
+                                                    headers={"content-type": body[1]}).status_code)
+                    except httpx.HTTPError:
+                        statuses.append(0)
+
+        beside = threading.Thread(target=other_routes)
+        beside.start()
+        try:
+            entry["soak"] = listen.streams(ws_url, LISTEN_STREAMS[1], plan.listen_soak_seconds, window_s)
+        finally:
+            stop.set()
+            beside.join()
+        entry["other_requests"] = {"sent": len(statuses), "ok": statuses.count(200)}
+        loads.wait_idle(url)
+        entry["memory_after"] = tree_memory(pid)
+        lat = entry["latency"]
+        log.info("  lag p50 %.1f ms, p95 %.1f ms at %d streams; RSS %.0f -> %.0f MiB over %d streams, %d dropped",
+                 lat.get("p50_ms", float("nan")), lat.get("p95_ms", float("nan")), LISTEN_STREAMS[0],
+                 entry["memory_before"]["rss_mb"], entry["memory_after"]["rss_mb"], LISTEN_STREAMS[1],
+                 entry["soak"]["dropped"])
+    except Exception as e:  # noqa: BLE001 - one failed stage must not lose the others
+        entry["failed"] = f"{type(e).__name__}: {e}"
+        log.exception("  listen failed")
+    finally:
+        server.stop()
+        (out / "server-listen.log").write_text(server.log())
+
+
 def bento(tag: str, body: tuple[bytes, str], out: Path, results: dict) -> None:
     log.info("bento: build, export, import into an empty home, serve")
     try:
@@ -480,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
             results["interleaved"] = {"failed": f"{type(e).__name__}: {e}"}
             log.exception("  interleaved failed")
 
+    if "listen" not in skip:
+        listen_stage(tag, plan, body, args.out, results)
     if "spark" not in skip:
         results["spark"] = spark_job(tag, plan.spark_files, audio)
         if "raw_best" in results and "files_per_s" in results["spark"]:

@@ -275,3 +275,43 @@ def test_a_missed_memory_target_says_by_how_much():
     assert rss["margin"] == "over by 3 MiB"
     assert growth["margin"] == "over by 0.05 x"
     assert peak["margin"] == "over by 10 MiB"
+
+
+def _listen_verdicts(p95=50.0, before=800.0, after=800.0, dropped=0, ok=10, sent=10) -> list[bool | None]:
+    from bench.report import listen_targets
+
+    stream = {"streams": 16, "seconds": 20, "windows": 500, "dropped": 0, "failures": []}
+    return [row["met"] for row in listen_targets({
+        "latency": {**stream, "p50_ms": 10.0, "p95_ms": p95, "max_ms": 2 * p95},
+        "soak": {**stream, "streams": 64, "seconds": 60, "dropped": dropped},
+        "memory_before": {"rss_mb": before}, "memory_after": {"rss_mb": after},
+        "other_requests": {"sent": sent, "ok": ok},
+    })]  # fmt: skip
+
+
+def test_live_listening_targets_at_their_limits():
+    from bench.report import MAX_LISTEN_GROWTH, MAX_LISTEN_P95_MS, listen_targets
+
+    assert _listen_verdicts() == [True, True]
+    assert _listen_verdicts(p95=MAX_LISTEN_P95_MS)[0] is True
+    assert _listen_verdicts(p95=MAX_LISTEN_P95_MS + 0.1)[0] is False
+    assert _listen_verdicts(after=800.0 * MAX_LISTEN_GROWTH)[1] is True
+    assert _listen_verdicts(after=800.0 * MAX_LISTEN_GROWTH + 1)[1] is False
+    assert _listen_verdicts(dropped=1)[1] is False
+    assert _listen_verdicts(ok=9)[1] is False  # a /classify beside the streams went unanswered
+    assert {row["met"] for row in listen_targets(None)} == {None}
+
+
+def test_the_listen_stage_measures_real_streams(served):
+    """bench.listen against the session's real server: every window of every stream arrives and
+    each one's lag is measured (2 streams, 6 s at real speed)."""
+    import httpx
+
+    from bench.listen import streams
+
+    window_s = httpx.post(f"{served.base_url}/info").json()["feature_settings"]["clip_seconds"]
+    result = streams(served.base_url.replace("http://", "ws://"), 2, 6.0, window_s)
+    assert result["dropped"] == 0, result["failures"]
+    assert result["windows_expected_per_stream"] >= 2
+    assert result["windows"] >= 2 * (result["windows_expected_per_stream"] - 1)  # full windows (the last may be short)
+    assert 0 < result["p50_ms"] <= result["p95_ms"] <= result["max_ms"] < 5000

@@ -87,9 +87,12 @@ def grpc_status(e: Exception) -> tuple[grpc.StatusCode, str]:
 
 def ws_close(e: Exception) -> tuple[int, str]:
     """(close code, reason) for a live stream ended by `e`: a frame too large 1009, a frame that is
-    not 16-bit PCM 1003, overload 1013 (try again later), bad parameters and idleness 1008."""
-    if isinstance(e, AudioError):
-        code = WS_TOO_BIG if e.kind in (ErrorKind.TOO_LARGE, ErrorKind.TOO_LONG) else WS_UNSUPPORTED_DATA
+    not 16-bit PCM 1003, overload 1013 (try again later), bad parameters, idleness and a stream over
+    its length limit 1008."""
+    if isinstance(e, AudioError) and e.kind == ErrorKind.TOO_LONG:
+        code = WS_POLICY
+    elif isinstance(e, AudioError):
+        code = WS_TOO_BIG if e.kind == ErrorKind.TOO_LARGE else WS_UNSUPPORTED_DATA
     elif isinstance(e, OverloadedError):
         code = WS_TRY_AGAIN_LATER
     else:

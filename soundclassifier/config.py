@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(50.0, gt=0, description="largest upload /classify and /spectrogram accept")
     max_clip_seconds: float = Field(600.0, gt=0, description="longest audio /classify accepts")
     max_timeline_upload_mb: float = Field(1024.0, gt=0, description="largest upload /timeline accepts")
-    max_timeline_seconds: float = Field(4 * 3600.0, gt=0, description="longest audio /timeline accepts")
+    max_timeline_seconds: float = Field(4 * 3600.0, gt=0, description="longest audio /timeline accepts, and a live stream (/listen, gRPC Listen)")
     max_samples: int = Field(
         2**24, gt=0, description="samples (frames x channels) in one clip, or in one timeline window: bounds "
         "a request's decoding work (2**24: 6 min of 44.1 kHz stereo)"

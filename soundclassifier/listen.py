@@ -73,6 +73,8 @@ class ListenSession:
         settings = pipeline.settings
         self.max_frame_bytes = settings.listen_max_frame_kb * 1024
         self.idle_s = settings.listen_idle_s
+        # A stream is a timeline that arrives live: the same bound on its audio (and so its windows).
+        self.max_seconds = settings.max_timeline_seconds
         self.max_pending = settings.listen_max_pending_windows
         rate = self.rate = opts.sample_rate
         self.window_s = pipeline.classifier.settings.clip_seconds
@@ -141,7 +143,11 @@ class ListenSession:
         if len(frame) % 2:
             raise AudioError(ErrorKind.CORRUPT, f"a frame of {len(frame):,} bytes is not whole 16-bit samples "
                                                 "(send little-endian 16-bit mono PCM)")
-        return np.frombuffer(frame, dtype="<i2")
+        samples = np.frombuffer(frame, dtype="<i2")
+        if self.received + len(samples) > self.max_seconds * self.rate:
+            raise AudioError(ErrorKind.TOO_LONG, f"the stream reached {self.max_seconds:g} s of audio, the limit of "
+                                                 "one stream; open a new one")
+        return samples
 
     def _take(self, samples: np.ndarray) -> tuple[int, list[Span], np.ndarray | None]:
         """Append samples until `max_pending` windows are complete (or the samples run out); the

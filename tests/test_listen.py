@@ -21,6 +21,7 @@ from websockets.sync.client import connect
 
 from serving.grpc_stubs.soundclassifier.v1 import sound_classifier_pb2 as pb
 from serving.grpc_stubs.soundclassifier.v1 import sound_classifier_pb2_grpc as pb_grpc
+from soundclassifier.audio import AudioError, ErrorKind
 from soundclassifier.config import Settings
 from soundclassifier.listen import IdleError
 from soundclassifier.options import InvalidArgumentError
@@ -411,3 +412,17 @@ def test_classify_listen_streams_a_file_and_prints_windows_and_events(served, fo
     assert f">> {label} from 0.00 s" in lines and f"<< {label} from 0.00 s to 5.50 s" in lines[-1]
     refused = subprocess.run([*run, "--hop-s", "0.1"], capture_output=True, text=True, cwd=root, timeout=60)
     assert refused.returncode == 1 and "hop_s" in refused.stdout and "1008" in refused.stderr
+
+
+def test_a_stream_ends_at_the_timeline_length_limit(pipeline):
+    """A live stream is bounded like a timeline (SOUND_MAX_TIMELINE_SECONDS): past it, the stream
+    is refused with a reason, after the windows it was owed; the WebSocket closes it 1008."""
+    from serving.errors import ws_close
+
+    p = pipeline(max_timeline_seconds=2.0)
+    second = pcm(np.zeros(16000))
+    with pytest.raises(AudioError, match="2 s of audio") as refused:
+        asyncio.run(listen(p, [second, second, second[:2]], sample_rate=16000))
+    assert refused.value.kind == ErrorKind.TOO_LONG
+    assert ws_close(refused.value)[0] == 1008
+    assert asyncio.run(listen(p, [second, second], sample_rate=16000)) is not None  # exactly at the limit

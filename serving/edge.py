@@ -84,7 +84,7 @@ def protocol_class(limits: EdgeLimits) -> type:
                 self.timeout_keep_alive = self.edge.keep_alive_s
             self._phase = _IDLE
             self._since = 0.0  # HEAD: when the head started; BODY: the last body bytes
-            self._head_bytes = 0
+            self._head_bytes, self._head_tail = 0, b""  # the current head's bytes so far, its last 3
             self._write_paused_at: float | None = None
             self._timer = None
             self._refused = False
@@ -164,7 +164,9 @@ def protocol_class(limits: EdgeLimits) -> type:
         # --- the one timer ---------------------------------------------------------------------
 
         def _start_head(self) -> None:
-            self._phase, self._since, self._head_bytes, self._head_tail = _HEAD, self.loop.time(), 0, b""
+            # The head's byte count is not reset here: data_received counted this head's first bytes
+            # before the parser called on_message_begin (it is reset when the previous message ends).
+            self._phase, self._since = _HEAD, self.loop.time()
             self._arm(self._since + self.edge.head_timeout_s)
 
         def _arm(self, deadline: float) -> None:

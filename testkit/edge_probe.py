@@ -186,8 +186,9 @@ class Background:
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
+        output = self.output()
         self.stop()
-        raise TimeoutError(self.output())
+        raise TimeoutError(output)
 
     def output(self) -> str:
         self.log.seek(0)

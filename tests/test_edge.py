@@ -7,6 +7,7 @@ protocol is what BentoML's workers run, and keep-alive is the service's, not Ben
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 import time
@@ -74,6 +75,23 @@ def test_oversized_head_is_refused_before_it_is_read(edge):
     # 64 KiB limit + one 256 KiB read on the server; the rest sits in the two sockets' buffers.
     assert result["bytes_sent_before_answer_or_close"] < 4 << 20, result
     assert result["seconds"] < 2, result
+
+
+@pytest.mark.parametrize("first_request", [False, True], ids=["new-connection", "kept-alive"])
+def test_a_head_over_the_limit_in_two_reads_is_refused(edge, first_request):
+    """The head is counted from its first byte, whichever read brings it: on a kept-alive
+    connection the parser's start of a message used to zero the count after the first read had
+    been counted, so a 100 KB head sent in two halves got through (found by the fuzz suite)."""
+    with socket.create_connection(("127.0.0.1", edge.port), timeout=10) as sock:
+        if first_request:
+            assert _request(sock).startswith(b"HTTP/1.1 200")
+        lines = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 90) for i in range(1000))  # ~100 KB
+        half = len(lines) // 2
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n" + lines[:half])
+        time.sleep(0.2)  # two reads on the server
+        with contextlib.suppress(OSError):  # the server may close while the rest is sent
+            sock.sendall(lines[half:] + b"\r\nhi")
+        assert _response(sock).startswith(b"HTTP/1.1 431")
 
 
 def test_keep_alive_between_requests_is_governed_by_keep_alive_not_the_head_limit(edge):

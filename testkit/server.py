@@ -44,7 +44,8 @@ class ServedService:
         target (str): what to serve: the source service (default) or a built Bento's tag.
         grpc_port (str): SOUND_GRPC_PORT; "0" (default) leaves the gRPC front door off.
         env (dict | None): extra environment variables, applied last.
-        bentoml_home (Path | str | None): BENTOML_HOME for the server; default: inherited.
+        bentoml_home (Path | str | None): the store whose models and Bentos the server reads
+            (default: the inherited BENTOML_HOME); the server runs in a home of its own (`_own_home`).
         port (int | None): HTTP port; default: a free one.
         start_timeout_s (float): how long to wait for GET /readyz to answer 200.
         source_root (Path): the checkout served from source (bench/ab.py serves other revisions).
@@ -109,11 +110,13 @@ class ServedService:
         bentoml_cli = Path(sys.executable).with_name("bentoml")
         # No other flag: the service itself sets what users would otherwise pass (keep-alive, deadlines).
         command = [str(bentoml_cli), "serve", self.target, "--host", "127.0.0.1", "--port", str(self.port)]
+        env = self.environment()
+        env["BENTOML_HOME"] = str(self._own_home(Path(env.get("BENTOML_HOME") or Path.home() / "bentoml")))
         with self._log_path.open("wb") as log_file:
             self.process = subprocess.Popen(
                 command,
                 cwd=cwd,
-                env=self.environment(),
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -124,6 +127,18 @@ class ServedService:
         except BaseException:
             self.stop()
             raise
+
+    def _own_home(self, store: Path) -> Path:
+        """A BentoML home of this server's own that reads `store`'s models and Bentos: `bentoml serve`
+        empties its home's prometheus_multiproc_dir when it starts, so a second server sharing the
+        home wiped the first one's metrics (a test server started mid-session did so to the
+        session's server)."""
+        home = Path(self._workdir.name) / "bentoml-home"
+        home.mkdir()
+        for part in ("models", "bentos"):
+            (store / part).mkdir(parents=True, exist_ok=True)
+            (home / part).symlink_to(store / part, target_is_directory=True)
+        return home
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout_s

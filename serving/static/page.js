@@ -294,6 +294,7 @@ const LISTEN = { hop_s: 0.5, top_k: 3, smoothing: 3 }; // smoothing: an event ne
 const FRAME_S = 0.1; // audio per WebSocket message
 const LANE_WINDOWS = 60; // the lane shows the last 30 s of windows; older ones leave the DOM
 const EVENT_ITEMS = 20; // the events list keeps this many, newest first
+const MAX_BEHIND_S = 5; // audio waiting in the socket's send queue before the page gives up
 const STOP_WAIT_MS = 5000; // after "end", how long the server has to answer the rest and close
 let live = null; // the running session: {socket, stream, context, node, open, error, stopping, ...}
 
@@ -450,6 +451,13 @@ async function startListening() {
   const socket = session.socket = new WebSocket(url);
   session.node.port.onmessage = (e) => {
     if (socket.readyState !== WebSocket.OPEN || session.stopping) return;
+    if (socket.bufferedAmount > MAX_BEHIND_S * 2 * session.rate) { // the browser's queue stays bounded
+      session.error = `the connection cannot keep up with live sound (over ${MAX_BEHIND_S} s not yet sent).`;
+      session.stopping = true;
+      release(session);
+      socket.close();
+      return;
+    }
     socket.send(e.data);
     session.samples += e.data.byteLength / 2;
   };

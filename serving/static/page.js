@@ -265,16 +265,21 @@ async function startRecording() {
   state.textContent = "Recording 0 s";
 }
 
-function setUpRecording() {
-  const button = $("record");
-  if (!(navigator.mediaDevices && window.MediaRecorder && window.AudioContext)) {
+// A microphone button (#id, its status in #id-state), or why it cannot work here: browsers hide
+// the microphone's APIs from pages that are not HTTPS or localhost.
+function setUpMicrophoneButton(id, supported, doing, onClick) {
+  const button = $(id);
+  if (!(navigator.mediaDevices && supported)) {
     button.disabled = true;
-    $("record-state").textContent = window.isSecureContext
-      ? "This browser cannot record audio."
-      : "Recording needs HTTPS (or localhost).";
+    $(`${id}-state`).textContent = window.isSecureContext
+      ? `This browser cannot ${doing}.` : "The microphone needs HTTPS (or localhost).";
     return;
   }
-  button.addEventListener("click", () => {
+  button.addEventListener("click", onClick);
+}
+
+function setUpRecording() {
+  setUpMicrophoneButton("record", window.MediaRecorder && window.AudioContext, "record audio", () => {
     if (recorder && recorder.state === "recording") recorder.stop();
     else startRecording();
   });
@@ -480,15 +485,7 @@ async function startListening() {
 }
 
 function setUpListening() {
-  const button = $("listen");
-  if (!(navigator.mediaDevices && window.AudioWorkletNode && window.WebSocket)) {
-    button.disabled = true;
-    $("listen-state").textContent = window.isSecureContext
-      ? "This browser cannot stream audio."
-      : "Listening needs HTTPS (or localhost).";
-    return;
-  }
-  button.addEventListener("click", () => {
+  setUpMicrophoneButton("listen", window.AudioWorkletNode && window.WebSocket, "stream audio", () => {
     if (live && live.socket) stopListening(live);
     else if (!live) startListening();
   });

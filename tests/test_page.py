@@ -337,3 +337,35 @@ def test_listen_shows_why_the_server_closed_the_stream(page, served):
     expect(page.locator("#listen-state")).to_have_text("Stopped.")
     expect(page.locator("#listen")).to_have_text("Listen")
     expect(page.locator("#listen")).to_be_enabled()
+
+
+def test_listen_lane_and_events_stay_bounded_and_labels_stay_text(page, served):
+    """Half an hour of windows (3600 at 0.5 s), fed to the page's own message handler as /listen
+    sends them: the DOM keeps the last 60 windows and 20 events, and a label is never markup."""
+    open_page(page, served)
+    shown = page.evaluate(
+        """hostile => {
+        const session = { open: new Map() };
+        const send = (m) => onLiveMessage(session, JSON.stringify(m));
+        for (let k = 0; k < 3600; k++) {
+          const label = k % 10 < 6 ? hostile : "rain";
+          send({ start_s: k / 2, end_s: k / 2 + 5, label, top: [{ label, probability: 0.9 }] });
+          if (k % 10 === 0) send({ event: "start", label: hostile, start_s: k / 2 });
+          if (k % 10 === 6) send({ event: "end", label: hostile, start_s: (k - 6) / 2, end_s: k / 2 });
+        }
+        const runs = [...document.querySelectorAll("#live-lane .lane-run")];
+        return {
+          windows: runs.map((r) => Number(r.dataset.windows)),
+          widths: runs.map((r) => parseFloat(r.style.width)),
+          events: document.querySelectorAll("#live-events .event").length,
+          newest: document.querySelector("#live-events .event-time").textContent,
+        };
+    }""",
+        HOSTILE_NAME,
+    )
+    assert sum(shown["windows"]) == 60 and len(shown["windows"]) == 12, shown["windows"]
+    assert sum(shown["widths"]) == pytest.approx(100)
+    assert shown["events"] == 20 and shown["newest"] == "1795.0 s – 1798.0 s", shown
+    expect(page.locator("#live-label")).to_have_text("rain")
+    expect(page.locator("#live-events .event-label").first).to_have_text(HOSTILE_NAME)
+    assert page.locator("#live img").count() == 0 and page.title() == "Sound classifier"

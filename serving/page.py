@@ -7,9 +7,11 @@ adds its own index page (Swagger UI) after the mounted apps, so front_door's GET
 person to the page, while BentoML's API and system routes come first and win every other clash.
 The Swagger UI that / used to show stays reachable at /docs (BentoML's own file, served as is).
 
-The browser does the work through the service's own HTTP routes on the same origin (POST
-/classify, /spectrogram, /timeline), so the page's uploads pass the same guard, limits, batcher and
-metrics as any other client; static/page.js renders their JSON with textContent, never innerHTML.
+The browser does the work through the service's own routes on the same origin (POST /classify,
+/spectrogram, /timeline; the WebSocket /listen for the Listen button), so the page's uploads and
+streams pass the same guard, limits, batcher and metrics as any other client; static/page.js
+renders their JSON with textContent, never innerHTML. Live audio is converted to 16-bit PCM by an
+AudioWorklet module, static/listen-worklet.js (a file, because the CSP refuses blob: scripts).
 The model panel is rendered here from the pipeline's `describe()` (what POST /info returns; the
 service puts its pipeline in `app.state.pipeline`) and loaded by htmx; FastHTML escapes every
 string in it. Nothing here decodes audio, computes features or post-processes
@@ -122,6 +124,29 @@ def page():
                 hidden=True,
             ),
             Section(
+                H2("Listening"),
+                P(
+                    Span(id="live-label"),
+                    " ",
+                    Span(id="live-probability"),
+                    " ",
+                    Span(id="live-time", cls="meta"),
+                    id="live-verdict",
+                    aria_live="polite",
+                ),
+                Div(
+                    id="live-lane",
+                    cls="lane",
+                    role="img",
+                    aria_label="label of each recent window, newest right",
+                ),
+                P(id="live-note", cls="meta"),
+                Ol(id="live-events", cls="events", aria_label="sounds heard, newest first"),
+                id="live",
+                cls="card",
+                hidden=True,
+            ),
+            Section(
                 H2("Over time"),
                 P(id="timeline-note", cls="meta"),
                 Div(id="timeline-strip", cls="strip", role="img", aria_label="labels over time"),
@@ -186,6 +211,11 @@ def input_section():
             cls="row",
         ),
         Div(
+            Button("Listen", id="listen", type="button", cls="listen", aria_pressed="false"),
+            Span(id="listen-state", cls="meta", role="status"),
+            cls="row",
+        ),
+        Div(
             P(Span("File: ", cls="meta"), Span(id="file-name", cls="file-name")),
             Audio(id="player", controls=True, preload="metadata"),
             id="current",
@@ -237,8 +267,10 @@ def model_panel():
                 Table(Thead(Tr(Th("label"), Th("held-out recall"))), Tbody(*rows), cls="labels"),
             ),
             id="model-card",
-            # For page.js: when to ask for a timeline, and the size limit to quote on a cut-off upload.
+            # For page.js: when to ask for a timeline, the size limit to quote on a cut-off upload, and
+            # the rate to listen at (the model's: the server then has nothing to resample).
             data_clip_seconds=f"{fs['clip_seconds']:g}",
+            data_sample_rate=str(fs["sample_rate"]),
             data_max_upload_mb=f"{info.limits.get('max_upload_mb', 0):g}",
         ),
     )

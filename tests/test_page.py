@@ -5,14 +5,19 @@
 Needs /usr/bin/chromium (Debian package `chromium`; `playwright install` cannot download here).
 Every answer the page shows is compared with what the service's HTTP routes return for the same
 file; every request the page makes must stay on the server's origin. The microphone is Chromium's
-fake capture device. A screenshot of the page is left in tests/artifacts/page.png.
+fake capture device: a beep, or for Listen a looped file of a known sound. A screenshot of the page
+is left in tests/artifacts/page.png.
 """
 
 from __future__ import annotations
 
+import csv
 import io
+import json
 import re
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -45,28 +50,42 @@ def http(served):
 
 
 @pytest.fixture(scope="module")
-def browser():
+def playwright():
     assert Path(CHROMIUM).exists(), "install Chromium: apt-get install -y --no-install-recommends chromium"
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+    with sync_playwright() as p:  # one per thread: every browser of this module shares it
+        yield p
 
 
-@pytest.fixture
-def page(browser, served):
-    """A fresh page that records every URL it requests; the test ends by checking they stayed home."""
+@pytest.fixture(scope="module")
+def browser(playwright):
+    b = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    yield b
+    b.close()
+
+
+@contextmanager
+def tracked_page(browser, served) -> Iterator[Page]:
+    """A fresh page that records every URL it requests or opens a WebSocket to; on leaving, checks
+    they all stayed on the server's origin."""
     context = browser.new_context(viewport={"width": 900, "height": 900})
     page = context.new_page()
     page.requests = []
     page.on("request", lambda r: page.requests.append(r.url))
+    page.on("websocket", lambda ws: page.requests.append(ws.url))
     page.set_default_timeout(TIMEOUT_MS)
     yield page
     context.close()
     origin = served.base_url + "/"
+    home = (origin, "blob:" + origin, origin.replace("http://", "ws://", 1))
     assert page.requests, "the page made no requests at all"
-    strays = [u for u in page.requests if not (u.startswith(origin) or u.startswith("blob:" + origin))]
+    strays = [u for u in page.requests if not u.startswith(home)]
     assert not strays, f"requests left {origin}: {strays}"
+
+
+@pytest.fixture
+def page(browser, served):
+    with tracked_page(browser, served) as page:
+        yield page
 
 
 def long_recording() -> bytes:
@@ -208,3 +227,145 @@ def test_microphone_recording_is_sent_as_wav_and_classified(page, served, http):
     duration = float(re.match(r"^(\d+\.\d) s at \d+ Hz", answer).group(1))
     assert 0.8 <= duration <= 10, answer  # the service read it: WebM would have been refused with 415
     expect(page.locator("#error")).to_be_hidden()
+
+
+# --- Listen: the microphone streamed to WebSocket /listen ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def known_sound(synthetic_dir, http, tmp_path_factory) -> tuple[str, Path]:
+    """(label, 16-bit WAV) of a 5 s synthetic clip that the served model labels right at every hop
+    of its own loop (Chromium loops the capture file and the page starts listening at any point of
+    it), as /timeline answers three loops of it with the page's hop and default threshold."""
+    with (synthetic_dir / "meta" / "esc50.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        samples, rate = sf.read(synthetic_dir / "audio" / row["filename"], dtype="int16")
+        loops = io.BytesIO()
+        sf.write(loops, np.tile(samples, 3), rate, format="WAV", subtype="PCM_16")
+        timeline = post(http, "/timeline", loops.getvalue(), "loops.wav").json()
+        if {w["label"] for w in timeline["windows"]} == {row["category"]}:
+            path = tmp_path_factory.mktemp("microphone") / "known.wav"
+            sf.write(path, samples, rate, subtype="PCM_16")  # Chromium reads 16-bit PCM only
+            return row["category"], path
+    pytest.fail("the tiny model labels no synthetic clip right at every hop of its loop")
+
+
+@pytest.fixture
+def listening_page(playwright, served, known_sound):
+    """A page in a Chromium of its own whose microphone plays `known_sound` (launch flags are per
+    browser: the module's browser keeps its beep)."""
+    b = playwright.chromium.launch(
+        executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={known_sound[1]}"]
+    )
+    try:
+        with tracked_page(b, served) as page:
+            yield page
+    finally:
+        b.close()
+
+
+def watch_sockets(page: Page) -> list[dict]:
+    """Every WebSocket the page opens: {"socket", "sent": [bytes | str], "received": [dict]}."""
+    sockets: list[dict] = []
+
+    def opened(ws) -> None:
+        record = {"socket": ws, "sent": [], "received": []}
+        ws.on("framesent", lambda payload: record["sent"].append(payload))
+        ws.on("framereceived", lambda payload: record["received"].append(json.loads(payload)))
+        sockets.append(record)
+
+    page.on("websocket", opened)
+    return sockets
+
+
+def test_listen_streams_the_microphone_and_shows_labels_and_events(listening_page, served, http, known_sound):
+    page, (label, _) = listening_page, known_sound
+    rate = http.post("/info").json()["feature_settings"]["sample_rate"]
+    sockets = watch_sockets(page)
+    open_page(page, served)
+    listen, state = page.locator("#listen"), page.locator("#listen-state")
+
+    for run in range(2):  # stop, then start again
+        listen.click()
+        expect(listen).to_have_attribute("aria-pressed", "true")
+        expect(state).to_have_text(f"Listening at {rate} Hz…")
+        # The first window needs a full window of audio (5 s), and the first event a hop more.
+        expect(page.locator("#live-label")).to_have_text(label, timeout=TIMEOUT_MS)
+        expect(page.locator("#live-probability")).to_have_text(re.compile(r"^\d+\.\d%$"))
+        expect(page.locator("#live-events .event.open .event-label")).to_have_text([label])
+        expect(page.locator("#live-events .event-time")).to_have_text([re.compile(r"^from \d+\.\d s$")])
+        expect(page.locator("#live-lane .lane-run").last).to_have_text(label)
+        listen.click()
+        expect(state).to_have_text(re.compile(r"^Stopped after \d+\.\d s\.$"))
+        expect(listen).to_have_text("Listen")
+        expect(listen).to_have_attribute("aria-pressed", "false")
+        expect(listen).to_be_enabled()
+
+        # The socket: the model's rate asked for, 0.1 s frames of 16-bit PCM, "end", then closed by
+        # the server after its last answers (the end of the open event among them).
+        assert len(sockets) == run + 1
+        ws = sockets[run]
+        assert ws["socket"].url.startswith(served.base_url.replace("http://", "ws://") + "/listen?")
+        assert f"sample_rate={rate}&" in ws["socket"].url
+        assert ws["socket"].is_closed()
+        *frames, end = ws["sent"]
+        assert end == "end" and len(frames) >= 50, (end, len(frames))
+        assert {len(f) for f in frames} == {2 * round(0.1 * rate)}
+        windows = [m for m in ws["received"] if "top" in m]
+        events = [m for m in ws["received"] if "event" in m]
+        assert [w["start_s"] for w in windows] == [0.5 * k for k in range(len(windows))]
+        assert [w["label"] for w in windows[:-1]] == [label] * (len(windows) - 1)  # the last is shorter
+        assert events[0] == {"event": "start", "label": label, "start_s": 0.0}
+        assert events[-1]["event"] == "end" and events[-1]["label"] == label
+        expect(page.locator("#live-events .event")).to_have_count(1)
+        expect(page.locator("#live-events .event-time")).to_have_text(f"0.0 s – {events[-1]['end_s']:.1f} s")
+        expect(page.locator("#live-events .event.open")).to_have_count(0)
+    assert page.evaluate("live") is None  # no session left behind
+    expect(page.locator("#error")).to_be_hidden()
+
+
+def test_listen_shows_why_the_server_closed_the_stream(page, served):
+    open_page(page, served)
+    # A rate the server refuses (it takes 8-48 kHz): the page listens at the model panel's rate.
+    page.eval_on_selector("#model-card", "card => { card.dataset.sampleRate = '96000'; }")
+    page.locator("#listen").click()
+    error = page.locator("#error")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text("Listening stopped: sample_rate")
+    expect(error).to_contain_text("48000")
+    expect(page.locator("#listen-state")).to_have_text("Stopped.")
+    expect(page.locator("#listen")).to_have_text("Listen")
+    expect(page.locator("#listen")).to_be_enabled()
+
+
+def test_listen_lane_and_events_stay_bounded_and_labels_stay_text(page, served):
+    """Half an hour of windows (3600 at 0.5 s), fed to the page's own message handler as /listen
+    sends them: the DOM keeps the last 60 windows and 20 events, and a label is never markup."""
+    open_page(page, served)
+    shown = page.evaluate(
+        """hostile => {
+        const session = { open: new Map() };
+        const send = (m) => onLiveMessage(session, JSON.stringify(m));
+        for (let k = 0; k < 3600; k++) {
+          const label = k % 10 < 6 ? hostile : "rain";
+          send({ start_s: k / 2, end_s: k / 2 + 5, label, top: [{ label, probability: 0.9 }] });
+          if (k % 10 === 0) send({ event: "start", label: hostile, start_s: k / 2 });
+          if (k % 10 === 6) send({ event: "end", label: hostile, start_s: (k - 6) / 2, end_s: k / 2 });
+        }
+        const runs = [...document.querySelectorAll("#live-lane .lane-run")];
+        return {
+          windows: runs.map((r) => Number(r.dataset.windows)),
+          widths: runs.map((r) => parseFloat(r.style.width)),
+          events: document.querySelectorAll("#live-events .event").length,
+          newest: document.querySelector("#live-events .event-time").textContent,
+        };
+    }""",
+        HOSTILE_NAME,
+    )
+    assert sum(shown["windows"]) == 60 and len(shown["windows"]) == 12, shown["windows"]
+    assert sum(shown["widths"]) == pytest.approx(100)
+    assert shown["events"] == 20 and shown["newest"] == "1795.0 s – 1798.0 s", shown
+    expect(page.locator("#live-label")).to_have_text("rain")
+    expect(page.locator("#live-events .event-label").first).to_have_text(HOSTILE_NAME)
+    assert page.locator("#live img").count() == 0 and page.title() == "Sound classifier"

@@ -1,7 +1,8 @@
 // The page's behaviour: pick, drop or record audio, send it to the service's own routes on this
-// origin (POST ../classify, ../spectrogram, ../timeline) and render their answers. Text goes into
-// the page with textContent only; nothing here decodes audio for the model or post-processes
-// predictions. Recordings are converted to 16-bit WAV because the service does not read WebM.
+// origin (POST ../classify, ../spectrogram, ../timeline) and render their answers; or stream the
+// microphone to WebSocket ../listen and render its windows and events. Text goes into the page with
+// textContent only; nothing here decodes audio for the model or post-processes predictions.
+// Recordings are converted to 16-bit WAV because the service does not read WebM.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -264,18 +265,229 @@ async function startRecording() {
   state.textContent = "Recording 0 s";
 }
 
-function setUpRecording() {
-  const button = $("record");
-  if (!(navigator.mediaDevices && window.MediaRecorder && window.AudioContext)) {
+// A microphone button (#id, its status in #id-state), or why it cannot work here: browsers hide
+// the microphone's APIs from pages that are not HTTPS or localhost.
+function setUpMicrophoneButton(id, supported, doing, onClick) {
+  const button = $(id);
+  if (!(navigator.mediaDevices && supported)) {
     button.disabled = true;
-    $("record-state").textContent = window.isSecureContext
-      ? "This browser cannot record audio."
-      : "Recording needs HTTPS (or localhost).";
+    $(`${id}-state`).textContent = window.isSecureContext
+      ? `This browser cannot ${doing}.` : "The microphone needs HTTPS (or localhost).";
     return;
   }
-  button.addEventListener("click", () => {
+  button.addEventListener("click", onClick);
+}
+
+function setUpRecording() {
+  setUpMicrophoneButton("record", window.MediaRecorder && window.AudioContext, "record audio", () => {
     if (recorder && recorder.state === "recording") recorder.stop();
     else startRecording();
+  });
+}
+
+// --- listening: the microphone streamed to WebSocket ../listen, windows and events as they come --
+
+// The AudioContext runs at the model's own sample rate, and that rate goes to the server as
+// sample_rate: the browser resamples the microphone itself (Chromium and Safari connect a 44.1 or
+// 48 kHz microphone to a context of any rate through their own band-limited resampler), the server
+// gets the samples its features use and resamples nothing, and a 16-22 kHz stream is a third to
+// half the bytes of a 48 kHz one. A resampler in the worklet would be code to get right
+// (anti-aliasing) for no browser that needs it: one that refuses to connect a microphone to a
+// context of another rate (NotSupportedError) gets a context at its own rate instead, which the
+// server resamples (it takes 8-48 kHz and says so if not).
+const LISTEN = { hop_s: 0.5, top_k: 3, smoothing: 3 }; // smoothing: an event needs 2 of 3 windows
+const FRAME_S = 0.1; // audio per WebSocket message
+const LANE_WINDOWS = 60; // the lane shows the last 30 s of windows; older ones leave the DOM
+const EVENT_ITEMS = 20; // the events list keeps this many, newest first
+const MAX_BEHIND_S = 5; // audio waiting in the socket's send queue before the page gives up
+const STOP_WAIT_MS = 5000; // after "end", how long the server has to answer the rest and close
+let live = null; // the running session: {socket, stream, context, node, open, error, stopping, ...}
+
+function closeReason(session, e) { // a sentence for a socket that closed, or null if all went well
+  // 1005 (no code): the page closed it itself, when the server did not within STOP_WAIT_MS.
+  if (!session.error && (e.code === 1000 || (session.stopping && e.code === 1005))) return null;
+  const said = session.error || e.reason;
+  if (said) return `${said}${e.code === 1013 ? " Try again in a moment." : ""}`;
+  return session.opened ? "the connection to the server was lost." : "the server could not be reached.";
+}
+
+function renderWindow(w) {
+  const [best] = w.top;
+  $("live-label").textContent = w.label;
+  $("live-probability").textContent = best ? percent(best.probability) : "";
+  $("live-time").textContent = `${seconds(w.start_s)} – ${seconds(w.end_s)}`;
+  // The lane: one segment per run of windows with the same label, widths in windows.
+  const lane = $("live-lane");
+  let last = lane.lastElementChild;
+  if (!last || last.dataset.label !== w.label) {
+    last = el("span", w.label === "unknown" ? "lane-run unknown" : "lane-run", w.label);
+    last.dataset.label = w.label;
+    last.dataset.windows = "0";
+    last.title = `${w.label} from ${seconds(w.start_s)}`;
+    last.style.setProperty("--hue", hue(w.label));
+    lane.append(last);
+  }
+  last.dataset.windows = Number(last.dataset.windows) + 1;
+  let shown = 0;
+  for (const run of lane.children) shown += Number(run.dataset.windows);
+  if (shown > LANE_WINDOWS) {
+    const first = lane.firstElementChild;
+    first.dataset.windows = Number(first.dataset.windows) - 1;
+    if (first.dataset.windows === "0") first.remove();
+  }
+  for (const run of lane.children) run.style.width = `${(100 * run.dataset.windows) / LANE_WINDOWS}%`;
+}
+
+function renderEvent(session, event) {
+  const list = $("live-events");
+  let item = event.event === "end" ? session.open.get(event.label) : null;
+  if (!item) {
+    item = el("li", "event");
+    item.append(el("span", "event-label", event.label), el("span", "event-time", ""));
+    item.style.setProperty("--hue", hue(event.label));
+    list.prepend(item);
+    while (list.childElementCount > EVENT_ITEMS) list.lastElementChild.remove();
+  }
+  const time = item.querySelector(".event-time");
+  if (event.event === "start") {
+    session.open.set(event.label, item);
+    item.classList.add("open");
+    time.textContent = `from ${seconds(event.start_s)}`;
+  } else {
+    session.open.delete(event.label);
+    item.classList.remove("open");
+    time.textContent = `${seconds(event.start_s)} – ${seconds(event.end_s)}`;
+  }
+}
+
+function onLiveMessage(session, data) {
+  let message;
+  try { message = JSON.parse(data); } catch { return; }
+  if (!message || typeof message !== "object") return;
+  if (typeof message.error === "string") session.error = typeof message.detail === "string" ? message.detail : message.error;
+  else if (message.event === "start" || message.event === "end") renderEvent(session, message);
+  else if (Array.isArray(message.top)) renderWindow(message);
+}
+
+function release(session) { // the microphone and the audio graph; safe to call twice
+  if (session.stream) session.stream.getTracks().forEach((t) => t.stop());
+  if (session.node) { session.node.port.onmessage = null; session.node.disconnect(); }
+  if (session.context && session.context.state !== "closed") session.context.close().catch(() => {});
+}
+
+function listenButton(listening, busy) {
+  const button = $("listen");
+  button.textContent = listening ? "Stop" : "Listen";
+  button.setAttribute("aria-pressed", String(listening));
+  button.disabled = busy;
+}
+
+function finishListening(session, e) {
+  clearTimeout(session.timer);
+  release(session);
+  if (live === session) live = null;
+  listenButton(false, false);
+  const problem = closeReason(session, e);
+  const heard = session.samples / session.rate;
+  $("listen-state").textContent = problem ? "Stopped." : `Stopped after ${seconds(heard)}.`;
+  if (problem) showError(`Listening stopped: ${problem}`);
+}
+
+function stopListening(session) {
+  session.stopping = true;
+  release(session); // no more audio
+  if (session.socket.readyState === WebSocket.OPEN) {
+    session.socket.send("end"); // the server answers the rest (last window, open events), then closes
+    session.timer = setTimeout(() => session.socket.close(), STOP_WAIT_MS);
+    listenButton(true, true);
+    $("listen-state").textContent = "Finishing…";
+  } else {
+    session.socket.close();
+  }
+}
+
+async function startListening() {
+  const state = $("listen-state");
+  const session = { open: new Map(), error: null, stopping: false, opened: false, samples: 0 };
+  live = session;
+  listenButton(false, true);
+  $("error").hidden = true;
+  state.textContent = "Opening the microphone…";
+  try {
+    // Raw sound: echo cancellation, noise suppression and gain control are made for voices.
+    session.stream = await navigator.mediaDevices.getUserMedia({
+      audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+    });
+  } catch (e) {
+    live = null;
+    listenButton(false, false);
+    state.textContent = e && e.name === "NotAllowedError"
+      ? "Microphone access was refused." : "No microphone could be opened.";
+    return;
+  }
+  let source;
+  try {
+    const rate = modelSetting("sampleRate") ?? 16000; // 16 kHz until the model panel has loaded
+    session.context = new AudioContext({ sampleRate: rate });
+    try {
+      source = session.context.createMediaStreamSource(session.stream);
+    } catch {
+      session.context.close();
+      session.context = new AudioContext();
+      source = session.context.createMediaStreamSource(session.stream);
+    }
+    await session.context.audioWorklet.addModule("static/listen-worklet.js");
+    session.node = new AudioWorkletNode(session.context, "pcm-frames", {
+      numberOfInputs: 1, numberOfOutputs: 0, processorOptions: { frameSeconds: FRAME_S },
+    });
+  } catch {
+    release(session);
+    live = null;
+    listenButton(false, false);
+    state.textContent = "This browser could not process the microphone's sound.";
+    return;
+  }
+  if (live !== session) { release(session); return; }
+  session.rate = session.context.sampleRate;
+
+  const url = new URL("../listen", document.baseURI); // relative: works under a path prefix too
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  url.search = new URLSearchParams({ sample_rate: session.rate, ...LISTEN }).toString();
+  const socket = session.socket = new WebSocket(url);
+  session.node.port.onmessage = (e) => {
+    if (socket.readyState !== WebSocket.OPEN || session.stopping) return;
+    if (socket.bufferedAmount > MAX_BEHIND_S * 2 * session.rate) { // the browser's queue stays bounded
+      session.error = `the connection cannot keep up with live sound (over ${MAX_BEHIND_S} s not yet sent).`;
+      session.stopping = true;
+      release(session);
+      socket.close();
+      return;
+    }
+    socket.send(e.data);
+    session.samples += e.data.byteLength / 2;
+  };
+  socket.onopen = () => {
+    session.opened = true;
+    source.connect(session.node); // the stream's 0 s is the first sample sent
+    session.context.resume().catch(() => {});
+    for (const id of ["live-lane", "live-events"]) $(id).replaceChildren();
+    for (const id of ["live-label", "live-probability", "live-time"]) $(id).textContent = "";
+    const clip = modelSetting("clipSeconds");
+    $("live-note").textContent = (clip ? `A ${clip} s window` : "A window") +
+      ` every ${LISTEN.hop_s} s; a sound is listed once ${LISTEN.smoothing - 1} of` +
+      ` ${LISTEN.smoothing} windows agree.`;
+    $("live").hidden = false;
+    listenButton(true, false);
+    state.textContent = `Listening at ${session.rate} Hz…`;
+  };
+  socket.onmessage = (e) => { if (typeof e.data === "string") onLiveMessage(session, e.data); };
+  socket.onclose = (e) => finishListening(session, e);
+}
+
+function setUpListening() {
+  setUpMicrophoneButton("listen", window.AudioWorkletNode && window.WebSocket, "stream audio", () => {
+    if (live && live.socket) stopListening(live);
+    else if (!live) startListening();
   });
 }
 
@@ -293,4 +505,5 @@ document.addEventListener("DOMContentLoaded", () => {
     pick(e.dataTransfer.files);
   });
   setUpRecording();
+  setUpListening();
 });

@@ -152,7 +152,9 @@ def listen_targets(listen: dict | None) -> list[dict]:
     other = listen["other_requests"]
     met = growth <= MAX_LISTEN_GROWTH and soak["dropped"] == 0 and other["sent"] > 0 and other["ok"] == other["sent"]
     out.append(_target(
-        names[1], f"{_mib(before['rss_mb'])} -> {_mib(after['rss_mb'])} = {growth:.2f} x; {soak['dropped']} of "
+        names[1], f"{_mib(before['rss_mb'])} -> {_mib(after['rss_mb'])} = {growth:.2f} x (before: after a "
+                  f"{listen.get('warmup', {}).get('seconds', 0):g}-s warm-up at {soak['streams']} streams; "
+                  f"{_mib(listen.get('memory_after_latency', before)['rss_mb'])} after the latency run); {soak['dropped']} of "
                   f"{soak['streams']} streams dropped over {soak['seconds']:g} s; /classify beside them "
                   f"{other['ok']}/{other['sent']} answered",
         f"<= {MAX_LISTEN_GROWTH:g} x, 0 dropped", growth / MAX_LISTEN_GROWTH, met,

@@ -71,7 +71,7 @@ def test_saved_entry_has_weights_reports_and_metadata(tiny_model_tag, synthetic_
     assert "synthetic" not in opened["unknown_rate_by_kind"]  # the synthetic set's classes are its labels
     assert meta["clip_durations_s"] == {"median": 5.0, "p95": 5.0}
     assert meta["train_args"]["epochs"] == 5 and meta["train_args"]["batch_size"] == 8
-    assert meta["chosen_defaults"] == {"arch": {"value": "resnet18", "input_frames": 216}}  # --epochs was given
+    assert meta["chosen_defaults"] == {"arch": {"value": "resnet18", "input_frames": 216}}
     for package in ("python", "torch", "torchaudio", "fastai", "bentoml", "soundfile"):
         assert re.match(r"^\d+\.\d+", meta["versions"][package]), package
     assert model.info.labels == {"arch": "resnet18", "dataset": "synthetic"}
@@ -148,17 +148,15 @@ def _check_round_trip(tag: str, labels: list[str], dataset: str, clip: Path) -> 
 def test_train_on_esc50_layout(tmp_path, layouts, train_model):
     labels = ["dog", "rooster", "rain"]
     root = layouts["esc50"](tmp_path / "ESC-50-master", labels)
-    # the default schedule and network: both chosen from the data
-    tag = train_model(["--dataset", "esc50", "--data-dir", str(root), "--batch-size", "8"])
+    tag = train_model(["--dataset", "esc50", "--data-dir", str(root), *TINY])
     meta = load_model(tag).metadata
     assert meta["n_clips"] == 15 and meta["metrics"]["n_valid"] == 3
     # 0.5 s clips: the shortest window, 0.75 s (33 frames), not 5 s of padding ...
     assert meta["feature_settings"]["clip_seconds"] == 0.75
     assert meta["input_shape"] == [1, 128, round(0.75 * 22050) // 512 + 1] == [1, 128, 33]
-    # ... too narrow for ResNet-18's last stage; 12 training clips get the full 40 epochs
-    assert meta["arch"] == "resnet14" and meta["train_args"]["epochs"] == 40
-    assert meta["chosen_defaults"] == {"arch": {"value": "resnet14", "input_frames": 33},
-                                       "epochs": {"value": 40, "training_clips": 12}}  # fmt: skip
+    # ... too narrow for ResNet-18's last stage
+    assert meta["arch"] == "resnet14" and "arch" not in meta["train_args"]
+    assert meta["chosen_defaults"] == {"arch": {"value": "resnet14", "input_frames": 33}}
     # the short network exports and serves as the others do
     assert meta["engines"]["results"]["onnxruntime/fp32"]["accepted"]
     assert meta["engines"]["results"]["openvino/fp32"]["accepted"]
@@ -270,20 +268,16 @@ def test_defaults_train_on_the_shipped_real_recordings():
     args = parse_args([])
     assert args.dataset == "esc10" and args.data_dir == SHIPPED_ESC10
     assert not args.refit and args.valid_fold is None and args.clip_seconds is None and not args.cv
-    assert args.outliers == 0.25 and args.mixup == 0.4 and args.speed == 0.0
-    assert args.epochs is None and args.arch is None  # chosen from the data (the next test)
+    assert args.outliers == 0.25 and args.mixup == 0.4 and args.epochs == 40 and args.speed == 0.0
+    assert args.arch is None  # chosen from the window (the next test)
     assert parse_args(["--dataset", "synthetic"]).data_dir == Path("data/synthetic")
 
 
-def test_the_network_and_the_schedule_follow_the_data_and_leave_esc10_as_measured():
+def test_the_network_follows_the_window_and_esc10_keeps_resnet18():
     from soundclassifier.network import choose_arch
-    from training.train import choose_epochs
 
-    # ESC-10's default run (240 training clips, 5 s) keeps what cross-validation chose there
-    assert choose_epochs(240) == 40 and choose_arch(FeatureSettings(clip_seconds=5.0).frames) == "resnet18"
-    assert choose_epochs(48) == choose_epochs(1) == 40  # smaller sets: no more epochs than were measured
-    assert choose_epochs(400) == 24  # larger sets: the same number of steps in fewer passes ...
-    assert choose_epochs(8000) == 10  # ... but never fewer than 10
+    # short windows leave ResNet-18's last stage maps under 3 frames wide: ResNet-14 instead;
+    # ESC-10's 5 s keeps the network cross-validation measured
     windows = (0.75, 1.0, 1.25, 1.5, 2.0, 5.0)
     archs = [choose_arch(FeatureSettings(clip_seconds=s).frames) for s in windows]
     assert archs == ["resnet14"] * 3 + ["resnet18"] * 3

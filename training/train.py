@@ -15,8 +15,8 @@ same recipe and seed, on every fold and ships that instead (more data, more than
 score and calibration are the measured network's). With --cv every fold is held out in turn, the
 pooled held-out predictions give the score (mean and spread over folds) and the calibration, and
 the shipped network is trained on every fold. The metadata says which was done ("evaluation").
-The window the model sees is chosen from the clips' durations (--clip-seconds overrides it), the
-network from the window (--arch) and the number of epochs from the number of training clips (--epochs).
+The window the model sees is chosen from the clips' durations (--clip-seconds overrides it), and
+the network from the window (--arch overrides it).
 
 The model lands in the store as `sound-resnet:<version>` (see soundclassifier/store.py) with its
 labels, feature settings, held-out metrics, calibration and a confusion matrix; `bentoml models
@@ -77,7 +77,7 @@ DEFAULTS = dict(
     dataset="esc10",  # the real recordings shipped in data/esc10 (ESC-10 folds 2-5, CC BY)
     data_dir=None,  # esc10: the shipped data/esc10; synthetic: data/synthetic (generated on first use)
     arch=None,  # None = from the window: ResNet-18 (one-channel stem), ResNet-14 for short windows (choose_arch)
-    epochs=None,  # one-cycle; None = from the training-set size, 40 for up to 240 clips (choose_epochs)
+    epochs=40,  # one-cycle; a few hundred real clips need ~40 from scratch
     batch_size=32,
     lr=3e-3,  # peak one-cycle learning rate for Adam
     weight_decay=1e-2,
@@ -101,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dataset", choices=DATASETS, default=d["dataset"], help="data set layout; esc10 = the real recordings shipped in data/esc10 (default %(default)s)")
     p.add_argument("--data-dir", type=Path, default=d["data_dir"], help="root of the data set (default: data/esc10 for esc10, data/synthetic for synthetic, generated there if absent)")
     p.add_argument("--arch", choices=ARCHS, default=d["arch"], help="network architecture (default: resnet18, or resnet14 where the window is too narrow for ResNet-18's last stage, 1.25 s or less; --init-from uses the stored model's)")
-    p.add_argument("--epochs", type=int, default=d["epochs"], help=f"training epochs, one-cycle schedule (default: round({EPOCH_BUDGET} / training clips) within {EPOCH_RANGE[0]}-{EPOCH_RANGE[1]}, so {EPOCH_BUDGET // EPOCH_RANGE[1]} clips or fewer get {EPOCH_RANGE[1]})")
+    p.add_argument("--epochs", type=int, default=d["epochs"], help="training epochs, one-cycle schedule (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=d["batch_size"], help="mini-batch size (default %(default)s)")
     p.add_argument("--lr", type=float, default=d["lr"], help="peak learning rate (default %(default)s)")
     p.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="AdamW weight decay (default %(default)s)")
@@ -132,21 +132,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if a.cv and a.valid_fold is not None:
         p.error("--cv holds out every fold in turn: drop --valid-fold")
     return a
-
-
-EPOCH_BUDGET = 9600
-"""Clip presentations in one training: 40 passes over ESC-10's 240 training clips, the schedule
-cross-validation chose there (60 epochs bought 0.3 points for 1.36x the time)."""
-EPOCH_RANGE = (10, 40)
-
-
-def choose_epochs(n_train: int) -> int:
-    """Epochs for `n_train` training clips: the one-cycle schedule is a budget of optimizer steps,
-    EPOCH_BUDGET clips' worth. A larger set spends it in fewer passes, each of which sees more
-    distinct clips, but at least EPOCH_RANGE[0] (below that warm-up and annealing get a pass or
-    two each); a smaller set gets at most EPOCH_RANGE[1], the most the recipe was measured with."""
-    lo, hi = EPOCH_RANGE
-    return min(hi, max(lo, round(EPOCH_BUDGET / max(1, n_train))))
 
 
 BF16_MIN_FRAMES = 33
@@ -285,12 +270,8 @@ def calibration_inputs(dataset: ClipDataset, seed: int) -> np.ndarray:
     return np.stack([np.asarray(dataset[i][0]) for i in chosen])
 
 
-def held_out_folds(args: argparse.Namespace, ds: Dataset) -> list[int]:
-    return ds.folds if args.cv else [args.valid_fold if args.valid_fold is not None else ds.folds[0]]
-
-
 def evaluate(args, start: Start, features: Features, ds: Dataset, data: Decoded) -> Evaluation:
-    folds = held_out_folds(args, ds)
+    folds = ds.folds if args.cv else [args.valid_fold if args.valid_fold is not None else ds.folds[0]]
     logits, targets, fold_of, per_fold, nets, samples = [], [], [], {}, [], None
     sample_targets = calibration = None
     for fold in folds:
@@ -393,16 +374,11 @@ def main(argv: list[str] | None = None) -> int:
     features = Features(settings)
     log.info("window %.2f s (clip durations: median %.2f s, 95th percentile %.2f s)",
              clip_seconds, np.median(durations), np.percentile(durations, 95))  # fmt: skip
-    # Defaults that follow the data; one choice per run, so every fold and a refit share the recipe.
-    chosen = {}
+    chosen = {}  # defaults that follow the data, for the metadata
     if start.arch is None:
         start = replace(start, arch=choose_arch(settings.frames))
         chosen["arch"] = {"value": start.arch, "input_frames": settings.frames}
-    if args.epochs is None:
-        n_train = len(data.split(ds, held_out_folds(args, ds)[0])[0].waves)
-        args.epochs = choose_epochs(n_train)
-        chosen["epochs"] = {"value": args.epochs, "training_clips": n_train}
-    log.info("network %s, %d epochs%s", start.arch, args.epochs, f" (chosen: {json.dumps(chosen)})" if chosen else "")
+    log.info("network %s%s", start.arch, " (chosen from the window)" if chosen else "")
 
     ev = evaluate(args, start, features, ds, data)
     metrics = summary(ev, ds.labels)

@@ -71,6 +71,7 @@ def test_saved_entry_has_weights_reports_and_metadata(tiny_model_tag, synthetic_
     assert "synthetic" not in opened["unknown_rate_by_kind"]  # the synthetic set's classes are its labels
     assert meta["clip_durations_s"] == {"median": 5.0, "p95": 5.0}
     assert meta["train_args"]["epochs"] == 5 and meta["train_args"]["batch_size"] == 8
+    assert meta["chosen_defaults"] == {"arch": {"value": "resnet18", "input_frames": 216}}
     for package in ("python", "torch", "torchaudio", "fastai", "bentoml", "soundfile"):
         assert re.match(r"^\d+\.\d+", meta["versions"][package]), package
     assert model.info.labels == {"arch": "resnet18", "dataset": "synthetic"}
@@ -150,9 +151,15 @@ def test_train_on_esc50_layout(tmp_path, layouts, train_model):
     tag = train_model(["--dataset", "esc50", "--data-dir", str(root), *TINY])
     meta = load_model(tag).metadata
     assert meta["n_clips"] == 15 and meta["metrics"]["n_valid"] == 3
-    # 0.5 s clips: the shortest window, 0.75 s (33 frames), not 5 s of padding
+    # 0.5 s clips: the shortest window, 0.75 s (33 frames), not 5 s of padding ...
     assert meta["feature_settings"]["clip_seconds"] == 0.75
     assert meta["input_shape"] == [1, 128, round(0.75 * 22050) // 512 + 1] == [1, 128, 33]
+    # ... too narrow for ResNet-18's last stage
+    assert meta["arch"] == "resnet14" and "arch" not in meta["train_args"]
+    assert meta["chosen_defaults"] == {"arch": {"value": "resnet14", "input_frames": 33}}
+    # the short network exports and serves as the others do
+    assert meta["engines"]["results"]["onnxruntime/fp32"]["accepted"]
+    assert meta["engines"]["results"]["openvino/fp32"]["accepted"]
     _check_round_trip(tag, labels, "esc50", next((root / "audio").iterdir()))
 
 
@@ -262,7 +269,41 @@ def test_defaults_train_on_the_shipped_real_recordings():
     assert args.dataset == "esc10" and args.data_dir == SHIPPED_ESC10
     assert not args.refit and args.valid_fold is None and args.clip_seconds is None and not args.cv
     assert args.outliers == 0.25 and args.mixup == 0.4 and args.epochs == 40 and args.speed == 0.0
+    assert args.arch is None  # chosen from the window (the next test)
     assert parse_args(["--dataset", "synthetic"]).data_dir == Path("data/synthetic")
+
+
+def test_the_network_follows_the_window_and_esc10_keeps_resnet18():
+    from soundclassifier.network import choose_arch
+
+    # short windows leave ResNet-18's last stage maps under 3 frames wide: ResNet-14 instead;
+    # ESC-10's 5 s keeps the network cross-validation measured
+    windows = (0.75, 1.0, 1.25, 1.5, 2.0, 5.0)
+    archs = [choose_arch(FeatureSettings(clip_seconds=s).frames) for s in windows]
+    assert archs == ["resnet14"] * 3 + ["resnet18"] * 3
+
+
+@pytest.mark.parametrize("frames", [33, 44, 54, 65, 216])
+def test_stage_widths_are_the_networks_own(frames):
+    from soundclassifier.network import stage_frames
+
+    net = build_network("resnet18", 3).eval()
+    widths = []
+    with torch.inference_mode():
+        x = net.maxpool(net.relu(net.bn1(net.conv1(torch.zeros(1, 1, 128, frames)))))
+        for stage in (net.layer1, net.layer2, net.layer3, net.layer4):
+            x = stage(x)
+            widths.append(x.shape[-1])
+    assert widths == stage_frames(frames)
+
+
+def test_resnet14_is_resnet18_without_its_last_stage():
+    short, full = build_network("resnet14", 10), build_network("resnet18", 10)
+    assert set(short.state_dict()) == {k for k in full.state_dict() if not k.startswith("layer4.")}
+    size = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    assert size(short) < 0.3 * size(full)
+    with torch.inference_mode():
+        assert short.eval()(torch.zeros(2, 1, 128, 33)).shape == (2, 10)
 
 
 def test_bf16_only_for_inputs_wide_enough():

@@ -15,7 +15,8 @@ same recipe and seed, on every fold and ships that instead (more data, more than
 score and calibration are the measured network's). With --cv every fold is held out in turn, the
 pooled held-out predictions give the score (mean and spread over folds) and the calibration, and
 the shipped network is trained on every fold. The metadata says which was done ("evaluation").
-The window the model sees is chosen from the clips' durations (--clip-seconds overrides it).
+The window the model sees is chosen from the clips' durations (--clip-seconds overrides it), and
+the network from the window (--arch overrides it).
 
 The model lands in the store as `sound-resnet:<version>` (see soundclassifier/store.py) with its
 labels, feature settings, held-out metrics, calibration and a confusion matrix; `bentoml models
@@ -51,7 +52,7 @@ from scipy.special import softmax
 from soundclassifier.audio import as_audio
 from soundclassifier.features import Features, FeatureSettings
 from soundclassifier.hardware import cpu_has_bf16
-from soundclassifier.network import ARCHS, build_network, load_pretrained
+from soundclassifier.network import ARCHS, build_network, choose_arch, load_pretrained
 from soundclassifier.store import METRICS_FILE, save_model, write_json
 from soundclassifier.store import summary as engines_summary
 from training import outofset
@@ -75,7 +76,7 @@ log = logging.getLogger("training")
 DEFAULTS = dict(
     dataset="esc10",  # the real recordings shipped in data/esc10 (ESC-10 folds 2-5, CC BY)
     data_dir=None,  # esc10: the shipped data/esc10; synthetic: data/synthetic (generated on first use)
-    arch="resnet18",  # torchvision ResNet-18 with a one-channel stem
+    arch=None,  # None = from the window: ResNet-18 (one-channel stem), ResNet-14 for short windows (choose_arch)
     epochs=40,  # one-cycle; a few hundred real clips need ~40 from scratch
     batch_size=32,
     lr=3e-3,  # peak one-cycle learning rate for Adam
@@ -99,7 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     d = DEFAULTS
     p.add_argument("--dataset", choices=DATASETS, default=d["dataset"], help="data set layout; esc10 = the real recordings shipped in data/esc10 (default %(default)s)")
     p.add_argument("--data-dir", type=Path, default=d["data_dir"], help="root of the data set (default: data/esc10 for esc10, data/synthetic for synthetic, generated there if absent)")
-    p.add_argument("--arch", choices=ARCHS, default=d["arch"], help="network architecture (default %(default)s; --init-from uses the stored model's)")
+    p.add_argument("--arch", choices=ARCHS, default=d["arch"], help="network architecture (default: resnet18, or resnet14 where the window is too narrow for ResNet-18's last stage, 1.25 s or less; --init-from uses the stored model's)")
     p.add_argument("--epochs", type=int, default=d["epochs"], help="training epochs, one-cycle schedule (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=d["batch_size"], help="mini-batch size (default %(default)s)")
     p.add_argument("--lr", type=float, default=d["lr"], help="peak learning rate (default %(default)s)")
@@ -111,7 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--valid-fold", type=int, default=d["valid_fold"], help="fold held out for evaluation and calibration (default: the data set's first fold)")
     p.add_argument("--cv", action="store_true", help="cross-validate: hold out every fold in turn, report mean and spread, calibrate on all held-out predictions")
     p.add_argument("--refit", action="store_true", help="after the evaluation, train once more on every fold and ship that network (always so with --cv)")
-    p.add_argument("--clip-seconds", type=float, default=d["clip_seconds"], help="window the model sees, in seconds (default: from the clip durations, 0.5-5 s)")
+    p.add_argument("--clip-seconds", type=float, default=d["clip_seconds"], help="window the model sees, in seconds (default: from the clip durations, 0.75-5 s)")
     p.add_argument("--init-from", metavar="TAG", default=None, help="start from a stored model's weights (e.g. sound-resnet:latest); a fresh head when the labels differ")
     p.add_argument("--pretrained", type=Path, default=None, help="local torchvision ImageNet state_dict for --arch resnet*; nothing is downloaded")
     p.add_argument("--clips-per-class", type=int, default=40, help="synthetic only: clips per class to generate (default %(default)s)")
@@ -361,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     ds = load_dataset(args.dataset, args.data_dir, seed=args.seed, clips_per_class=args.clips_per_class)
     log.info("%s: %d clips, %d classes, folds %s", ds.name, len(ds.clips), len(ds.labels), ds.folds)
-    start = start_from(args.init_from, ds.labels, args.arch)
+    start = start_from(args.init_from, ds.labels, args.arch)  # arch None: chosen below, from the window
     base = start.settings or FeatureSettings()
     # Decoding and resampling depend on the sample rate only; the window is chosen from what was read.
     data = decode_clips(ds.clips, ds.labels, Features(base))
@@ -373,6 +374,11 @@ def main(argv: list[str] | None = None) -> int:
     features = Features(settings)
     log.info("window %.2f s (clip durations: median %.2f s, 95th percentile %.2f s)",
              clip_seconds, np.median(durations), np.percentile(durations, 95))  # fmt: skip
+    chosen = {}  # defaults that follow the data, for the metadata
+    if start.arch is None:
+        start = replace(start, arch=choose_arch(settings.frames))
+        chosen["arch"] = {"value": start.arch, "input_frames": settings.frames}
+    log.info("network %s%s", start.arch, " (chosen from the window)" if chosen else "")
 
     ev = evaluate(args, start, features, ds, data)
     metrics = summary(ev, ds.labels)
@@ -440,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
             "clip_durations_s": {"median": round(float(np.median(durations)), 3),
                                  "p95": round(float(np.percentile(durations, 95)), 3)},  # fmt: skip
             **({"init_from": start.describe()} if args.init_from else {}),
+            "chosen_defaults": chosen,
             "skipped_files": len(data.skipped),
             "train_args": json.loads(json.dumps(train_args)),
             "train_seconds": round(time.time() - started, 1),

@@ -327,18 +327,34 @@ def interleaved(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, result
     entry.update(report.summarize_interleaved(entry["rounds"]))
 
 
+@contextlib.contextmanager
+def stage_server(tag: str, name: str, entry: dict, out: Path) -> Iterator:
+    """A stage's own server with the defaults (not started: the stage starts it, and may time
+    that): stopped and its log kept however the stage ends; a failure is recorded in `entry`
+    (one failed stage must not lose the others)."""
+    from testkit.server import ServedService
+
+    server = ServedService(tag, grpc_port="0", start_timeout_s=SERVER_START_TIMEOUT_S)
+    try:
+        yield server
+    except Exception as e:  # noqa: BLE001
+        entry["failed"] = f"{type(e).__name__}: {e}"
+        log.exception("  %s failed", name)
+    finally:
+        server.stop()
+        (out / f"server-{name}.log").write_text(server.log())
+
+
 def lean(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, results: dict) -> None:
     """Issue 21 on one server with the defaults: cold start and start-up peak (bench/startup.py),
     RSS after warm-up, after a PEER_CLIENTS load and after a hostile burst (bench/hostile.py), and
     whether a served process maps libtorch."""
-    from testkit.server import ServedService
 
     workers, _, _ = Settings().layout()  # the environment the server inherits
     entry: dict = {}
     results["lean"] = entry
     log.info("lean: cold start, memory (%d workers)", workers)
-    server = ServedService(tag, grpc_port="0", start_timeout_s=SERVER_START_TIMEOUT_S)
-    try:
+    with stage_server(tag, "lean", entry, out) as server:
         entry["start"] = startup.launch(server, workers, body)
         pid, url = server.process.pid, server.base_url
         info = httpx.post(f"{url}/info", timeout=30).json()
@@ -357,12 +373,6 @@ def lean(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, results: dict
         log.info("  RSS warm %.0f MiB, after load %.0f, after the hostile burst %.0f; libtorch mapped by %s",
                  entry["memory_warm"]["rss_mb"], entry["memory_after_load"]["rss_mb"],
                  entry["memory_after_hostile"]["rss_mb"], entry["libtorch"]["mapped"] or "no process")
-    except Exception as e:  # noqa: BLE001 - one failed stage must not lose the others
-        entry["failed"] = f"{type(e).__name__}: {e}"
-        log.exception("  lean failed")
-    finally:
-        server.stop()
-        (out / "server-lean.log").write_text(server.log())
 
 
 def listen_stage(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, results: dict) -> None:
@@ -372,14 +382,12 @@ def listen_stage(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, resul
     import threading
 
     from bench import listen
-    from testkit.server import ServedService
 
     entry: dict = {}
     results["listen"] = entry
     log.info("listen: %d real-speed streams for %g s, then %d for %g s", LISTEN_STREAMS[0], plan.listen_seconds,
              LISTEN_STREAMS[1], plan.listen_soak_seconds)
-    server = ServedService(tag, grpc_port="0", start_timeout_s=SERVER_START_TIMEOUT_S)
-    try:
+    with stage_server(tag, "listen", entry, out) as server:
         server.start()
         pid, url = server.process.pid, server.base_url
         ws_url = url.replace("http://", "ws://")
@@ -422,12 +430,6 @@ def listen_stage(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, resul
                  lat.get("p95_ms", float("nan")), LISTEN_STREAMS[0], entry["memory_after_latency"]["rss_mb"],
                  entry["memory_before"]["rss_mb"], LISTEN_STREAMS[1], entry["memory_after"]["rss_mb"],
                  plan.listen_soak_seconds, entry["soak"]["dropped"])
-    except Exception as e:  # noqa: BLE001 - one failed stage must not lose the others
-        entry["failed"] = f"{type(e).__name__}: {e}"
-        log.exception("  listen failed")
-    finally:
-        server.stop()
-        (out / "server-listen.log").write_text(server.log())
 
 
 def bento(tag: str, body: tuple[bytes, str], out: Path, results: dict) -> None:

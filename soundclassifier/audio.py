@@ -111,23 +111,11 @@ _STREAMING_SIZE = 0xFFFFFFF0
 
 
 def decode(source: Source, limits: Limits = NO_LIMITS) -> Audio:
-    """Decode a whole file (bytes or a path) into `Audio`, or raise `AudioError`."""
-    with open_checked(source, limits) as f:
-        limits.check_samples(f.frames, f.channels, "The audio")
-        try:
-            samples = _read_float32(f)
-        except (sf.LibsndfileError, RuntimeError) as e:
-            raise AudioError(
-                ErrorKind.CORRUPT, f"The audio file is damaged or truncated ({e})."
-            ) from None
-        if len(samples) < f.frames and f.format not in ("MP3", "MPEG"):
-            raise AudioError(
-                ErrorKind.CORRUPT,
-                f"The file is truncated: its header announces {f.frames} frames "
-                f"but only {len(samples)} could be read.",
-            )
-        fmt, rate = f.format, f.samplerate
-    return as_audio(samples.T, rate, fmt)
+    """Decode a whole file (bytes or a path) into `Audio`, or raise `AudioError`: `BlockDecoder`
+    with the whole file as its one block, so both make the same checks."""
+    clip = BlockDecoder(source, limits, block_frames=-1)
+    (samples,) = clip  # checked: not empty, finite, not truncated
+    return Audio(samples=np.ascontiguousarray(samples.T), sample_rate=clip.sample_rate, format=clip.format)
 
 
 _PCM16_SCALE = np.float32(1 / 32768)
@@ -159,12 +147,13 @@ class AudioInfo:
 
 
 class BlockDecoder:
-    """A clip decoded a block at a time, with `decode`'s checks: iterate for float32 (frames,
-    channels) blocks of at most BLOCK_FRAMES (memory holds one), then `info()`. The samples budget
+    """A clip decoded a block at a time: iterate for float32 (frames, channels) blocks of at most
+    `block_frames` (memory holds one), then `info()`. The samples budget
     bounds the clip's whole decoding work, as in `decode`; errors are `AudioError`s, raised
     while iterating for what only the samples show (damaged, truncated, non-finite, empty)."""
 
-    def __init__(self, source: Source, limits: Limits = NO_LIMITS):
+    def __init__(self, source: Source, limits: Limits = NO_LIMITS, block_frames: int = BLOCK_FRAMES):
+        self._block_frames = block_frames  # -1: the whole file in one block
         self._file = open_checked(source, limits)
         try:
             limits.check_samples(self._file.frames, self._file.channels, "The audio")
@@ -179,7 +168,7 @@ class BlockDecoder:
             announced = f.frames
             while True:
                 try:
-                    block = _read_float32(f, BLOCK_FRAMES)
+                    block = _read_float32(f, self._block_frames)
                 except (sf.LibsndfileError, RuntimeError) as e:
                     raise AudioError(ErrorKind.CORRUPT, f"The audio file is damaged or truncated ({e}).") from None
                 if not len(block):

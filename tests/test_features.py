@@ -349,20 +349,18 @@ def test_the_loudest_window_of_a_waveform_in_pieces_is_the_whole_searchs():
 
 @pytest.mark.parametrize(("rate", "channels", "seconds"), [(44100, 2, 31.0), (22050, 1, 12.0), (8000, 3, 2.0),
                                                            (48000, 1, 5.0)])
-def test_a_clip_decoded_a_block_at_a_time_gets_the_whole_clips_features(rate, channels, seconds, monkeypatch):
+def test_a_clip_decoded_a_block_at_a_time_gets_the_whole_clips_features(rate, channels, seconds):
     """Serving decodes a clip a block at a time (memory: a block and a window, issue 18); the
     model input is the one the whole clip gives, bit for bit, however small the blocks."""
-    from soundclassifier import audio as audio_module
-    from soundclassifier.audio import BlockDecoder
+    from soundclassifier.audio import BLOCK_FRAMES, BlockDecoder
 
     rng = np.random.default_rng(rate)
     samples = (rng.standard_normal((int(rate * seconds), channels)) * 0.1).astype(np.float32)
     samples[len(samples) // 3 : len(samples) // 3 + rate // 4] *= 8  # a loud event mid-clip
     data = af.encode(samples, rate, "WAV", "PCM_16")
     whole = FEATURES(decode(data))
-    for block in (audio_module.BLOCK_FRAMES, 10_007, 999):
-        monkeypatch.setattr(audio_module, "BLOCK_FRAMES", block)
-        clip = BlockDecoder(data)
+    for block in (BLOCK_FRAMES, 10_007, 999):
+        clip = BlockDecoder(data, block_frames=block)
         assert np.array_equal(FEATURES.from_blocks(clip, clip.sample_rate), whole), block
         assert clip.info().frames == len(samples) and clip.info().sample_rate == rate
 

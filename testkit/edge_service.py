@@ -4,11 +4,13 @@
 
 Test-only: its limits come from EDGE_* variables so tests can make them short; the real service
 would take them from soundclassifier/config.py. EDGE_RESPAWN=1 turns on respawn_in_containers().
+EDGE_TIMEOUT_S is BentoML's request deadline (traffic timeout; `install()` makes it RequestDeadline).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
 
@@ -27,7 +29,7 @@ if os.environ.get("EDGE_RESPAWN") == "1":
     respawn_in_containers()
 
 
-@bentoml.service(workers=WORKERS, traffic={"timeout": 600})
+@bentoml.service(workers=WORKERS, traffic={"timeout": float(os.environ.get("EDGE_TIMEOUT_S", "600"))})
 class EdgeTiny:
     def __init__(self) -> None:
         self.census = WorkerCensus(WORKERS)
@@ -42,6 +44,11 @@ class EdgeTiny:
     @bentoml.api
     async def pid(self) -> int:
         return os.getpid()
+
+    @bentoml.api
+    async def timers(self) -> int:
+        """How many event-loop timers this worker holds (uvloop's TimerHandle objects)."""
+        return sum(type(o).__name__ == "TimerHandle" for o in gc.get_objects())
 
     @bentoml.api
     async def slow(self, seconds: float = 30.0) -> str:

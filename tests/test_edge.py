@@ -161,6 +161,7 @@ def test_finished_requests_are_never_cancelled(edge):
 # --- the same protocol in BentoML's own workers --------------------------------------------------
 
 SERVED_LIMIT_S = 2.0
+SERVED_DEADLINE_S = 4.0  # the service's traffic timeout
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +174,7 @@ def served(tmp_path_factory, bentoml_home):
     server = Background([bentoml_cli, "serve", "testkit.edge_service:EdgeTiny", "--host", "127.0.0.1",
                          "--port", str(port)], port, ready_path="/readyz", start_timeout_s=90,
                         env={"EDGE_HEAD_S": str(SERVED_LIMIT_S), "EDGE_BODY_S": str(SERVED_LIMIT_S),
-                             "EDGE_CANCEL_LOG": str(cancel_log), "BENTOML_DO_NOT_TRACK": "True"})
+                             "EDGE_TIMEOUT_S": str(SERVED_DEADLINE_S), "EDGE_CANCEL_LOG": str(cancel_log), "BENTOML_DO_NOT_TRACK": "True"})
     server.cancel_log = cancel_log
     yield server
     server.stop()
@@ -214,6 +215,28 @@ def test_bentoml_handler_of_a_client_that_left_is_cancelled_within_a_second(serv
     assert lines, "the handler was not cancelled"
     _, ran_s, at = lines[-1].split()
     assert float(at) - closed_at < 1.0 and float(ran_s) < 1.5
+
+
+@pytest.mark.slow
+def test_bentoml_request_deadline_answers_504_and_cancels_the_handler(served):
+    started = time.time()
+    answer = httpx.post(f"http://127.0.0.1:{served.port}/slow", json={"seconds": 30}, timeout=30)
+    assert answer.status_code == 504 and "4.0 seconds" in answer.json()["error"]
+    assert SERVED_DEADLINE_S <= time.time() - started < SERVED_DEADLINE_S + 2
+    _, ran_s, _ = served.cancel_log.read_text().splitlines()[-1].split()
+    assert abs(float(ran_s) - SERVED_DEADLINE_S) < 1.0
+
+
+@pytest.mark.slow
+def test_bentoml_request_deadline_timers_go_with_their_requests(served):
+    """BentoML 1.4's own deadline left each request's timer (and its context) on the event loop for
+    the whole traffic timeout: 600 requests left 600 timers."""
+    with httpx.Client(base_url=f"http://127.0.0.1:{served.port}", limits=httpx.Limits(max_connections=1)) as client:
+        before = client.post("/timers", json={}).json()  # one worker process answers on this connection
+        for _ in range(600):
+            assert client.post("/echo", json={"text": "hi"}).status_code == 200
+        after = client.post("/timers", json={}).json()
+    assert after - before < 20, (before, after)
 
 
 def test_a_websocket_outlives_the_http_limits(edge):

@@ -3,6 +3,11 @@
     classify dog.wav rain.flac --url http://localhost:3000 --top-k 3
     python -m serving.client dog.wav            # the same, without the console script
     classify --listen street.wav --realtime     # stream a recording to /listen as if it were live
+    arecord -q -t raw -f S16_LE -c 1 -r 16000 | classify --listen - --rate 16000    # the microphone
+
+`--listen -` streams raw 16-bit little-endian mono PCM from standard input as it arrives, so any
+recorder that writes it (arecord, `ffmpeg -f pulse -i default -ac 1 -f s16le -`, sox) is a live
+source; the client itself needs no audio library.
 
 Exit code 0 when every file was classified (or the stream ended normally), 1 when any file was
 refused (its reason is printed), 2 when the service could not be reached or answered with a
@@ -32,8 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-k", type=int, default=3, help="labels per file (default %(default)s)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default %(default)s)")
     p.add_argument("--listen", type=Path, metavar="FILE",
-                   help="stream FILE's audio to the live-listening WebSocket and print windows and events")
-    p.add_argument("--realtime", action="store_true", help="with --listen: send the audio at real speed")
+                   help="stream FILE's audio to the live-listening WebSocket and print windows and events; "
+                   "FILE - reads raw 16-bit little-endian mono PCM from standard input as it arrives")
+    p.add_argument("--realtime", action="store_true", help="with --listen FILE: send the audio at real speed")
+    p.add_argument("--rate", type=int, default=16000, help="with --listen -: the PCM's sample rate (default %(default)s)")
     p.add_argument("--hop-s", type=float, help="with --listen: seconds between windows (server default 0.5)")
     p.add_argument("--smoothing", type=int, help="with --listen: windows in the median events follow")
     p.add_argument("--min-confidence", type=float, help='with --listen: "unknown" below this probability')
@@ -94,31 +101,50 @@ def _show(message: dict) -> str:
     return f"{message['start_s']:7.2f}-{message['end_s']:7.2f} s  {message['label']:<14}  {top}"
 
 
+async def file_frames(data: bytes, rate: int, realtime: bool):
+    """A recording's PCM in FRAME_S pieces, at real speed when `realtime`."""
+    frame, start = 2 * max(1, round(FRAME_S * rate)), time.monotonic()
+    for i, at in enumerate(range(0, len(data), frame)):
+        if realtime:
+            await asyncio.sleep(max(0.0, start + i * FRAME_S - time.monotonic()))
+        yield data[at : at + frame]
+
+
+async def stdin_frames(rate: int):
+    """Standard input's PCM as it arrives, FRAME_S at a time (a pipe's read blocks until then)."""
+    frame = 2 * max(1, round(FRAME_S * rate))
+    while chunk := await asyncio.to_thread(sys.stdin.buffer.read, frame):
+        yield chunk[: len(chunk) // 2 * 2]  # a recorder stopped mid-sample: drop the half sample
+
+
 async def listen(a: argparse.Namespace) -> int:
-    """Stream a file to WebSocket /listen (at real speed with --realtime); print what comes back."""
+    """Stream a file (at real speed with --realtime) or standard input to WebSocket /listen; print
+    what comes back."""
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
 
-    try:
-        data, rate = pcm16_mono(a.listen)
-    except (OSError, sf.LibsndfileError) as e:
-        print(f"{a.listen}: cannot read ({e})", file=sys.stderr)
-        return 1
+    if str(a.listen) == "-":
+        rate, frames = a.rate, stdin_frames(a.rate)
+        print(f"standard input: 16-bit mono PCM at {rate} Hz", flush=True)
+    else:
+        try:
+            data, rate = pcm16_mono(a.listen)
+        except (OSError, sf.LibsndfileError) as e:
+            print(f"{a.listen}: cannot read ({e})", file=sys.stderr)
+            return 1
+        frames = file_frames(data, rate, a.realtime)
+        print(f"{a.listen}: {len(data) / 2 / rate:.2f} s at {rate} Hz", flush=True)
     query = {"sample_rate": rate, "top_k": a.top_k, "hop_s": a.hop_s, "smoothing": a.smoothing,
              "min_confidence": a.min_confidence}
     url = a.url.replace("http", "ws", 1).rstrip("/") + "/listen?" + "&".join(
         f"{k}={v}" for k, v in query.items() if v is not None)
-    frame = 2 * max(1, round(FRAME_S * rate))
-    print(f"{a.listen}: {len(data) / 2 / rate:.2f} s at {rate} Hz", flush=True)
     try:
         async with connect(url, max_size=None) as ws:
             async def send() -> None:
-                start = time.monotonic()
                 try:
-                    for i, at in enumerate(range(0, len(data), frame)):
-                        if a.realtime:
-                            await asyncio.sleep(max(0.0, start + i * FRAME_S - time.monotonic()))
-                        await ws.send(data[at : at + frame])
+                    async for piece in frames:
+                        if piece:
+                            await ws.send(piece)
                     await ws.send("end")
                 except ConnectionClosed:  # the server closed first: its reason is read below
                     pass

@@ -414,6 +414,32 @@ def test_classify_listen_streams_a_file_and_prints_windows_and_events(served, fo
     assert refused.returncode == 1 and "hop_s" in refused.stdout and "1008" in refused.stderr
 
 
+@pytest.mark.slow
+def test_classify_listen_streams_standard_input_as_it_arrives(served, four_clips):
+    """`--listen -`: raw PCM from a pipe, as a recorder (arecord, ffmpeg) writes it, in real time."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    label, clip = four_clips[2]
+    pcm_bytes = pcm(np.concatenate([clip, clip[: RATE // 2]]))
+    client = subprocess.Popen([sys.executable, "-m", "serving.client", "--url", served.base_url, "--listen", "-",
+                               "--rate", str(RATE), "--min-confidence", "0"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=False,
+                              cwd=Path(__file__).resolve().parents[1])
+    piece = 2 * RATE // 20 + 1  # 50 ms and an odd byte: pieces need not align with samples
+    for at in range(0, len(pcm_bytes), piece):
+        client.stdin.write(pcm_bytes[at : at + piece])
+        client.stdin.flush()
+        time.sleep(0.05)
+    out, err = client.communicate(timeout=60)  # closes standard input: the recording ends
+    assert client.returncode == 0, err
+    lines = out.decode().splitlines()
+    assert lines.pop(0) == f"standard input: 16-bit mono PCM at {RATE} Hz"
+    assert lines[0].split()[:4] == ["0.00-", "5.00", "s", label]
+    assert f">> {label} from 0.00 s" in lines and f"<< {label} from 0.00 s to 5.50 s" in lines[-1]
+
+
 def test_a_stream_ends_at_the_timeline_length_limit(pipeline):
     """A live stream is bounded like a timeline (SOUND_MAX_TIMELINE_SECONDS): past it, the stream
     is refused with a reason, after the windows it was owed; the WebSocket closes it 1008."""

@@ -54,6 +54,8 @@ AUDIO_SECONDS = 8.0  # longer than the model's 5 s window, so /timeline has seve
 NOT_RUN = {
     "docker": "needs a Docker or Podman engine; this machine has only the client. The image's "
     "Dockerfile is generated from the Bento and checked by tests/test_bento.py",
+    "arecord": "needs a sound card to record from; the `classify --listen -` it pipes into is run "
+    "with PCM piped in by tests/test_listen.py",
 }
 
 

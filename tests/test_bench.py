@@ -11,7 +11,9 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 import soundfile as sf
@@ -315,3 +317,28 @@ def test_the_listen_stage_measures_real_streams(served):
     assert result["windows_expected_per_stream"] >= 2
     assert result["windows"] >= 2 * (result["windows_expected_per_stream"] - 1)  # full windows (the last may be short)
     assert 0 < result["p50_ms"] <= result["p95_ms"] <= result["max_ms"] < 5000
+
+
+@pytest.mark.slow
+def test_the_http_floor_takes_the_service_s_requests_and_refuses_what_it_refuses():
+    """bench/floor_service.py must cost what the service's front door costs: same route, same
+    guard, same parse; only the pipeline is left out."""
+    from bench.common import clip_file, multipart
+    from testkit.edge_probe import Background
+    from testkit.server import free_port
+
+    port = free_port()
+    bentoml_cli = str(Path(sys.executable).with_name("bentoml"))
+    floor = Background([bentoml_cli, "serve", "bench.floor_service:HttpFloor", "--host", "127.0.0.1",
+                        "--port", str(port)], port, ready_path="/readyz", start_timeout_s=120,
+                       env={"SOUND_WORKERS": "1", "BENTOML_DO_NOT_TRACK": "True"})
+    try:
+        body, content_type = multipart(clip_file())
+        url = f"http://127.0.0.1:{port}/classify"
+        answer = httpx.post(url, content=body, headers={"content-type": content_type}, timeout=30)
+        assert answer.status_code == 200 and answer.json()["model"] == "http-floor"
+        bad_body, bad_type = multipart(clip_file(), fields={"top_k": "0"})
+        refused = httpx.post(url, content=bad_body, headers={"content-type": bad_type}, timeout=30)
+        assert refused.status_code == 400 and "top_k" in refused.text
+    finally:
+        floor.stop()

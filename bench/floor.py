@@ -1,0 +1,71 @@
+"""Where a served request's CPU goes: the HTTP floor against the whole service, at 32 clients.
+
+    python -m bench.floor                       # 3 rounds of 15 s each (~4 min)
+    python -m bench.floor --rounds 5 --seconds 20
+
+Three servers up together (the default 2 workers each), each loaded in turn by wrk with the bench
+clip (a 5 s 44.1 kHz WAV) while the other two are paused: the HTTP floor (bench/floor_service.py:
+the same front door, no decoding, features or model), the service on its automatic engine, and the
+service forced to bf16. For each: req/s and the served tree's CPU per answered request. The
+difference between the two services is the engine's; what the floor costs is paid by both, which
+is what bounds issue 21's INT8-over-bf16 ratio (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+from bench import common, load
+from soundclassifier.config import Settings
+from testkit.edge_probe import Background
+from testkit.server import ServedService, free_port
+
+CLIENTS = 32
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=15.0)
+    p.add_argument("--model", default=Settings().model_tag)
+    a = p.parse_args(argv)
+    body = common.multipart(common.clip_file())
+    port = free_port()
+    bentoml = str(Path(sys.executable).with_name("bentoml"))
+    floor = Background([bentoml, "serve", "bench.floor_service:HttpFloor", "--host", "127.0.0.1", "--port", str(port)],
+                       port, ready_path="/readyz", start_timeout_s=120)
+    services = {}
+    try:
+        services["service"] = ServedService(a.model).__enter__()
+        services["service-bf16"] = ServedService(a.model, env={"SOUND_PRECISION": "bf16"}).__enter__()
+        servers = {"http-floor": (f"http://127.0.0.1:{port}", floor.proc.pid),
+                   **{name: (s.base_url, s.process.pid) for name, s in services.items()}}
+        figures: dict[str, list[tuple[float, float]]] = {name: [] for name in servers}
+        for url, _ in servers.values():
+            load.http_load(f"{url}/classify", *body, CLIENTS, 3.0)  # warm-up
+        for r in range(a.rounds):
+            for name, (url, pid) in servers.items():
+                with common.paused(other for n, (_, other) in servers.items() if n != name):
+                    cpu = common.tree_cpu_s(pid)
+                    point = load.http_load(f"{url}/classify", *body, CLIENTS, a.seconds)
+                    cpu = common.tree_cpu_s(pid) - cpu
+                ms = 1000 * cpu / max(1, point.ok)
+                figures[name].append((point.rps, ms))
+                print(f"round {r + 1} {name:<13} {point.rps:7.1f} req/s  {ms:5.2f} ms CPU/request  "
+                      f"errors {point.errors}", flush=True)
+        print(f"\nmedians over {a.rounds} rounds, {CLIENTS} clients:")
+        for name, rows in figures.items():
+            print(f"  {name:<13} {statistics.median(r for r, _ in rows):7.1f} req/s  "
+                  f"{statistics.median(m for _, m in rows):5.2f} ms CPU/request")
+        return 0
+    finally:
+        for s in services.values():
+            s.__exit__(None, None, None)
+        floor.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

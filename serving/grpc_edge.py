@@ -21,7 +21,9 @@ interceptor, so no servicer method changes (health's Watch, a request answered b
 left alone; bidirectional streams, Listen and reflection, get the first two: a live stream has no
 wall-time cap, its work per message being bounded by the session's own limits):
     idle_s         a streaming call whose next message does not arrive within this: DEADLINE_EXCEEDED
-    max_messages   more messages than this in one stream: RESOURCE_EXHAUSTED
+    max_messages   more messages than this in one stream: RESOURCE_EXHAUSTED; not for the methods
+                   named `self_counted`, whose handlers bound their messages themselves (Listen:
+                   by the audio they carry, so a 4-h stream of 100-ms frames is not cut at 1.8 h)
     max_call_s     wall time of any call, however long the client's own deadline: DEADLINE_EXCEEDED
 """
 
@@ -70,8 +72,9 @@ def grpc_limits(settings) -> GrpcLimits:
 class CallBudget(grpc.aio.ServerInterceptor):
     """Per-call limits grpc has no option for (see the module docstring)."""
 
-    def __init__(self, limits: GrpcLimits):
+    def __init__(self, limits: GrpcLimits, self_counted: frozenset[str] | set[str] = frozenset()):
         self.limits = limits
+        self.self_counted = frozenset(self_counted)  # full method names, "/package.Service/Method"
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -83,29 +86,30 @@ class CallBudget(grpc.aio.ServerInterceptor):
         if handler.stream_unary is not None:
             return handler._replace(stream_unary=self._timed(self._streamed(handler.stream_unary, limits)))
         if handler.stream_stream is not None and inspect.isasyncgenfunction(handler.stream_stream):
-            return handler._replace(stream_stream=self._bidirectional(handler.stream_stream, limits))
+            max_messages = None if handler_call_details.method in self.self_counted else limits.max_messages
+            return handler._replace(stream_stream=self._bidirectional(handler.stream_stream, limits.idle_s, max_messages))
         # A request answered by a stream (grpc.health Watch) is left as it is: it is meant to stay open.
         return handler
 
     @staticmethod
-    def _bidirectional(behavior, limits: GrpcLimits):
+    def _bidirectional(behavior, idle_s: float, max_messages: int | None):
         async def bounded(request_iterator, context: grpc.aio.ServicerContext):
             # A timer per message here (asyncio.timeout): these streams carry a few messages a
             # second (live audio, reflection queries), not the thousands a file upload may.
             count = 0
             while True:
                 try:
-                    async with asyncio.timeout(limits.idle_s):
+                    async with asyncio.timeout(idle_s):
                         message = await anext(request_iterator)
                 except StopAsyncIteration:
                     return
                 except TimeoutError:
                     await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                        f"No message for {limits.idle_s:g} s: the stream is closed.")
+                                        f"No message for {idle_s:g} s: the stream is closed.")
                 count += 1
-                if count > limits.max_messages:
+                if max_messages is not None and count > max_messages:
                     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                        f"More than {limits.max_messages} messages in one stream.")
+                                        f"More than {max_messages} messages in one stream.")
                 yield message
 
         async def streamed(request_iterator, context: grpc.aio.ServicerContext):

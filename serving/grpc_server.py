@@ -9,7 +9,8 @@ field means "not given": the default).
 Status codes (serving/errors.py):
     INVALID_ARGUMENT    the audio is empty, not audio, corrupt, unsupported or has NaN/Inf;
                         an argument out of its bounds
-    RESOURCE_EXHAUSTED  the upload exceeds the size limit (also grpc's own message size limit)
+    RESOURCE_EXHAUSTED  the upload exceeds the size limit (also grpc's own message size limit); a
+                        live stream's messages carry too little audio (SOUND_LISTEN_MIN_FRAME_MS)
     OUT_OF_RANGE        the audio is longer than the duration limit
     UNAVAILABLE         the server is overloaded (or has its limit of live streams): retry with back-off
     DEADLINE_EXCEEDED   a live stream sent no audio for SOUND_LISTEN_IDLE_S
@@ -38,6 +39,7 @@ from soundclassifier.pipeline import Pipeline
 from soundclassifier.predictions import Classification, LabelScore, Timeline, TimelineWindow
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SoundClassifier"].full_name
+LISTEN_METHOD = f"/{SERVICE_NAME}/Listen"
 T = TypeVar("T")
 
 
@@ -157,7 +159,8 @@ async def start_grpc_server(pipeline: Pipeline, port: int, host: str = "0.0.0.0"
     limits = grpc_limits(pipeline.settings)
     server = grpc.aio.server(
         # Idle streams, messages per stream and wall time per call: grpc has no option for them.
-        interceptors=[CallBudget(limits)],
+        # Listen's messages are counted by the core against its audio (soundclassifier/listen.py).
+        interceptors=[CallBudget(limits, self_counted={LISTEN_METHOD})],
         maximum_concurrent_rpcs=limits.max_calls,
         options=[
             ("grpc.max_receive_message_length", pipeline.settings.clip_limits.max_bytes + (1 << 20)),

@@ -76,7 +76,7 @@ class Settings(BaseSettings):
         60.0, gt=0, description="gRPC: a connection without a call this long is closed"
     )
     grpc_max_calls: int = Field(64, gt=0, description="gRPC: calls in progress per worker; more get RESOURCE_EXHAUSTED")
-    grpc_max_messages: int = Field(65536, gt=0, description="gRPC: messages in one stream")
+    grpc_max_messages: int = Field(65536, gt=0, description="gRPC: messages in one stream (Listen's are bounded by SOUND_LISTEN_MIN_FRAME_MS instead)")
     max_requests_in_flight: int = Field(
         64, gt=0, description="requests a worker process decodes, queues or runs at once; more are refused "
         "at once with 503 and Retry-After"
@@ -90,6 +90,11 @@ class Settings(BaseSettings):
         "WebSocket close 1009, gRPC RESOURCE_EXHAUSTED"
     )
     listen_idle_s: float = Field(10.0, gt=0, description="a live stream that sends no audio this long is closed")
+    listen_min_frame_ms: float = Field(
+        10.0, gt=0, description="audio a live stream's messages must carry on average, past its first 100: each "
+        "costs a hand-off to an engine thread, so a stream of tiny ones is closed (WebSocket 1008, gRPC "
+        "RESOURCE_EXHAUSTED)"
+    )
     listen_max_pending_windows: int = Field(
         8, gt=0, description="windows of one live stream prepared and queued at once; a client sending faster "
         "than real time is read no faster than they are answered"

@@ -19,7 +19,11 @@ hop of samples (float32 at the client's rate: 1 MiB at 48 kHz for a 5 s model), 
 being read (SOUND_LISTEN_MAX_FRAME_KB) and the model inputs of at most
 SOUND_LISTEN_MAX_PENDING_WINDOWS windows. A stream reads its next frame only once the windows of
 the previous one are answered, so a client that sends faster than real time is slowed down by its
-own transport (TCP, HTTP/2 flow control), never queued.
+own transport (TCP, HTTP/2 flow control), never queued. Its work is bounded by its audio
+(SOUND_MAX_TIMELINE_SECONDS) and, since every frame costs a hand-off to an engine thread however
+few samples it holds, by its frames: past the first FREE_FRAMES they must carry
+SOUND_LISTEN_MIN_FRAME_MS of audio on average (2-byte frames would otherwise buy hours of a core
+for one stream).
 
 Events: each window's probabilities, optionally smoothed (per-class median over `smoothing`
 windows centred on it), give the window a label; when that label changes, an "end" event closes
@@ -40,13 +44,14 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from soundclassifier.audio import Audio, AudioError, ErrorKind, pcm16_to_float32
-from soundclassifier.options import ListenOptions
+from soundclassifier.options import LimitExceededError, ListenOptions
 from soundclassifier.predictions import UNKNOWN, TimelineWindow, label_of, top_k
 
 if TYPE_CHECKING:
     from soundclassifier.pipeline import Pipeline
 
 Span = tuple[float, float]
+FREE_FRAMES = 100  # frames a stream may send before the average frame length is checked
 
 
 class IdleError(Exception):
@@ -73,6 +78,8 @@ class ListenSession:
         settings = pipeline.settings
         self.max_frame_bytes = settings.listen_max_frame_kb * 1024
         self.idle_s = settings.listen_idle_s
+        self.min_frame_s = settings.listen_min_frame_ms / 1000
+        self._frames = 0  # frames received, empty ones included
         # A stream is a timeline that arrives live: the same bound on its audio (and so its windows).
         self.max_seconds = settings.max_timeline_seconds
         self.max_pending = settings.listen_max_pending_windows
@@ -118,6 +125,7 @@ class ListenSession:
                 break
             except TimeoutError:
                 raise IdleError(f"no audio for {self.idle_s:g} s: the stream is closed") from None
+            self._count_frame()
             samples = self._samples(frame)
             if len(samples) == 0:  # keeps nothing alive: only audio resets the idle clock
                 continue
@@ -135,6 +143,14 @@ class ListenSession:
         self.pipeline.hooks.clips("listen", 0, self.received / self.rate)
 
     # --- the steps ------------------------------------------------------------------------------
+
+    def _count_frame(self) -> None:
+        self._frames += 1
+        seconds = self.received / self.rate  # before this frame: its own samples are not yet known
+        if self._frames > FREE_FRAMES + seconds / self.min_frame_s:
+            raise LimitExceededError(
+                f"{self._frames:,} messages for {seconds:.2f} s of audio: send at least "
+                f"{self.min_frame_s * 1000:g} ms of audio per message on average")
 
     def _samples(self, frame: bytes) -> np.ndarray:
         if len(frame) > self.max_frame_bytes:

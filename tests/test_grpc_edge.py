@@ -31,6 +31,9 @@ class _Server:
         async def upload(request_iterator, context):
             return str(sum([1 async for _ in request_iterator])).encode()
 
+        async def count(request_iterator, context):  # bidirectional: the count once the client ends
+            yield str(sum([1 async for _ in request_iterator])).encode()
+
         async def sleep(request, context):
             start = time.monotonic()
             try:
@@ -44,11 +47,14 @@ class _Server:
             if limits is None:
                 server = grpc.aio.server()
             else:
-                server = grpc.aio.server(options=limits.server_options(), interceptors=[CallBudget(limits)],
+                server = grpc.aio.server(options=limits.server_options(),
+                                         interceptors=[CallBudget(limits, self_counted={"/edge.Test/SelfCounted"})],
                                          maximum_concurrent_rpcs=limits.max_calls)
             server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("edge.Test", {
                 "Upload": grpc.stream_unary_rpc_method_handler(upload),
                 "Sleep": grpc.unary_unary_rpc_method_handler(sleep),
+                "Counted": grpc.stream_stream_rpc_method_handler(count),
+                "SelfCounted": grpc.stream_stream_rpc_method_handler(count),
             }),))
             server.add_insecure_port(f"127.0.0.1:{self.port}")
             await server.start()
@@ -143,6 +149,24 @@ def test_a_flood_of_empty_messages_is_cut_off(bounded):
 
     error = _run(flood())
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "1000 messages" in error.details()
+
+
+def test_bidirectional_streams_are_counted_unless_their_handler_counts_its_own(bounded):
+    """Listen's messages are bounded by the core against the audio they carry (listen_min_frame_ms),
+    so the generic cap must not cut a long live stream; reflection's streams keep it."""
+    async def send(method: str):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{bounded.port}") as channel:
+            async def messages():
+                for _ in range(LIMITS.max_messages + 500):
+                    yield b"x"
+                    await asyncio.sleep(0)  # as a live client does; flat out, this client saw INTERNAL
+            try:
+                return [m async for m in channel.stream_stream(f"/edge.Test/{method}")(messages())]
+            except grpc.aio.AioRpcError as e:
+                return e.code()
+
+    assert _run(send("Counted")) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert _run(send("SelfCounted")) == [str(LIMITS.max_messages + 500).encode()]
 
 
 def test_a_stream_within_the_limits_is_served(bounded):

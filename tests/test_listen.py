@@ -440,6 +440,25 @@ def test_classify_listen_streams_standard_input_as_it_arrives(served, four_clips
     assert f">> {label} from 0.00 s" in lines and f"<< {label} from 0.00 s to 5.50 s" in lines[-1]
 
 
+def test_a_stream_of_tiny_frames_is_refused_once_its_frames_average_under_the_minimum(pipeline):
+    """Every frame costs a hand-off to an engine thread: 2-byte frames would buy hours of a core.
+    Past the first FREE_FRAMES, frames must average SOUND_LISTEN_MIN_FRAME_MS of audio."""
+    from serving.errors import grpc_status, ws_close
+    from soundclassifier.listen import FREE_FRAMES
+    from soundclassifier.options import LimitExceededError
+
+    p = pipeline(listen_min_frame_ms=10.0)
+    ten_ms = pcm(np.zeros(160))
+    # 10 ms frames after half the free ones spent on empty frames: served to the end.
+    assert asyncio.run(listen(p, [b""] * (FREE_FRAMES // 2) + [ten_ms] * 300, sample_rate=16000)) is not None
+    with pytest.raises(LimitExceededError, match="10 ms of audio per message") as refused:
+        asyncio.run(listen(p, [pcm(np.zeros(16))] * (FREE_FRAMES + 20), sample_rate=16000))  # 1 ms frames
+    assert ws_close(refused.value)[0] == 1008
+    assert grpc_status(refused.value)[0].name == "RESOURCE_EXHAUSTED"
+    with pytest.raises(LimitExceededError):
+        asyncio.run(listen(p, [b""] * (FREE_FRAMES + 1), sample_rate=16000))  # nothing but empty frames
+
+
 def test_a_stream_ends_at_the_timeline_length_limit(pipeline):
     """A live stream is bounded like a timeline (SOUND_MAX_TIMELINE_SECONDS): past it, the stream
     is refused with a reason, after the windows it was owed; the WebSocket closes it 1008."""

@@ -16,6 +16,8 @@ from soundclassifier.audio import Limits
 from soundclassifier.hardware import default_threads
 from soundclassifier.store import DEFAULT_TAG
 
+LISTEN_FREE_FRAMES = 100  # frames a live stream may send before their average length is checked
+
 ENV_PREFIX = "SOUND_"
 MAX_DEFAULT_WORKERS = 4
 
@@ -91,7 +93,8 @@ class Settings(BaseSettings):
     )
     listen_idle_s: float = Field(10.0, gt=0, description="a live stream that sends no audio this long is closed")
     listen_min_frame_ms: float = Field(
-        10.0, gt=0, description="audio a live stream's messages must carry on average, past its first 100: each "
+        10.0, gt=0, description=f"audio a live stream's messages must carry on average, past its first "
+        f"{LISTEN_FREE_FRAMES}: each "
         "costs a hand-off to an engine thread, so a stream of tiny ones is closed (WebSocket 1008, gRPC "
         "RESOURCE_EXHAUSTED)"
     )

@@ -44,6 +44,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from soundclassifier.audio import Audio, AudioError, ErrorKind, pcm16_to_float32
+from soundclassifier.config import LISTEN_FREE_FRAMES as FREE_FRAMES
 from soundclassifier.options import LimitExceededError, ListenOptions
 from soundclassifier.predictions import UNKNOWN, TimelineWindow, label_of, top_k
 
@@ -51,7 +52,6 @@ if TYPE_CHECKING:
     from soundclassifier.pipeline import Pipeline
 
 Span = tuple[float, float]
-FREE_FRAMES = 100  # frames a stream may send before the average frame length is checked
 
 
 class IdleError(Exception):

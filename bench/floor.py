@@ -14,6 +14,7 @@ is what bounds issue 21's INT8-over-bf16 ratio (docs/performance.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 from pathlib import Path
@@ -35,36 +36,31 @@ def main(argv: list[str] | None = None) -> int:
     body = common.multipart(common.clip_file())
     port = free_port()
     bentoml = str(Path(sys.executable).with_name("bentoml"))
-    floor = Background([bentoml, "serve", "bench.floor_service:HttpFloor", "--host", "127.0.0.1", "--port", str(port)],
-                       port, ready_path="/readyz", start_timeout_s=120)
-    services = {}
-    try:
-        services["service"] = ServedService(a.model).__enter__()
-        services["service-bf16"] = ServedService(a.model, env={"SOUND_PRECISION": "bf16"}).__enter__()
+    with contextlib.ExitStack() as stack:
+        floor = Background([bentoml, "serve", "bench.floor_service:HttpFloor", "--host", "127.0.0.1", "--port",
+                            str(port)], port, ready_path="/readyz", start_timeout_s=120)
+        stack.callback(floor.stop)
+        service = stack.enter_context(ServedService(a.model))
+        bf16 = stack.enter_context(ServedService(a.model, env={"SOUND_PRECISION": "bf16"}))
         servers = {"http-floor": (f"http://127.0.0.1:{port}", floor.proc.pid),
-                   **{name: (s.base_url, s.process.pid) for name, s in services.items()}}
-        figures: dict[str, list[tuple[float, float]]] = {name: [] for name in servers}
+                   "service": (service.base_url, service.process.pid),
+                   "service-bf16": (bf16.base_url, bf16.process.pid)}
         for url, _ in servers.values():
             load.http_load(f"{url}/classify", *body, CLIENTS, 3.0)  # warm-up
-        for r in range(a.rounds):
-            for name, (url, pid) in servers.items():
-                with common.paused(other for n, (_, other) in servers.items() if n != name):
-                    cpu = common.tree_cpu_s(pid)
-                    point = load.http_load(f"{url}/classify", *body, CLIENTS, a.seconds)
-                    cpu = common.tree_cpu_s(pid) - cpu
-                ms = 1000 * cpu / max(1, point.ok)
-                figures[name].append((point.rps, ms))
-                print(f"round {r + 1} {name:<13} {point.rps:7.1f} req/s  {ms:5.2f} ms CPU/request  "
-                      f"errors {point.errors}", flush=True)
-        print(f"\nmedians over {a.rounds} rounds, {CLIENTS} clients:")
-        for name, rows in figures.items():
-            print(f"  {name:<13} {statistics.median(r for r, _ in rows):7.1f} req/s  "
-                  f"{statistics.median(m for _, m in rows):5.2f} ms CPU/request")
-        return 0
-    finally:
-        for s in services.values():
-            s.__exit__(None, None, None)
-        floor.stop()
+        figures: dict[str, list[tuple[float, float]]] = {name: [] for name in servers}
+        for r, name in common.in_turn({name: pid for name, (_, pid) in servers.items()}, a.rounds):
+            url, pid = servers[name]
+            cpu = common.tree_cpu_s(pid)
+            point = load.http_load(f"{url}/classify", *body, CLIENTS, a.seconds)
+            ms = 1000 * (common.tree_cpu_s(pid) - cpu) / max(1, point.ok)
+            figures[name].append((point.rps, ms))
+            print(f"round {r + 1} {name:<13} {point.rps:7.1f} req/s  {ms:5.2f} ms CPU/request  "
+                  f"errors {point.errors}", flush=True)
+    print(f"\nmedians over {a.rounds} rounds, {CLIENTS} clients:")
+    for name, rows in figures.items():
+        print(f"  {name:<13} {statistics.median(r for r, _ in rows):7.1f} req/s  "
+              f"{statistics.median(m for _, m in rows):5.2f} ms CPU/request")
+    return 0
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ with bentoml.importing():
     from serving.page import app as page_app
     from serving.page import front_door
     from serving.supervise import WorkerCensus
-    from serving.uploads import AudioUpload, SpooledUpload
+    from serving.uploads import AudioUpload
     from soundclassifier.config import Settings
     from soundclassifier.options import DEFAULT_TIMELINE_TOP_K, DEFAULT_TOP_K, HopS, MinConfidence, TopK
     from soundclassifier.pipeline import open_pipeline
@@ -46,9 +46,9 @@ WORKERS, _, _ = SETTINGS.layout()
 # the server was started: BentoML has no setting for them (serving/edge.py).
 install(edge_limits(SETTINGS))
 
+# Uploads stay where the multipart parser spooled them and are decoded a block at a time.
 AudioFile = Annotated[AudioUpload, Field(description="audio file: WAV, FLAC, OGG or MP3")]
-# Long recordings stay where the multipart parser spooled them; the timeline reads a window at a time.
-LongAudioFile = Annotated[SpooledUpload, Field(description="audio file: WAV, FLAC, OGG or MP3, any length")]
+LongAudioFile = Annotated[AudioUpload, Field(description="audio file: WAV, FLAC, OGG or MP3, any length")]
 
 log = logging.getLogger("sound_classifier")
 
@@ -116,14 +116,14 @@ class SoundClassifier:
         self, audio: AudioFile, top_k: TopK = DEFAULT_TOP_K, min_confidence: MinConfidence | None = None
     ) -> Classification:
         """Classify one clip (WAV, FLAC, OGG or MP3); long clips are judged on their loudest window."""
-        return await http_answer(self.pipeline.classify(audio.data, top_k=top_k, min_confidence=min_confidence))
+        return await http_answer(self.pipeline.classify(audio.file, top_k=top_k, min_confidence=min_confidence))
 
     @bentoml.api(route="/classify_batch")
     async def classify_batch(
         self, audio: list[AudioFile], top_k: TopK = DEFAULT_TOP_K, min_confidence: MinConfidence | None = None
     ) -> list[BatchItem]:
         """Classify several files; a bad file fails only its own entry."""
-        files = [(upload.filename, upload.data) for upload in audio]
+        files = [(upload.filename, upload.file) for upload in audio]
         return await http_answer(self.pipeline.classify_files(files, top_k=top_k, min_confidence=min_confidence))
 
     @bentoml.api(route="/timeline")
@@ -142,7 +142,7 @@ class SoundClassifier:
     async def spectrogram(self, audio: AudioFile) -> Annotated[Path, ContentType("image/png")]:
         """PNG of the log-mel spectrogram exactly as the model sees it."""
         async def png() -> Response:
-            return Response(await self.pipeline.spectrogram(audio.data), media_type="image/png")
+            return Response(await self.pipeline.spectrogram(audio.file), media_type="image/png")
 
         return await http_answer(png())
 

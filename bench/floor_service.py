@@ -5,7 +5,7 @@
 Everything a /classify request costs before decoding is here, as service.py sets it up: uvicorn
 with the edge limits, BentoML's middlewares (the request deadline, tracing, metrics, access log),
 the disconnect watcher, the upload guard's parse of the form, BentoML's own parse and the
-AudioUpload that takes the file's bytes. The answer is a constant of the route's own type.
+AudioUpload that takes the spooled file. The answer is a constant of the route's own type.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class HttpFloor:
         self, audio: Annotated[AudioUpload, Field(description="audio file")], top_k: TopK = DEFAULT_TOP_K,
         min_confidence: MinConfidence | None = None,
     ) -> Classification:
-        return ANSWER  # audio.data holds the file's bytes by now, as in the service's route
+        return ANSWER  # audio.file holds the spooled upload by now, as in the service's route
 
 
 HttpFloor.add_asgi_middleware(CancelOnDisconnect)

@@ -4,10 +4,10 @@ BentoML treats a parameter whose type is a `PurePath` subclass as a multipart fi
 OpenAPI schema too), but only the standard path classes get its `FileSchema`, which reads every
 upload whole into memory and writes it to a temporary file on the event loop before the handler
 runs: ~1 ms of CPU per 0.4 MB clip here, and for a long recording a copy of the whole file in RAM
-and a third copy on disk. These subclasses validate themselves instead:
-    AudioUpload     a clip's bytes, kept in memory (the upload guard bounds their size first)
-    SpooledUpload   a recording's file as the multipart parser spooled it (on disk beyond 1 MB),
-                    read where it lies, a window at a time
+and a third copy on disk. `AudioUpload` validates itself instead and keeps the file as the multipart
+parser spooled it (on disk beyond 1 MB): a clip is decoded from there a block at a time, so a
+request's memory is a block and the model's window whatever the upload's size (reading it into
+bytes first cost the whole upload again in RAM: 50 MB per request at the default limit).
 """
 
 from __future__ import annotations
@@ -42,42 +42,20 @@ class _Upload(PurePosixPath):
 
 
 class AudioUpload(_Upload):
-    """An uploaded file: `filename` (as the client named it) and `data` (its bytes)."""
-
-    filename: str
-    data: bytes
-
-    def __new__(cls, filename: str, data: bytes) -> AudioUpload:
-        upload = super().__new__(cls, PurePosixPath(filename or "upload").name or "upload")
-        upload.filename, upload.data = filename, data
-        return upload
-
-    @classmethod
-    def _validate(cls, value: Any) -> AudioUpload:
-        if isinstance(value, AudioUpload):
-            return value
-        if isinstance(value, UploadFile):
-            return cls(value.filename or "", value.file.read())
-        if isinstance(value, (str, Path)):  # an in-process caller's file
-            path = Path(value)
-            return cls(path.name, path.read_bytes())
-        raise ValueError("expected an uploaded file")
-
-
-class SpooledUpload(_Upload):
-    """An uploaded file left where the multipart parser put it: `filename`, and `file` (seekable)."""
+    """An uploaded file left where the multipart parser put it: `filename` (as the client named it)
+    and `file` (seekable; in memory up to 1 MB, on disk beyond), decoded where it lies."""
 
     filename: str
     file: BinaryIO
 
-    def __new__(cls, filename: str, file: BinaryIO) -> SpooledUpload:
+    def __new__(cls, filename: str, file: BinaryIO) -> AudioUpload:
         upload = super().__new__(cls, PurePosixPath(filename or "upload").name or "upload")
         upload.filename, upload.file = filename, file
         return upload
 
     @classmethod
-    def _validate(cls, value: Any) -> SpooledUpload:
-        if isinstance(value, SpooledUpload):
+    def _validate(cls, value: Any) -> AudioUpload:
+        if isinstance(value, AudioUpload):
             return value
         if isinstance(value, UploadFile):
             return cls(value.filename or "", value.file)

@@ -137,20 +137,20 @@ class Pipeline:
 
     # --- requests -------------------------------------------------------------------------------
 
-    async def classify(self, source: bytes, *, endpoint: str = "classify", **options) -> Classification:
+    async def classify(self, source: Source, *, endpoint: str = "classify", **options) -> Classification:
         """One clip: decode + features on an engine thread, a shared forward pass, the result."""
         opts = self.classifier.classify_options(**options)
         with self._admitted():
             return await self._classify(source, opts, endpoint)
 
-    async def classify_files(self, files: list[tuple[str, bytes]], **options) -> list[BatchItem]:
+    async def classify_files(self, files: list[tuple[str, Source]], **options) -> list[BatchItem]:
         """Several files; a file that is not usable audio fails only its own entry."""
         opts = self.classifier.classify_options(**options)
         if len(files) > self.settings.max_batch_files:
             raise LimitExceededError(
                 f"audio: {len(files)} files; the limit is {self.settings.max_batch_files} files per request")
 
-        async def one(name: str, data: bytes) -> BatchItem:
+        async def one(name: str, data: Source) -> BatchItem:
             try:
                 result = await self._classify(data, opts, "classify_batch")
             except AudioError as e:
@@ -178,7 +178,7 @@ class Pipeline:
             self.hooks.clips(endpoint, 0, job.stream.duration_s)
             return job.result()
 
-    async def spectrogram(self, source: bytes) -> bytes:
+    async def spectrogram(self, source: Source) -> bytes:
         """PNG of the log-mel spectrogram exactly as the model sees it."""
         with self._admitted():
             audio, x = await self._decode(self.classifier.prepare, source, self.settings.clip_limits)
@@ -242,7 +242,7 @@ class Pipeline:
         finally:
             self.in_flight -= 1
 
-    async def _classify(self, source: bytes, opts: ClassifyOptions, endpoint: str) -> Classification:
+    async def _classify(self, source: Source, opts: ClassifyOptions, endpoint: str) -> Classification:
         audio, x = await self._decode(self.classifier.prepare, source, self.settings.clip_limits)
         probs = await self._forward(x[None])
         self.hooks.clips(endpoint, 1, audio.duration)

@@ -189,6 +189,9 @@ def served(tiny_model_tag):
     with ServedService(
         tiny_model_tag,
         grpc_port=free_port(),
-        env={"SOUND_MAX_CLIP_SECONDS": "60", "SOUND_MAX_UPLOAD_MB": "5"},
+        # glibc returns freed memory at once (no trim threshold, large blocks mmapped), so the
+        # memory tests in test_hostile.py see each request's own peak, not the allocator's leftovers.
+        env={"SOUND_MAX_CLIP_SECONDS": "60", "SOUND_MAX_UPLOAD_MB": "5",
+             "MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_MMAP_THRESHOLD_": "131072"},
     ) as server:
         yield server

@@ -42,7 +42,7 @@ def test_saved_entry_has_weights_reports_and_metadata(tiny_model_tag, synthetic_
     assert (Path(model.path) / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     meta = model.info.metadata
-    assert meta["arch"] == "resnet18"
+    assert meta["arch"] == "resnet14"  # the default network
     assert meta["labels"] == list(CLASSES)
     assert meta["n_classes"] == len(CLASSES)
     assert meta["feature_settings"] == FeatureSettings().model_dump()
@@ -71,10 +71,9 @@ def test_saved_entry_has_weights_reports_and_metadata(tiny_model_tag, synthetic_
     assert "synthetic" not in opened["unknown_rate_by_kind"]  # the synthetic set's classes are its labels
     assert meta["clip_durations_s"] == {"median": 5.0, "p95": 5.0}
     assert meta["train_args"]["epochs"] == 5 and meta["train_args"]["batch_size"] == 8
-    assert meta["chosen_defaults"] == {"arch": {"value": "resnet18", "input_frames": 216}}
     for package in ("python", "torch", "torchaudio", "fastai", "bentoml", "soundfile"):
         assert re.match(r"^\d+\.\d+", meta["versions"][package]), package
-    assert model.info.labels == {"arch": "resnet18", "dataset": "synthetic"}
+    assert model.info.labels == {"arch": "resnet14", "dataset": "synthetic"}
 
     metrics = json.loads((Path(model.path) / "metrics.json").read_text())
     assert metrics["accuracy"] == meta["metrics"]["accuracy"]
@@ -102,7 +101,7 @@ def test_weights_are_safetensors_without_pickle(loaded_model):
     raw = path.read_bytes()
     header_len = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8 : 8 + header_len])
-    assert header["__metadata__"] == {"arch": "resnet18"}
+    assert header["__metadata__"] == {"arch": "resnet14"}
     assert b"\x80\x04" not in raw[:16] and not raw.startswith(b"PK")  # neither pickle nor torch zip
     state = load_file(path)
     expected = loaded_model.network.state_dict()
@@ -111,7 +110,7 @@ def test_weights_are_safetensors_without_pickle(loaded_model):
     with safe_open(str(path), framework="pt") as f:
         assert set(f.keys()) == set(expected)
     # the weights really were trained: they are not a fresh network's
-    fresh = build_network("resnet18", len(CLASSES)).state_dict()
+    fresh = build_network("resnet14", len(CLASSES)).state_dict()
     assert not torch.equal(state["fc.weight"], fresh["fc.weight"])
 
 
@@ -154,9 +153,7 @@ def test_train_on_esc50_layout(tmp_path, layouts, train_model):
     # 0.5 s clips: the shortest window, 0.75 s (33 frames), not 5 s of padding ...
     assert meta["feature_settings"]["clip_seconds"] == 0.75
     assert meta["input_shape"] == [1, 128, round(0.75 * 22050) // 512 + 1] == [1, 128, 33]
-    # ... too narrow for ResNet-18's last stage
-    assert meta["arch"] == "resnet14" and "arch" not in meta["train_args"]
-    assert meta["chosen_defaults"] == {"arch": {"value": "resnet14", "input_frames": 33}}
+    assert meta["arch"] == "resnet14"
     # the short network exports and serves as the others do
     assert meta["engines"]["results"]["onnxruntime/fp32"]["accepted"]
     assert meta["engines"]["results"]["openvino/fp32"]["accepted"]
@@ -169,6 +166,9 @@ def test_train_on_urbansound8k_layout(tmp_path, layouts, train_model):
     tag = train_model(["--dataset", "urbansound8k", "--data-dir", str(root), "--valid-fold", "3", *TINY])
     meta = load_model(tag).metadata
     assert meta["valid_fold"] == 3 and meta["metrics"]["n_valid"] == 6
+    # by default the network measured without fold 3 is trained again on every fold, and shipped
+    assert meta["evaluation"]["shipped_model"].startswith("trained on every fold (1, 2, 3)")
+    assert 0 <= meta["open_set"]["shipped_network_unknown_rate"] <= 1
     _check_round_trip(tag, list(classes.values()), "urbansound8k", next((root / "audio" / "fold1").iterdir()))
 
 
@@ -267,34 +267,10 @@ def test_defaults_train_on_the_shipped_real_recordings():
 
     args = parse_args([])
     assert args.dataset == "esc10" and args.data_dir == SHIPPED_ESC10
-    assert not args.refit and args.valid_fold is None and args.clip_seconds is None and not args.cv
+    assert args.refit and args.valid_fold is None and args.clip_seconds is None and not args.cv
     assert args.outliers == 0.25 and args.mixup == 0.4 and args.epochs == 40 and args.speed == 0.0
-    assert args.arch is None  # chosen from the window (the next test)
+    assert args.arch == "resnet14"
     assert parse_args(["--dataset", "synthetic"]).data_dir == Path("data/synthetic")
-
-
-def test_the_network_follows_the_window_and_esc10_keeps_resnet18():
-    from soundclassifier.network import choose_arch
-
-    # short windows leave ResNet-18's last stage maps under 3 frames wide: ResNet-14 instead;
-    # ESC-10's 5 s keeps the network cross-validation measured
-    windows = (0.75, 1.0, 1.25, 1.5, 2.0, 5.0)
-    archs = [choose_arch(FeatureSettings(clip_seconds=s).frames) for s in windows]
-    assert archs == ["resnet14"] * 3 + ["resnet18"] * 3
-
-
-@pytest.mark.parametrize("frames", [33, 44, 54, 65, 216])
-def test_stage_widths_are_the_networks_own(frames):
-    from soundclassifier.network import stage_frames
-
-    net = build_network("resnet18", 3).eval()
-    widths = []
-    with torch.inference_mode():
-        x = net.maxpool(net.relu(net.bn1(net.conv1(torch.zeros(1, 1, 128, frames)))))
-        for stage in (net.layer1, net.layer2, net.layer3, net.layer4):
-            x = stage(x)
-            widths.append(x.shape[-1])
-    assert widths == stage_frames(frames)
 
 
 def test_resnet14_is_resnet18_without_its_last_stage():
@@ -368,7 +344,7 @@ def test_init_from_keeps_the_stored_body_and_gives_new_labels_a_fresh_head(
     assert model.metadata["init_from"] == {"tag": tiny_model_tag, "fresh_parameters": ["fc.bias", "fc.weight"]}
     body = [k for k in stored if not k.startswith("fc.")]
     assert body and all(torch.equal(state[k], stored[k]) for k in body)
-    assert state["fc.weight"].shape == (3, 512) and stored["fc.weight"].shape == (10, 512)
+    assert state["fc.weight"].shape == (3, 256) and stored["fc.weight"].shape == (10, 256)
     # the stored model's spectrogram settings, with a window fitted to the new clips
     want = {**load_model(tiny_model_tag).features.settings.model_dump(), "clip_seconds": 1.0}
     assert model.metadata["feature_settings"] == want
@@ -380,9 +356,9 @@ def test_init_from_the_same_labels_keeps_the_head_too(tiny_model_tag):
 
     stored = load_file(Path(bentoml.models.get(tiny_model_tag).path) / "weights.safetensors")
     same = start_from(tiny_model_tag, list(CLASSES), "xresnet18")
-    assert same.arch == "resnet18" and same.fresh == () and same.state.keys() == stored.keys()
+    assert same.arch == "resnet14" and same.fresh == () and same.state.keys() == stored.keys()
     assert all(torch.equal(same.state[k], stored[k]) for k in stored)
-    reordered = start_from(tiny_model_tag, list(reversed(CLASSES)), "resnet18")
+    reordered = start_from(tiny_model_tag, list(reversed(CLASSES)), "resnet14")
     assert reordered.fresh == ("fc.bias", "fc.weight")  # same names, other order: another head
 
 

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Start:
-    arch: str | None  # None: not chosen yet (training picks one from the window)
+    arch: str
     state: dict[str, torch.Tensor] = field(default_factory=dict)  # loaded with strict=False
     settings: FeatureSettings | None = None  # None: today's defaults
     tag: str | None = None
@@ -39,7 +39,7 @@ def head_names(net: torch.nn.Module) -> list[str]:
     return [f"{last}.{p}" if last else p for p, _ in net.get_submodule(last).named_parameters()]
 
 
-def start_from(tag: str | None, labels: list[str], arch: str | None) -> Start:
+def start_from(tag: str | None, labels: list[str], arch: str) -> Start:
     """Fresh weights (`tag` None), or the stored model `tag`'s, with a fresh head for new labels."""
     if tag is None:
         return Start(arch=arch)

@@ -314,6 +314,13 @@ def test_cross_validation_without_saving(tmp_path, layouts, store_tags, capsys):
     calibration = json.loads(re.search(r"calibration: (\{.*\})", out)[1])
     assert calibration["n"] == 12 and "5-fold cross-validation" in calibration["method"]
     assert store_tags() == before
+    # the refit check trains a network one fold down for each and judges both on the held-out fold
+    from training import refit_check
+
+    assert refit_check.main([str(saved), "--dataset", "folder", "--data-dir", str(root), *TINY]) == 0
+    out = capsys.readouterr().out
+    assert len(re.findall(r"^test fold \d \(calibrated on \d\): A accuracy", out, re.M)) == 5
+    assert re.search(r"^mean: A [\d.]+ [\d.]+ [\d.]+ \| B \(refit, borrowed calibration\) [\d.]+", out, re.M)
 
 
 def test_cross_validated_model_says_so(tmp_path, layouts, train_model):

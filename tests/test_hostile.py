@@ -25,9 +25,14 @@ pytestmark = pytest.mark.slow
 MB = 2**20
 
 
-def tree_rss(pid: int) -> int:
+def process_rss(pid: int) -> dict[int, int]:
+    """RSS of each process of the tree rooted at `pid`, by pid."""
     root = psutil.Process(pid)
-    return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+    return {p.pid: p.memory_info().rss for p in [root, *root.children(recursive=True)]}
+
+
+def tree_rss(pid: int) -> int:
+    return sum(process_rss(pid).values())
 
 
 def flac(seconds: float, rate: int, channels: int, value: float = 0.25) -> bytes:
@@ -168,7 +173,7 @@ class Peaks:
     def __enter__(self) -> Peaks:
         import threading
 
-        self.base = self._rss()
+        self.base = process_rss(self.pid)
         self.peak = dict(self.base)
         self.base_disk = self.disk = open_file_bytes(self.pid)
         self._done = threading.Event()
@@ -176,13 +181,9 @@ class Peaks:
         self._sampler.start()
         return self
 
-    def _rss(self) -> dict[int, int]:
-        root = psutil.Process(self.pid)
-        return {p.pid: p.memory_info().rss for p in [root, *root.children(recursive=True)]}
-
     def _sample(self) -> None:
         while not self._done.is_set():
-            for pid, rss in self._rss().items():
+            for pid, rss in process_rss(self.pid).items():
                 self.peak[pid] = max(self.peak.get(pid, 0), rss)
             self.disk = max(self.disk, open_file_bytes(self.pid))
             time.sleep(0.01)

@@ -82,6 +82,11 @@ def answered(probs: np.ndarray, threshold: float) -> np.ndarray:
     return np.asarray(probs).max(axis=1) >= threshold
 
 
+def unknown_mask(logits: np.ndarray, temperature: float, threshold: float) -> np.ndarray:
+    """True where serving answers "unknown": the top of softmax(logits / temperature) is below the threshold."""
+    return ~answered(softmax(np.asarray(logits) / temperature, axis=1), threshold)
+
+
 def calibrate(logits: np.ndarray, targets: np.ndarray, method: str, groups: np.ndarray | None = None) -> dict:
     """The `calibration` entry of a model's metadata, fitted on held-out logits.
 

@@ -18,22 +18,22 @@ import numpy as np
 from scipy.special import softmax
 
 from soundclassifier.features import Features, FeatureSettings
-from training import train as T
+from training import train
 from training.augment import ClipDataset
-from training.calibrate import accuracy_with_unknown, answered, calibrate
+from training.calibrate import accuracy_with_unknown, calibrate, unknown_mask
 from training.datasets import Decoded, choose_clip_seconds, decode_clips, load_dataset
 from training.evaluate import predict_logits
 from training.transfer import start_from
 
 
 def judge(z: np.ndarray, y: np.ndarray, oos: np.ndarray, temperature: float, threshold: float) -> tuple:
-    p, q = softmax(z / temperature, axis=1), softmax(oos / temperature, axis=1)
-    return float((z.argmax(1) == y).mean()), accuracy_with_unknown(p, y, threshold), float(1 - answered(q, threshold).mean())
+    p = softmax(z / temperature, axis=1)
+    return float((z.argmax(1) == y).mean()), accuracy_with_unknown(p, y, threshold), float(unknown_mask(oos, temperature, threshold).mean())
 
 
 def main(argv: list[str]) -> int:
     cv = np.load(argv[0])
-    args = T.parse_args(argv[1:])
+    args = train.parse_args(argv[1:])
     ds = load_dataset(args.dataset, args.data_dir, seed=args.seed)
     base = FeatureSettings()
     data = decode_clips(ds.clips, ds.labels, Features(base))
@@ -49,10 +49,10 @@ def main(argv: list[str]) -> int:
             p.waves.append(w)
             p.targets.append(y)
             p.clips.append(clip)
-        net = T.fit(args, start, features, part["train"], ds.labels)
+        net = train.fit(args, start, features, part["train"], ds.labels)
         z = {k: predict_logits(net, ClipDataset(part[k].waves, part[k].targets, features, None)) for k in ("c", "t")}
         cal = calibrate(z["c"], np.array(part["c"].targets), "", groups=np.arange(len(part["c"].targets)) % 2)
-        _, oos_a = T.open_set_logits([net], features, ds.labels, args.seed)
+        _, oos_a = train.open_set_logits([net], features, ds.labels, args.seed)
         y = np.array(part["t"].targets)
         mine = cv["folds"] == t
         assert (cv["targets"][mine] == y).all(), "the --cv predictions are of another data set or order"

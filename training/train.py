@@ -58,7 +58,7 @@ from soundclassifier.store import METRICS_FILE, save_model, write_json
 from soundclassifier.store import summary as engines_summary
 from training import outofset
 from training.augment import AugmentSettings, ClipDataset
-from training.calibrate import accuracy_with_unknown, answered, calibrate
+from training.calibrate import accuracy_with_unknown, answered, calibrate, unknown_mask
 from training.datasets import (
     DATASETS,
     SHIPPED_ESC10,
@@ -322,7 +322,7 @@ def open_set_logits(networks: list[torch.nn.Module], features: Features, labels:
 def open_set_report(kinds: list[str], logits: np.ndarray, ev: Evaluation, temperature: float, threshold: float) -> dict:
     """How often those sounds get "unknown" at the threshold (averaged over the evaluated networks),
     beside the in-set accuracy with "unknown" counted wrong."""
-    unknown = np.mean([~answered(softmax(z / temperature, axis=1), threshold) for z in logits], axis=0)
+    unknown = np.mean([unknown_mask(z, temperature, threshold) for z in logits], axis=0)
     by_kind = {k: round(float(unknown[[i for i, kind in enumerate(kinds) if kind == k]].mean()), 4)
                for k in sorted(set(kinds))}  # fmt: skip
     in_set = softmax(ev.logits / temperature, axis=1)
@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         # Its calibration is the evaluated networks': how often it answers "unknown" at it to the
         # same out-of-set sounds (generated, so none of them was trained on) shows whether it carries over.
         _, z = open_set_logits([net], features, ds.labels, args.seed)
-        shipped_unknown = float(np.mean(~answered(softmax(z[0] / calibration["temperature"], axis=1), calibration["threshold"])))
+        shipped_unknown = float(unknown_mask(z[0], calibration["temperature"], calibration["threshold"]).mean())
         open_set["shipped_network_unknown_rate"] = round(shipped_unknown, 4)
         print(f"shipped network: unknown on {shipped_unknown:.1%} of the out-of-set sounds at the stored threshold")
     else:

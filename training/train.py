@@ -418,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.save:
         return 0
 
-    if refit_wanted(args, metrics["accuracy"]):
+    refit = refit_wanted(args, metrics["accuracy"])
+    if refit:
         log.info("refit on every fold: %d clips", len(data.waves))
         net = fit(args, start, features, data, ds.labels)
         shipped = f"trained on every fold ({', '.join(map(str, ds.folds))}) after the evaluation, same recipe and seed"
@@ -475,7 +476,9 @@ def main(argv: list[str] | None = None) -> int:
             "versions": library_versions(),
         },
         samples=ev.samples,
-        sample_targets=ev.sample_targets,
+        # A refit network has trained on these clips: its engines are checked for agreement on
+        # them, but an accuracy there would not be a held-out one, so none is stored.
+        sample_targets=None if refit else ev.sample_targets,
         calibration=ev.calibration,
         extra_files=reports,
     )

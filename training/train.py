@@ -88,7 +88,6 @@ DEFAULTS = dict(
     specaugment=True,  # time/frequency masking + time shift + noise
     speed=0.0,  # speed perturbation: resample by up to +-this fraction (0 = off)
     outliers=0.25,  # outlier exposure: generated non-class clips, this share of the training set (0 = off)
-    logit_norm=0.0,  # LogitNorm temperature tau (0 = off)
     valid_fold=None,  # held-out fold; None = the data set's first (ESC-50: 1, shipped ESC-10: 2)
     refit=None,  # ship a network trained on every fold after measuring one without valid_fold; None = refit_wanted
     clip_seconds=None,  # model window; None = chosen from the clip durations (choose_clip_seconds)
@@ -129,7 +128,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-specaugment", dest="specaugment", action="store_false", help="turn off masking, shift and noise augmentation")
     p.add_argument("--speed", type=float, default=d["speed"], help="speed perturbation: play each training clip up to this fraction faster or slower, pitch with tempo (default %(default)s = off)")
     p.add_argument("--outliers", type=float, default=d["outliers"], help="outlier exposure: add generated sounds of none of the classes (noise, tones, silence, synthetic) to training with a uniform target, this many per training clip; 0 turns it off (default %(default)s)")
-    p.add_argument("--logit-norm", type=float, default=d["logit_norm"], metavar="TAU", help="LogitNorm: train on logits scaled to norm 1/TAU, so the network cannot lower its loss by growing confident (0 = off, default %(default)s)")
     p.add_argument("--valid-fold", type=int, default=d["valid_fold"], help="fold held out for evaluation and calibration (default: the data set's first fold)")
     p.add_argument("--cv", action="store_true", help="cross-validate: hold out every fold in turn, report mean and spread, calibrate on all held-out predictions")
     p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=d["refit"], help=f"after the evaluation, train once more on every fold and ship that network, with the evaluated one's score and calibration; --no-refit ships the evaluated network (default: refit when the evaluated network's held-out accuracy is below {REFIT_BELOW_ACCURACY}; always with --cv)")
@@ -181,15 +179,12 @@ class OutlierExposureLoss(torch.nn.Module):
 
     y_int = True  # fastai's MixUp mixes the losses of integer targets (instead of the targets themselves)
 
-    def __init__(self, reduction: str = "mean", logit_norm: float = 0.0):
+    def __init__(self, reduction: str = "mean"):
         super().__init__()
-        self.reduction, self.logit_norm = reduction, logit_norm
+        self.reduction = reduction
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
-        if self.logit_norm > 0:  # LogitNorm (Wei et al. 2022): the loss sees logits of norm 1 / tau
-            logits = logits / (self.logit_norm * (logits.norm(dim=1, keepdim=True) + 1e-7))
-        logp = torch.log_softmax(logits, dim=1)
+        logp = torch.log_softmax(logits.float(), dim=1)
         outlier = target == OUTLIER
         in_set = -logp.gather(1, target.clamp_min(0).unsqueeze(1)).squeeze(1)
         loss = torch.where(outlier, OUTLIER_WEIGHT * -logp.mean(dim=1), in_set)
@@ -258,7 +253,7 @@ def fit(args: argparse.Namespace, start: Start, features: Features, data: Decode
     cbs = [NoValidation()] + ([MixUp(args.mixup)] if args.mixup > 0 else [])
     if use_bf16(args, device, features.settings.frames):
         cbs.append(CPUBFloat16())
-    loss = OutlierExposureLoss(logit_norm=args.logit_norm) if outliers or args.logit_norm else CrossEntropyLossFlat()
+    loss = OutlierExposureLoss() if outliers else CrossEntropyLossFlat()
     learn = Learner(dls, net, loss_func=loss, metrics=[], wd=args.weight_decay, cbs=cbs)
     learn.fit_one_cycle(args.epochs, args.lr)
     net = learn.model.cpu().eval()

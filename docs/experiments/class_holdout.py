@@ -52,7 +52,7 @@ def main(argv: list[str]) -> int:
         t, threshold = cal["temperature"], cal["threshold"]
         unseen = decode_clips([c for c in full.clips if c.label == held], [held], features)
         unseen_ds = ClipDataset(unseen.waves, unseen.targets, features, None)
-        z = predict_logits(ev.networks[0], unseen_ds)
+        z = predict_logits(ev.networks[0], unseen_ds)  # the measured network's answers to the unseen class
         top = softmax(z / t, axis=1).argmax(1)
         row = {
             "held_out_class": held,
@@ -65,15 +65,14 @@ def main(argv: list[str]) -> int:
         row["taken_for"] = labels[row["taken_for"]]
         if args.refit:
             refit = fit(args, start_from(None, labels, args.arch), features, data, labels)
-            z = predict_logits(refit, unseen_ds)
-            row["unknown_rate_refit"] = float(unknown_mask(z, t, threshold).mean())
+            row["unknown_rate_refit"] = float(unknown_mask(predict_logits(refit, unseen_ds), t, threshold).mean())
         if own.ensemble:
             other = copy.copy(args)
             other.seed = args.seed + 1
             ev2 = evaluate(other, start_from(None, labels, args.arch), features, ds, data)
             zv = (ev.logits + ev2.logits) / 2
             cal = calibrate(zv, ev.targets, "held-out fold", groups=np.arange(len(ev.targets)) % 2)
-            zu = (predict_logits(ev.networks[0], unseen_ds) + predict_logits(ev2.networks[0], unseen_ds)) / 2
+            zu = (z + predict_logits(ev2.networks[0], unseen_ds)) / 2
             row["accuracy_ensemble"] = float((zv.argmax(1) == ev.targets).mean())
             row["in_set_with_unknown_ensemble"] = accuracy_with_unknown(softmax(zv / cal["temperature"], axis=1), ev.targets, cal["threshold"])
             row["unknown_rate_ensemble"] = float(unknown_mask(zu, cal["temperature"], cal["threshold"]).mean())

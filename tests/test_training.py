@@ -338,8 +338,14 @@ def test_cross_validation_without_saving(tmp_path, layouts, store_tags, capsys):
 
     assert refit_check.main([str(saved), "--dataset", "folder", "--data-dir", str(root), *TINY]) == 0
     out = capsys.readouterr().out
-    assert len(re.findall(r"^test fold \d \(calibrated on \d\): A accuracy", out, re.M)) == 5
-    assert re.search(r"^mean: A [\d.]+ [\d.]+ [\d.]+ \| B \(refit, borrowed calibration\) [\d.]+", out, re.M)
+    assert len(re.findall(r"^test fold \d \(calibrated on \d\)", out, re.M)) == 5
+    mean = out.split("mean over 5 test folds:")[1]
+    assert re.findall(r"^  (.+): [\d.]+ [\d.]+ [\d.]+$", mean, re.M) == ["A", "B (refit, borrowed calibration)"]
+    # two prediction files: an A per seed, and the ensembles (the same file stands in for seed 1's)
+    assert refit_check.main([str(saved), str(saved), "--dataset", "folder", "--data-dir", str(root), *TINY]) == 0
+    mean = capsys.readouterr().out.split("mean over 5 test folds:")[1]
+    rows = re.findall(r"^  (.+): [\d.]+ [\d.]+ [\d.]+$", mean, re.M)
+    assert {"A (seed 1)", "A+B, A's calibration (seed 0)", "2 As, calibrated as one", "2 Bs, the As' calibration"} <= set(rows)
 
 
 def test_cross_validated_model_says_so(tmp_path, layouts, train_model):

@@ -197,7 +197,7 @@ def outlier_waves(args: argparse.Namespace, features: Features, labels: list[str
         return []
     s = features.settings
     per_kind = max(1, math.ceil(args.outliers * n_train / len(outofset.OUTLIER_KINDS)))
-    made = outofset.clips(labels, s.clip_seconds, s.sample_rate, per_kind=per_kind, seed=args.seed + 1,
+    made = outofset.clips(labels, s.clip_seconds, s.sample_rate, per_kind=per_kind, seed=outofset.CHECK_SEED + 1 + args.seed,
                           kinds=outofset.OUTLIER_KINDS)  # fmt: skip
     return [features.waveform(as_audio(w[None], s.sample_rate, "generated")) for _, w in made]
 
@@ -326,11 +326,11 @@ def evaluate(args, start: Start, features: Features, ds: Dataset, data: Decoded)
     )
 
 
-def open_set_logits(networks: list[torch.nn.Module], features: Features, labels: list[str], seed: int) -> tuple[list[str], np.ndarray]:
+def open_set_logits(networks: list[torch.nn.Module], features: Features, labels: list[str]) -> tuple[list[str], np.ndarray]:
     """Sounds from none of the classes (training.outofset) and each network's logits for them:
     (kinds, array of shape (networks, clips, classes))."""
     s = features.settings
-    made = outofset.clips(labels, s.clip_seconds, s.sample_rate, seed=seed)
+    made = outofset.clips(labels, s.clip_seconds, s.sample_rate)
     waves = [features.waveform(as_audio(w[None], s.sample_rate, "generated")) for _, w in made]
     items = ClipDataset(waves, [0] * len(waves), features, None)
     return [kind.split(":")[0] for kind, _ in made], np.stack([predict_logits(net, items) for net in networks])
@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(folds {', '.join(map(str, ev.folds))})" if args.cv else
               f"temperature scaling on held-out fold {ev.folds[0]}")  # fmt: skip
     calibration = calibrate(ev.logits, ev.targets, method, groups=groups)
-    kinds, oos_logits = open_set_logits(ev.networks, features, ds.labels, args.seed)
+    kinds, oos_logits = open_set_logits(ev.networks, features, ds.labels)
     open_set = open_set_report(kinds, oos_logits, ev, calibration["temperature"], calibration["threshold"])
     if args.predictions:
         np.savez_compressed(args.predictions, labels=np.array(ds.labels), logits=ev.logits, targets=ev.targets,
@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         shipped = f"trained on every fold ({', '.join(map(str, ds.folds))}) after the evaluation, same recipe and seed"
         # Its calibration is the evaluated networks': how often it answers "unknown" at it to the
         # same out-of-set sounds (generated, so none of them was trained on) shows whether it carries over.
-        _, z = open_set_logits([net], features, ds.labels, args.seed)
+        _, z = open_set_logits([net], features, ds.labels)
         shipped_unknown = float(unknown_mask(z[0], calibration["temperature"], calibration["threshold"]).mean())
         open_set["shipped_network_unknown_rate"] = round(shipped_unknown, 4)
         print(f"shipped network: unknown on {shipped_unknown:.1%} of the out-of-set sounds at the stored threshold")

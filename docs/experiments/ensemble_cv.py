@@ -8,6 +8,8 @@ The held-out logits of each run are averaged clip by clip. For each fold, temper
 are fitted on the other folds' pooled held-out logits (the stored rule, training.calibrate), then
 the fold is judged: accuracy, in-set accuracy with "unknown" counted wrong, and the share of the
 generated out-of-set sounds answered "unknown". Prints the means over the folds.
+The generated sounds are the same whatever the seed since 15612a9 (training.outofset.CHECK_SEED);
+the --predictions of earlier runs of another seed than 0 were judged on other clips: run them again.
 """
 
 from __future__ import annotations

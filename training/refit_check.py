@@ -66,16 +66,17 @@ def main(argv: list[str]) -> int:
             p.targets.append(y)
             p.clips.append(clip)
         yc, y = np.array(part["c"].targets), np.array(part["t"].targets)
-        a_c, a_t, a_oos, b_t, b_oos = [], [], [], [], []
+        a_c, a_t, nets, b_t, b_oos = [], [], [], [], []
         for k, cv in enumerate(cvs):
             mine = cv["folds"] == t
             assert (cv["targets"][mine] == y).all(), "the --cv predictions are of another data set or order"
             net = train.fit(argparse.Namespace(**{**vars(args), "seed": args.seed + k}), start, features, part["train"], ds.labels)
             a_c.append(predict_logits(net, ClipDataset(part["c"].waves, part["c"].targets, features, None)))
             a_t.append(predict_logits(net, ClipDataset(part["t"].waves, part["t"].targets, features, None)))
-            a_oos.append(train.open_set_logits([net], features, ds.labels)[1][0])
+            nets.append(net)
             b_t.append(cv["logits"][mine])
             b_oos.append(cv["open_set_logits"][i])
+        a_oos = list(train.open_set_logits(nets, features, ds.labels)[1])  # one set of clips for every A
         judged = {}
         for k in range(len(cvs)):
             cal = calibration(a_c[k], yc)

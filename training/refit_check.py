@@ -42,7 +42,7 @@ def judge(z: np.ndarray, y: np.ndarray, oos: np.ndarray, temperature: float, thr
 
 
 def calibration(z: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    cal = calibrate(z, y, "", groups=np.arange(len(y)) % 2)
+    cal = calibrate(z, y, "")
     return cal["temperature"], cal["threshold"]
 
 

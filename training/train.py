@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ev = evaluate(args, start, features, ds, data)
     metrics = summary(ev, ds.labels)
-    groups = ev.fold_of if args.cv else np.arange(len(ev.targets)) % 2
+    groups = ev.fold_of if args.cv else None  # None: calibrate splits one held-out fold in halves
     method = (f"temperature scaling on the held-out predictions of {len(ev.folds)}-fold cross-validation "
               f"(folds {', '.join(map(str, ev.folds))})" if args.cv else
               f"temperature scaling on held-out fold {ev.folds[0]}")  # fmt: skip

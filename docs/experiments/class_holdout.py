@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
         seconds = args.clip_seconds or choose_clip_seconds([len(w) / base.sample_rate for w in data.waves])
         features = Features(base.model_copy(update={"clip_seconds": seconds}))
         ev = evaluate(args, start_from(None, labels, args.arch), features, ds, data)
-        cal = calibrate(ev.logits, ev.targets, "held-out fold", groups=np.arange(len(ev.targets)) % 2)
+        cal = calibrate(ev.logits, ev.targets, "held-out fold")
         t, threshold = cal["temperature"], cal["threshold"]
         unseen = decode_clips([c for c in full.clips if c.label == held], [held], features)
         unseen_ds = ClipDataset(unseen.waves, unseen.targets, features, None)
@@ -71,7 +71,7 @@ def main(argv: list[str]) -> int:
             other.seed = args.seed + 1
             ev2 = evaluate(other, start_from(None, labels, args.arch), features, ds, data)
             zv = (ev.logits + ev2.logits) / 2
-            cal = calibrate(zv, ev.targets, "held-out fold", groups=np.arange(len(ev.targets)) % 2)
+            cal = calibrate(zv, ev.targets, "held-out fold")
             zu = (z + predict_logits(ev2.networks[0], unseen_ds)) / 2
             row["accuracy_ensemble"] = float((zv.argmax(1) == ev.targets).mean())
             row["in_set_with_unknown_ensemble"] = accuracy_with_unknown(softmax(zv / cal["temperature"], axis=1), ev.targets, cal["threshold"])

@@ -196,6 +196,52 @@ def test_unreadable_file_is_skipped_and_reported(tmp_path, layouts, train_model)
     assert all(reason for _, reason in reported)
 
 
+def test_outlier_dir_recordings_are_trained_on_and_their_held_out_share_measured(tmp_path, layouts, train_model):
+    from training.datasets import outliers
+
+    root = layouts["folder"](tmp_path / "sounds", {"beep": 5, "hum": 5})
+    # recordings of none of the classes, at any depth: a third kind of sound (another pitch)
+    other = layouts["folder"](tmp_path / "other", {"a": 0, "b": 0, "kitchen": 7})
+    tag = train_model(["--dataset", "folder", "--data-dir", str(root), "--outlier-dir", str(other), *TINY])
+    meta = load_model(tag).metadata
+    recordings = meta["open_set"]["recordings"]
+    dealt = outliers(other, [1, 2, 3, 4, 5])
+    assert recordings["n"] == 7 and sorted(c.path.name for c in dealt) == sorted(p.name for p in other.rglob("*.wav"))
+    # the folder data set holds out fold 1: the outlier recordings dealt to it are the measured ones
+    assert recordings["n_held_out"] == sum(c.fold == 1 for c in dealt) >= 1
+    assert 0 <= recordings["unknown_rate"] <= 1
+    assert len(meta["outlier_dir_fingerprint"]) == 64
+    assert meta["train_args"]["outlier_dir"] == str(other)
+    assert load_model(tag).labels == ["beep", "hum"]  # the recordings are no class
+
+
+def test_outlier_recordings_teach_the_network_to_doubt_their_kind(tmp_path, layouts):
+    """The same recipe with and without --outlier-dir's recordings: unheard recordings of their kind
+    get flatter probabilities from the network that was shown the others."""
+    from soundclassifier.features import Features
+    from training.augment import ClipDataset
+    from training.datasets import decode_clips, load_dataset, outliers
+    from training.evaluate import predict_logits
+    from training.train import fit, parse_args
+    from training.transfer import start_from
+
+    root = layouts["folder"](tmp_path / "sounds", {"beep": 10, "hum": 10})
+    other = layouts["folder"](tmp_path / "other", {"a": 0, "b": 0, "kitchen": 15})
+    ds = load_dataset("folder", root)
+    args = parse_args(["--dataset", "folder", "--data-dir", str(root), "--outliers", "0", "--epochs", "8", "--batch-size", "8"])
+    features = Features(FeatureSettings(clip_seconds=0.75))
+    data = decode_clips(ds.clips, ds.labels, features)
+    others = decode_clips(outliers(other, ds.folds), ds.labels, features)
+    shown, unheard = others.split(ds, 1)
+    assert set(shown.targets) == set(unheard.targets) == {-1} and len(unheard.waves) == 3
+    items = ClipDataset(unheard.waves, unheard.targets, features, None)
+    confidence = {}
+    for name, given in (("without", None), ("with", shown)):
+        net = fit(args, start_from(None, ds.labels, args.arch), features, data, ds.labels, given)
+        confidence[name] = float(torch.softmax(torch.from_numpy(predict_logits(net, items)), 1).max(1).values.mean())
+    assert confidence["with"] < confidence["without"] - 0.2, confidence
+
+
 # --- failure paths ------------------------------------------------------------------------------
 
 
@@ -218,15 +264,20 @@ def test_interrupted_save_leaves_no_model(tiny_model_tag, bentoml_home, store_ta
     assert str(bentoml.models.get(f"{MODEL_NAME}:latest").tag) in before
 
 
-def test_dataset_errors_stop_training_before_anything_is_saved(tmp_path, tiny_model_tag, store_tags):
+def test_dataset_errors_stop_training_before_anything_is_saved(tmp_path, layouts, tiny_model_tag, store_tags):
     from training.train import main
 
+    root = layouts["folder"](tmp_path / "good", {"beep": 5, "hum": 5})
     before = store_tags()
     with pytest.raises(DatasetError, match="does not exist"):
         main(["--dataset", "folder", "--data-dir", str(tmp_path / "missing"), *TINY])
     (tmp_path / "sounds" / "empty_class").mkdir(parents=True)
     with pytest.raises(DatasetError, match="empty_class"):
         main(["--dataset", "folder", "--data-dir", str(tmp_path / "sounds"), *TINY])
+    with pytest.raises(DatasetError, match="outlier directory .* holds no audio files"):
+        main(["--dataset", "folder", "--data-dir", str(root), "--outlier-dir", str(tmp_path / "sounds"), *TINY])
+    with pytest.raises(DatasetError, match="outlier directory .* does not exist"):
+        main(["--dataset", "folder", "--data-dir", str(root), "--outlier-dir", str(tmp_path / "nothing"), *TINY])
     with pytest.raises(SystemExit) as info:  # argparse: --data-dir is required for real data sets
         main(["--dataset", "esc50"])
     assert info.value.code == 2

@@ -7,6 +7,7 @@
     python -m training.train --dataset urbansound8k --data-dir data/UrbanSound8K --valid-fold 10
     python -m training.train --dataset folder --data-dir my_sounds/      # my_sounds/<label>/*.wav
     python -m training.train --dataset folder --data-dir my_sounds/ --init-from sound-resnet:latest
+    python -m training.train --outlier-dir other_sounds/      # recordings of none of the classes
 
 How a model is made: train on every fold but one (--valid-fold, default the data set's first),
 measure it on that fold and fit its calibration there (temperature, recommended min_confidence);
@@ -63,12 +64,14 @@ from training.augment import AugmentSettings, ClipDataset
 from training.calibrate import accuracy_with_unknown, answered, calibrate, unknown_mask
 from training.datasets import (
     DATASETS,
+    OUTLIER,
     SHIPPED_ESC10,
     Dataset,
     Decoded,
     choose_clip_seconds,
     decode_clips,
     load_dataset,
+    outliers,
 )
 from training.evaluate import format_report, plot_confusion, predict_logits, report
 from training.transfer import Start, start_from
@@ -88,6 +91,7 @@ DEFAULTS = dict(
     specaugment=True,  # time/frequency masking + time shift + noise
     speed=0.0,  # speed perturbation: resample by up to +-this fraction (0 = off)
     outliers=0.25,  # outlier exposure: generated non-class clips, this share of the training set (0 = off)
+    outlier_dir=None,  # outlier exposure with real recordings of none of the classes, when the user has them
     valid_fold=None,  # held-out fold; None = the data set's first (ESC-50: 1, shipped ESC-10: 2)
     refit=None,  # ship a network trained on every fold after measuring one without valid_fold; None = refit_wanted
     clip_seconds=None,  # model window; None = chosen from the clip durations (choose_clip_seconds)
@@ -128,6 +132,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-specaugment", dest="specaugment", action="store_false", help="turn off masking, shift and noise augmentation")
     p.add_argument("--speed", type=float, default=d["speed"], help="speed perturbation: play each training clip up to this fraction faster or slower, pitch with tempo (default %(default)s = off)")
     p.add_argument("--outliers", type=float, default=d["outliers"], help="outlier exposure: add generated sounds of none of the classes (noise, tones, silence, synthetic) to training with a uniform target, this many per training clip; 0 turns it off (default %(default)s)")
+    p.add_argument("--outlier-dir", type=Path, default=d["outlier_dir"], help="outlier exposure with your own recordings of none of the classes (any audio files under this directory, any length): trained on with a uniform target beside the generated ones; those dealt to the held-out fold are kept out of training and measure how often the model says unknown to them")
     p.add_argument("--valid-fold", type=int, default=d["valid_fold"], help="fold held out for evaluation and calibration (default: the data set's first fold)")
     p.add_argument("--cv", action="store_true", help="cross-validate: hold out every fold in turn, report mean and spread, calibrate on all held-out predictions")
     p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=d["refit"], help=f"after the evaluation, train once more on every fold and ship that network, with the evaluated one's score and calibration; --no-refit ships the evaluated network (default: refit when the evaluated network's held-out accuracy is below {REFIT_BELOW_ACCURACY}; always with --cv)")
@@ -168,7 +173,6 @@ def use_bf16(args: argparse.Namespace, device: torch.device, frames: int) -> boo
     return cpu_has_bf16() and frames >= BF16_MIN_FRAMES
 
 
-OUTLIER = -1  # target of an outlier-exposure clip
 OUTLIER_WEIGHT = 0.5  # weight of the uniform-target term (Hendrycks et al. 2019, "Deep Anomaly Detection with Outlier Exposure")
 
 
@@ -235,11 +239,13 @@ class CPUBFloat16(Callback):
         self.learn.model.to(memory_format=torch.contiguous_format)
 
 
-def fit(args: argparse.Namespace, start: Start, features: Features, data: Decoded, labels: list[str]) -> torch.nn.Module:
-    """Train a network on `data` with the recipe in `args`; returns it on the CPU in eval mode."""
+def fit(args: argparse.Namespace, start: Start, features: Features, data: Decoded, labels: list[str],
+        others: Decoded | None = None) -> torch.nn.Module:  # fmt: skip
+    """Train a network on `data` (and the recordings of none of the classes in `others`) with the
+    recipe in `args`; returns it on the CPU in eval mode."""
     set_seed(args.seed, reproducible=True)
     augment = replace(AugmentSettings() if args.specaugment else AugmentSettings.off(), speed=args.speed)
-    outliers = outlier_waves(args, features, labels, len(data.waves))
+    outliers = outlier_waves(args, features, labels, len(data.waves)) + (others.waves if others else [])
     train_ds = ClipDataset(data.waves + outliers, data.targets + [OUTLIER] * len(outliers), features, augment)
     device = torch.device("cuda" if args.gpu and torch.cuda.is_available() else "cpu")
     dls = DataLoaders.from_dsets(train_ds, train_ds, bs=args.batch_size, device=device, num_workers=0)
@@ -277,6 +283,7 @@ class Evaluation:
     samples: np.ndarray  # up to 64 held-out model inputs (engine agreement checks)
     sample_targets: np.ndarray  # their classes (held-out accuracy of each engine)
     calibration: np.ndarray  # up to CALIBRATION_CLIPS training inputs of the first network (INT8)
+    others_logits: np.ndarray | None = None  # --outlier-dir recordings of the folds held out, not trained on
 
 
 CALIBRATION_CLIPS = 200  # INT8 calibration: NNCF's default subset is 300; 32 sufficed for ResNet-18 here
@@ -289,16 +296,19 @@ def calibration_inputs(dataset: ClipDataset, seed: int) -> np.ndarray:
     return np.stack([np.asarray(dataset[i][0]) for i in chosen])
 
 
-def evaluate(args, start: Start, features: Features, ds: Dataset, data: Decoded) -> Evaluation:
+def evaluate(args, start: Start, features: Features, ds: Dataset, data: Decoded, others: Decoded | None = None) -> Evaluation:
     folds = ds.folds if args.cv else [args.valid_fold if args.valid_fold is not None else ds.folds[0]]
-    logits, targets, fold_of, per_fold, nets, samples = [], [], [], {}, [], None
+    logits, targets, fold_of, per_fold, nets, samples, others_logits = [], [], [], {}, [], None, []
     sample_targets = calibration = None
     for fold in folds:
         train, valid = data.split(ds, fold)
         if not train.waves or not valid.waves:
             raise SystemExit(f"nothing left to train or validate on after skipping unreadable files (fold {fold})")
         log.info("fold %d: %d training clips, %d held out", fold, len(train.waves), len(valid.waves))
-        net = fit(args, start, features, train, ds.labels)
+        others_train, others_valid = others.split(ds, fold) if others else (None, None)
+        net = fit(args, start, features, train, ds.labels, others_train)
+        if others_valid and others_valid.waves:
+            others_logits.append(predict_logits(net, ClipDataset(others_valid.waves, others_valid.targets, features, None)))
         valid_ds = ClipDataset(valid.waves, valid.targets, features, None)
         z = predict_logits(net, valid_ds)
         per_fold[fold] = report(valid.targets, z.argmax(axis=1), ds.labels)
@@ -323,6 +333,7 @@ def evaluate(args, start: Start, features: Features, ds: Dataset, data: Decoded)
         samples=samples,
         sample_targets=sample_targets,
         calibration=calibration,
+        others_logits=np.concatenate(others_logits) if others_logits else None,
     )
 
 
@@ -336,9 +347,11 @@ def open_set_logits(networks: list[torch.nn.Module], features: Features, labels:
     return [kind.split(":")[0] for kind, _ in made], np.stack([predict_logits(net, items) for net in networks])
 
 
-def open_set_report(kinds: list[str], logits: np.ndarray, ev: Evaluation, temperature: float, threshold: float) -> dict:
+def open_set_report(kinds: list[str], logits: np.ndarray, ev: Evaluation, temperature: float, threshold: float,
+                    others: Decoded | None = None) -> dict:  # fmt: skip
     """How often those sounds get "unknown" at the threshold (averaged over the evaluated networks),
-    beside the in-set accuracy with "unknown" counted wrong."""
+    beside the in-set accuracy with "unknown" counted wrong; with --outlier-dir, also how often the
+    held-out share of the user's recordings of none of the classes does."""
     unknown = np.mean([unknown_mask(z, temperature, threshold) for z in logits], axis=0)
     by_kind = {k: round(float(unknown[[i for i, kind in enumerate(kinds) if kind == k]].mean()), 4)
                for k in sorted(set(kinds))}  # fmt: skip
@@ -352,6 +365,19 @@ def open_set_report(kinds: list[str], logits: np.ndarray, ev: Evaluation, temper
         "source": "training.outofset, generated offline: silence, noise, tones, speech-like babble, music, "
         "synthetic classes not among the labels; with --outliers, training saw other clips of the kinds "
         f"{', '.join(outofset.OUTLIER_KINDS)}, never speech or music",
+        **({"recordings": recordings_report(others, ev, temperature, threshold)} if others else {}),
+    }
+
+
+def recordings_report(others: Decoded, ev: Evaluation, temperature: float, threshold: float) -> dict:
+    held_out = 0 if ev.others_logits is None else len(ev.others_logits)
+    rate = None if ev.others_logits is None else round(float(unknown_mask(ev.others_logits, temperature, threshold).mean()), 4)
+    return {
+        "n": len(others.waves),
+        "n_held_out": held_out,
+        "unknown_rate": rate,  # of the held-out ones: what an unheard recording of their kinds gets
+        "source": f"--outlier-dir: {len(others.waves)} recordings of none of the classes, dealt into the folds; "
+        f"the {held_out} of the held-out fold(s) were not trained on and give unknown_rate",
     }
 
 
@@ -395,7 +421,13 @@ def main(argv: list[str] | None = None) -> int:
              clip_seconds, np.median(durations), np.percentile(durations, 95))  # fmt: skip
     log.info("network %s", start.arch)
 
-    ev = evaluate(args, start, features, ds, data)
+    others = None
+    if args.outlier_dir:
+        others = decode_clips(outliers(args.outlier_dir, ds.folds, seed=args.seed), ds.labels, Features(base))
+        if not others.waves:
+            raise SystemExit(f"no recording under --outlier-dir {args.outlier_dir} could be read")
+        log.info("outlier exposure with %d recordings of none of the classes from %s", len(others.waves), args.outlier_dir)
+    ev = evaluate(args, start, features, ds, data, others)
     metrics = summary(ev, ds.labels)
     groups = ev.fold_of if args.cv else None  # None: calibrate splits one held-out fold in halves
     method = (f"temperature scaling on the held-out predictions of {len(ev.folds)}-fold cross-validation "
@@ -403,10 +435,11 @@ def main(argv: list[str] | None = None) -> int:
               f"temperature scaling on held-out fold {ev.folds[0]}")  # fmt: skip
     calibration = calibrate(ev.logits, ev.targets, method, groups=groups)
     kinds, oos_logits = open_set_logits(ev.networks, features, ds.labels)
-    open_set = open_set_report(kinds, oos_logits, ev, calibration["temperature"], calibration["threshold"])
+    open_set = open_set_report(kinds, oos_logits, ev, calibration["temperature"], calibration["threshold"], others)
     if args.predictions:
         np.savez_compressed(args.predictions, labels=np.array(ds.labels), logits=ev.logits, targets=ev.targets,
-                            folds=ev.fold_of, open_set_kinds=np.array(kinds), open_set_logits=oos_logits)  # fmt: skip
+                            folds=ev.fold_of, open_set_kinds=np.array(kinds), open_set_logits=oos_logits,
+                            **({} if ev.others_logits is None else {"outlier_dir_logits": ev.others_logits}))  # fmt: skip
     print(format_report(metrics))
     if args.cv:
         print(f"cross-validation over {len(ev.folds)} folds: accuracy {metrics['accuracy_mean']:.4f} ± "
@@ -421,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     refit = refit_wanted(args, metrics["accuracy"])
     if refit:
         log.info("refit on every fold: %d clips", len(data.waves))
-        net = fit(args, start, features, data, ds.labels)
+        net = fit(args, start, features, data, ds.labels, others)
         shipped = f"trained on every fold ({', '.join(map(str, ds.folds))}) after the evaluation, same recipe and seed"
         # Its calibration is the evaluated networks': how often it answers "unknown" at it to the
         # same out-of-set sounds (generated, so none of them was trained on) shows whether it carries over.
@@ -460,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         metadata={
             "dataset": ds.name,
             "dataset_fingerprint": ds.fingerprint(),
+            **({"outlier_dir_fingerprint": Dataset("outliers", args.outlier_dir, others.clips, []).fingerprint()} if others else {}),
             "n_clips": len(ds.clips),
             **({} if args.cv else {"valid_fold": ev.folds[0]}),
             "evaluation": evaluation,

@@ -9,7 +9,11 @@ default model is (the stored threshold rule); then all 32 clips of c, a sound it
 are classified: the share answered "unknown" at the threshold. With --refit, the network trained
 again on every fold of the nine classes answers them too, at the measured network's calibration:
 what the default model ships. With --ensemble, a second network of the next seed trains on the
-same folds, and the two (logits averaged) are calibrated on fold 2 and judged as one model. One
+same folds, and the two (logits averaged) are calibrated on fold 2 and judged as one model. With
+--outlier-classes K, the K classes after c (in label order, wrapping round) are left out of training
+too, so each run trains on 9 - K classes; with --real-outliers, their clips are what a user's
+--outlier-dir would be: recordings of none of the classes for outlier exposure (folds 3-5 trained
+on, fold 2 measured as unheard recordings of heard kinds). c itself stays a kind never heard. One
 line per class, then the means. The recipe flags are training.train's (--seed, --arch, --refit, ...).
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+from dataclasses import replace
 
 import numpy as np
 from scipy.special import softmax
@@ -25,7 +30,14 @@ from scipy.special import softmax
 from soundclassifier.features import Features, FeatureSettings
 from training.augment import ClipDataset
 from training.calibrate import accuracy_with_unknown, calibrate, unknown_mask
-from training.datasets import SHIPPED_ESC10, Dataset, choose_clip_seconds, decode_clips, load_dataset
+from training.datasets import (
+    OUTLIER_LABEL,
+    SHIPPED_ESC10,
+    Dataset,
+    choose_clip_seconds,
+    decode_clips,
+    load_dataset,
+)
 from training.evaluate import predict_logits
 from training.train import evaluate, fit, parse_args
 from training.transfer import start_from
@@ -35,19 +47,26 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--classes", default="", help="comma-separated classes to hold out (default: every class)")
     p.add_argument("--ensemble", action="store_true", help="also judge the mean of two seeds' networks")
+    p.add_argument("--outlier-classes", type=int, default=0, help="also leave out the K classes after the held-out one")
+    p.add_argument("--real-outliers", action="store_true", help="train on those K classes' clips as recordings of none of the classes")
     own, rest = p.parse_known_args(argv)
     args = parse_args(["--no-save", *rest])
     full = load_dataset("esc10", SHIPPED_ESC10)
     classes = own.classes.split(",") if own.classes else full.labels
     rows = []
     for held in classes:
-        labels = [lab for lab in full.labels if lab != held]
-        ds = Dataset("esc10-without-" + held, full.root, [c for c in full.clips if c.label != held], labels)
+        i = full.labels.index(held)
+        left_out = [full.labels[(i + k) % len(full.labels)] for k in range(own.outlier_classes + 1)]
+        labels = [lab for lab in full.labels if lab not in left_out]
+        ds = Dataset("esc10-without-" + held, full.root, [c for c in full.clips if c.label in labels], labels)
         base = FeatureSettings()
         data = decode_clips(ds.clips, labels, Features(base))
         seconds = args.clip_seconds or choose_clip_seconds([len(w) / base.sample_rate for w in data.waves])
         features = Features(base.model_copy(update={"clip_seconds": seconds}))
-        ev = evaluate(args, start_from(None, labels, args.arch), features, ds, data)
+        others = None
+        if own.real_outliers:
+            others = decode_clips([replace(c, label=OUTLIER_LABEL) for c in full.clips if c.label in left_out[1:]], labels, features)
+        ev = evaluate(args, start_from(None, labels, args.arch), features, ds, data, others)
         cal = calibrate(ev.logits, ev.targets, "held-out fold")
         t, threshold = cal["temperature"], cal["threshold"]
         unseen = decode_clips([c for c in full.clips if c.label == held], [held], features)
@@ -61,15 +80,18 @@ def main(argv: list[str]) -> int:
             "unknown_rate": float(unknown_mask(z, t, threshold).mean()),
             "threshold": threshold,
             "taken_for": max(set(top), key=list(top).count),
+            "outlier_classes": left_out[1:],
         }
+        if others:
+            row["unknown_rate_outlier_recordings"] = float(unknown_mask(ev.others_logits, t, threshold).mean())
         row["taken_for"] = labels[row["taken_for"]]
         if args.refit:
-            refit = fit(args, start_from(None, labels, args.arch), features, data, labels)
+            refit = fit(args, start_from(None, labels, args.arch), features, data, labels, others)
             row["unknown_rate_refit"] = float(unknown_mask(predict_logits(refit, unseen_ds), t, threshold).mean())
         if own.ensemble:
             other = copy.copy(args)
             other.seed = args.seed + 1
-            ev2 = evaluate(other, start_from(None, labels, args.arch), features, ds, data)
+            ev2 = evaluate(other, start_from(None, labels, args.arch), features, ds, data, others)
             zv = (ev.logits + ev2.logits) / 2
             cal = calibrate(zv, ev.targets, "held-out fold")
             zu = (z + predict_logits(ev2.networks[0], unseen_ds)) / 2

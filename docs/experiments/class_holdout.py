@@ -63,9 +63,8 @@ def main(argv: list[str]) -> int:
         data = decode_clips(ds.clips, labels, Features(base))
         seconds = args.clip_seconds or choose_clip_seconds([len(w) / base.sample_rate for w in data.waves])
         features = Features(base.model_copy(update={"clip_seconds": seconds}))
-        others = None
-        if own.real_outliers:
-            others = decode_clips([replace(c, label=OUTLIER_LABEL) for c in full.clips if c.label in left_out[1:]], labels, features)
+        left_out_clips = decode_clips([replace(c, label=OUTLIER_LABEL) for c in full.clips if c.label in left_out[1:]], labels, features)
+        others = left_out_clips if own.real_outliers else None
         ev = evaluate(args, start_from(None, labels, args.arch), features, ds, data, others)
         cal = calibrate(ev.logits, ev.targets, "held-out fold")
         t, threshold = cal["temperature"], cal["threshold"]
@@ -82,8 +81,10 @@ def main(argv: list[str]) -> int:
             "taken_for": max(set(top), key=list(top).count),
             "outlier_classes": left_out[1:],
         }
-        if others:
-            row["unknown_rate_outlier_recordings"] = float(unknown_mask(ev.others_logits, t, threshold).mean())
+        if own.outlier_classes:  # their fold-2 clips: unheard recordings of the kinds --real-outliers shows
+            _, unheard = left_out_clips.split(ds, ev.folds[0])
+            z_unheard = predict_logits(ev.networks[0], ClipDataset(unheard.waves, unheard.targets, features, None))
+            row["unknown_rate_outlier_classes_fold2"] = float(unknown_mask(z_unheard, t, threshold).mean())
         row["taken_for"] = labels[row["taken_for"]]
         if args.refit:
             refit = fit(args, start_from(None, labels, args.arch), features, data, labels, others)

@@ -278,6 +278,8 @@ def test_dataset_errors_stop_training_before_anything_is_saved(tmp_path, layouts
         main(["--dataset", "folder", "--data-dir", str(root), "--outlier-dir", str(tmp_path / "sounds"), *TINY])
     with pytest.raises(DatasetError, match="outlier directory .* does not exist"):
         main(["--dataset", "folder", "--data-dir", str(root), "--outlier-dir", str(tmp_path / "nothing"), *TINY])
+    with pytest.raises(DatasetError, match="holds 5 clip.* of the data set itself"):
+        main(["--dataset", "folder", "--data-dir", str(root), "--outlier-dir", str(root / "hum"), *TINY])
     with pytest.raises(SystemExit) as info:  # argparse: --data-dir is required for real data sets
         main(["--dataset", "esc50"])
     assert info.value.code == 2

@@ -67,6 +67,7 @@ from training.datasets import (
     OUTLIER,
     SHIPPED_ESC10,
     Dataset,
+    DatasetError,
     Decoded,
     choose_clip_seconds,
     decode_clips,
@@ -423,7 +424,12 @@ def main(argv: list[str] | None = None) -> int:
 
     others = None
     if args.outlier_dir:
-        others = decode_clips(outliers(args.outlier_dir, ds.folds, seed=args.seed), ds.labels, Features(base))
+        other_clips = outliers(args.outlier_dir, ds.folds, seed=args.seed)
+        shared = {c.path.resolve() for c in other_clips} & {c.path.resolve() for c in ds.clips}
+        if shared:  # the same clip with a class target and the uniform one: the user pointed at the data
+            raise DatasetError(f"--outlier-dir {args.outlier_dir} holds {len(shared)} clip(s) of the data set itself, "
+                               f"e.g. {min(shared)}: give a directory of sounds of none of the classes")  # fmt: skip
+        others = decode_clips(other_clips, ds.labels, Features(base))
         if not others.waves:
             raise SystemExit(f"no recording under --outlier-dir {args.outlier_dir} could be read")
         log.info("outlier exposure with %d recordings of none of the classes from %s", len(others.waves), args.outlier_dir)

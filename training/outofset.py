@@ -13,7 +13,8 @@ The unknown rate at the recommended threshold goes into the model's metadata; no
 it. With --outliers, training also sees clips of some kinds (OUTLIER_KINDS, another seed) with a
 uniform target (outlier exposure), and never speech or music, so the rates on those two kinds say
 whether what it learned carries over to sounds it was not shown. All of them are crude stand-ins
-for real out-of-set sound.
+for real out-of-set sound, and what they teach does not carry over to it (docs/training-recipe.md);
+real recordings of other kinds, where a user has them, go in with train.py's --outlier-dir.
 """
 
 from __future__ import annotations

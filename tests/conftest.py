@@ -172,10 +172,31 @@ def build_folder(root: Path, counts: dict[str, int], seconds: float = 0.5) -> Pa
     return root
 
 
+def build_takes(root: Path, takes: dict[str, int], cuts: int = 3, seconds: float = 0.5, subfolders: bool = False) -> Path:
+    """A folder made to leak: takes[label] recordings per class, each one generated take (its own
+    pitch and noise) cut into `cuts` files of `seconds`: ROOT/<label>/<label>_take<k>_<NN>.wav, or
+    with `subfolders` ROOT/<label>/take<k>/<NN>.wav."""
+    import numpy as np
+
+    from testkit import audiofiles as af
+
+    for i, (label, n) in enumerate(takes.items()):
+        for k in range(n):
+            x = af.sine(freq=200.0 * (i + 1) + 15.0 * k, seconds=cuts * seconds) + af.noise(
+                cuts * seconds, amplitude=0.05, seed=1000 * i + k
+            )
+            piece = round(seconds * af.RATE)
+            for j in range(cuts):
+                path = root / label / (f"take{k}/{j:02d}.wav" if subfolders else f"{label}_take{k}_{j:02d}.wav")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(af.encode(np.clip(x[j * piece : (j + 1) * piece], -1, 1), af.RATE, "WAV", "PCM_16"))
+    return root
+
+
 @pytest.fixture
 def layouts():
-    """The builders above, for tests that need a data set in an official layout."""
-    return {"esc50": build_esc50, "urbansound8k": build_urbansound8k, "folder": build_folder}
+    """The builders above, for tests that need a data set in an official layout (or one made to leak)."""
+    return {"esc50": build_esc50, "urbansound8k": build_urbansound8k, "folder": build_folder, "takes": build_takes}
 
 
 # --- a real server ------------------------------------------------------------------------------

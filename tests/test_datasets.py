@@ -15,12 +15,14 @@ from soundclassifier.features import Features, FeatureSettings
 from testkit import audiofiles as af
 from training import words
 from training.datasets import (
+    NUMBERED_NAME,
     SHIPPED_ESC10,
     Clip,
     DatasetError,
     choose_clip_seconds,
     decode_clips,
     load_dataset,
+    outliers,
 )
 from training.synthetic import CLASSES, FOLDS, generate
 from training.vendor import vendor
@@ -142,6 +144,187 @@ def test_folder_reads_every_audio_suffix(tmp_path):
     (root / "beep" / "sub" / "d.mp3").write_bytes(af.mp3_sine(seconds=0.2))
     ds = load_dataset("folder", root)
     assert sorted(c.path.name for c in ds.clips) == ["a.wav", "b.FLAC", "c.ogg", "d.mp3"]
+
+
+# --- grouped folds: a recording never on both sides of a split -----------------------------------
+
+
+def _no_recording_straddles(ds) -> None:
+    for fold in ds.folds:
+        train, valid = ds.split(fold)
+        assert not {c.recording for c in train} & {c.recording for c in valid}, fold
+
+
+def test_folder_keeps_the_cuts_of_one_take_in_one_fold(tmp_path, layouts):
+    root = layouts["takes"](tmp_path / "sounds", {"kettle": 6, "tap": 5, "fan": 7}, cuts=4)
+    for seed in (0, 1, 2):
+        ds = load_dataset("folder", root, seed=seed)
+        _no_recording_straddles(ds)
+        takes = {c.recording for c in ds.clips}
+        assert takes == {f"{lab}/{lab}_take{k}" for lab, n in {"kettle": 6, "tap": 5, "fan": 7}.items() for k in range(n)}
+        for take in takes:  # all four cuts of a take, in one fold
+            folds = [c.fold for c in ds.clips if c.recording == take]
+            assert len(folds) == 4 and len(set(folds)) == 1, take
+        # whole takes, yet every class in every fold and spread as evenly as takes of 4 allow
+        for label in ("kettle", "tap", "fan"):
+            per_fold = Counter(c.fold for c in ds.clips if c.label == label)
+            assert set(per_fold) == {1, 2, 3, 4, 5} and max(per_fold.values()) - min(per_fold.values()) <= 4
+    groups = ds.groups()
+    assert groups["per_class"] == {"fan": 7, "kettle": 6, "tap": 5} and groups["n"] == 18
+    assert "numbered name" in groups["how"] and ": 72" in groups["how"]
+
+
+def test_folder_subfolders_of_a_class_are_recordings(tmp_path, layouts):
+    root = layouts["takes"](tmp_path / "sounds", {"dog": 4, "cat": 3}, cuts=3, subfolders=True)
+    (root / "dog" / "loose.wav").write_bytes(af.wav_sine(seconds=0.5))  # beside the takes: its own recording
+    ds = load_dataset("folder", root, seed=3)
+    _no_recording_straddles(ds)
+    assert {c.recording for c in ds.clips if c.label == "cat"} == {"cat/take0", "cat/take1", "cat/take2"}
+    assert ds.groups()["per_class"] == {"cat": 3, "dog": 5}
+    assert "subfolder of the class folder: 21" in ds.groups()["how"]
+    loose = next(c for c in ds.clips if c.path.name == "loose.wav")
+    assert loose.group == "" and loose.recording == str(loose.path)
+
+
+def test_folder_of_esc_and_urbansound_names_is_grouped_by_source(tmp_path):
+    root = tmp_path / "sounds"
+    for label, names in {
+        "dog": ["1-100032-A-0", "2-100032-B-0", "1-100038-A-0", "3-110389-A-0", "4-110389-C-0", "5-30226-A-0"],
+        "siren": ["100263-8-0-117", "100263-8-0-121", "102853-8-0-0", "102853-8-1-3", "106905-8-0-0"],
+    }.items():
+        (root / label).mkdir(parents=True)
+        for name in names:
+            (root / label / f"{name}.wav").write_bytes(af.wav_noise(seconds=0.2, seed=len(name)))
+    ds = load_dataset("folder", root)
+    _no_recording_straddles(ds)
+    assert {c.recording for c in ds.clips} == {
+        "dog/100032", "dog/100038", "dog/110389", "dog/30226", "siren/100263", "siren/102853", "siren/106905"
+    }
+    assert "ESC-50 name" in ds.groups()["how"] and "UrbanSound8K name" in ds.groups()["how"]
+
+
+@pytest.mark.parametrize(
+    ("stem", "recording"),
+    [("kettle_01", "kettle"), ("kettle-12", "kettle"), ("kettle 3", "kettle"), ("kettle (2)", "kettle"),
+     ("kettle_part3", "kettle"), ("Kettle Part 2", "Kettle"), ("kitchen take_07", "kitchen take"),
+     ("rec_2024_05_01", "rec_2024_05"), ("lincity-ng-blacksmith1-00", "lincity-ng-blacksmith1"),
+     ("kettle", None), ("01", None), ("take3b", None)],
+)  # fmt: skip
+def test_numbered_names(stem, recording):
+    m = NUMBERED_NAME.match(stem)
+    assert (m[1] if m else None) == recording
+
+
+def test_folder_group_pattern_names_the_recording(tmp_path, layouts):
+    root = tmp_path / "sounds"
+    for label in ("cow", "owl"):  # names no built-in rule reads: <session letter>x<take>
+        (root / label).mkdir(parents=True)
+        for session in "ABCD":
+            for take in range(3):
+                (root / label / f"{session}x{take}.wav").write_bytes(af.wav_noise(seconds=0.2, seed=take))
+    assert len({c.recording for c in load_dataset("folder", root).clips}) == 24  # unreadable names: one each
+    ds = load_dataset("folder", root, group_pattern=r"^([A-Z])x")
+    _no_recording_straddles(ds)
+    assert ds.groups()["per_class"] == {"cow": 4, "owl": 4}
+    assert {c.recording for c in ds.clips if c.label == "cow"} == {"cow/A", "cow/B", "cow/C", "cow/D"}
+    assert "--group-pattern: 24" in ds.groups()["how"]
+    # no capture group: the whole match; a file it does not match falls to the built-in rules
+    (root / "owl" / "night_01.wav").write_bytes(af.wav_noise(seconds=0.2, seed=9))
+    ds = load_dataset("folder", root, group_pattern=r"^[A-Z]")
+    assert {c.recording for c in ds.clips if c.label == "owl"} == {"owl/A", "owl/B", "owl/C", "owl/D", "owl/night"}
+    with pytest.raises(DatasetError, match="matches no file"):
+        load_dataset("folder", root, group_pattern=r"^zzz")
+    with pytest.raises(DatasetError, match="not a regular expression"):
+        load_dataset("folder", root, group_pattern=r"([A-Z]")
+    with pytest.raises(DatasetError, match="--group-pattern is for --dataset folder"):
+        load_dataset("esc50", root, group_pattern=r"^([A-Z])")
+
+
+def test_a_class_of_one_recording_is_refused(tmp_path, layouts):
+    root = layouts["takes"](tmp_path / "sounds", {"dog": 1, "cat": 3}, subfolders=True)
+    with pytest.raises(DatasetError, match=r"class 'dog': all 3 files are one recording \('take0'"):
+        load_dataset("folder", root)
+
+
+def test_a_class_numbered_by_its_own_name_is_taken_as_separate_recordings(tmp_path, layouts, caplog):
+    # dog_00 ... dog_04 is how people number separate recordings too: one recording per file, said so
+    root = layouts["folder"](tmp_path / "sounds", {"dog": 5, "cat": 5})
+    ds = load_dataset("folder", root)
+    assert ds.groups()["per_class"] == {"cat": 5, "dog": 5}
+    assert "one numbered stem for the whole class): 10" in ds.groups()["how"]
+    assert "class dog: every file is named dog_NN" in caplog.text
+
+
+def test_grouped_deal_is_deterministic_and_balanced_by_class(tmp_path):
+    root = tmp_path / "sounds"
+    sizes = {"a": [5, 4, 3, 3, 2, 2, 1, 1, 1], "b": [2] * 10}
+    for label, takes in sizes.items():
+        for k, n in enumerate(takes):
+            (root / label / f"t{k}").mkdir(parents=True)
+            for j in range(n):
+                (root / label / f"t{k}" / f"{j}.wav").write_bytes(af.wav_noise(seconds=0.1, seed=j))
+
+    def assignment(seed):
+        return sorted((str(c.path), c.fold) for c in load_dataset("folder", root, seed=seed).clips)
+
+    assert assignment(4) == assignment(4)
+    assert len({tuple(assignment(s)) for s in range(5)}) > 1
+    ds = load_dataset("folder", root, seed=4)
+    _no_recording_straddles(ds)
+    a = Counter(c.fold for c in ds.clips if c.label == "a")  # 22 clips: 5 | 4+1 | 3+1+1 | 3+2 | 2+1...
+    assert sorted(a.values()) == [4, 4, 4, 5, 5]
+    assert sorted(Counter(c.fold for c in ds.clips if c.label == "b").values()) == [4] * 5
+
+
+def test_outliers_are_grouped_by_name_not_by_their_kind_folders(tmp_path):
+    root = tmp_path / "other"
+    for kind, stems in {"music": ["song-a", "song-b"], "speech": ["talk"]}.items():
+        (root / kind).mkdir(parents=True)
+        for stem in stems:
+            for j in range(3):
+                (root / kind / f"{stem}-{j:02d}.wav").write_bytes(af.wav_noise(seconds=0.1, seed=j))
+    clips = outliers(root, [1, 2, 3], seed=0)
+    assert {c.recording for c in clips} == {"/song-a", "/song-b", "/talk"}
+    for stem in ("song-a", "song-b", "talk"):
+        assert len({c.fold for c in clips if c.path.name.startswith(stem)}) == 1
+
+
+def test_esc50_and_urbansound8k_record_their_recordings_and_refuse_folds_that_cut_one(tmp_path, layouts):
+    esc = layouts["esc50"](tmp_path / "esc", ESC_CLASSES, clips_per_fold=2)
+    ds = load_dataset("esc50", esc)
+    assert ds.groups()["per_class"] == {lab: 10 for lab in ESC_CLASSES} and "src_file" in ds.groups()["how"]
+    assert {c.group for c in ds.clips} == {c.path.stem.split("-")[1] for c in ds.clips}
+    _no_recording_straddles(ds)
+    csv_path = esc / "meta" / "esc50.csv"
+    rows = csv_path.read_text().splitlines()  # the second clip of a recording in another fold
+    first = rows[1].split(",")
+    rows.append(",".join(["2-extra-A-0.wav", "2", *first[2:]]))
+    (esc / "audio" / "2-extra-A-0.wav").write_bytes(af.wav_noise(seconds=0.5))
+    csv_path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(DatasetError, match=rf"clips in more than one fold, e\.g\. '{first[5]}' in folds \[1, 2\]"):
+        load_dataset("esc50", esc)
+
+    us = layouts["urbansound8k"](tmp_path / "us", US_CLASSES, clips_per_fold=3, folds=3)
+    ds = load_dataset("urbansound8k", us)
+    assert ds.groups()["per_class"] == {"air_conditioner": 3, "dog_bark": 3, "siren": 3}
+    assert "fsID" in ds.groups()["how"]
+    _no_recording_straddles(ds)
+    _drop_column(us / "metadata" / "UrbanSound8K.csv", "fsID")  # then the file names say it
+    ds = load_dataset("urbansound8k", us)
+    assert ds.groups()["per_class"] == {"air_conditioner": 3, "dog_bark": 3, "siren": 3}
+    assert "file names" in ds.groups()["how"]
+
+
+def test_shipped_esc10_as_a_folder_is_grouped_by_source_recording(tmp_path):
+    shipped = load_dataset("esc10", SHIPPED_ESC10)
+    root = tmp_path / "mine"
+    for c in shipped.clips:  # the clips as a user would have them: <label>/<ESC file name>
+        (root / c.label).mkdir(parents=True, exist_ok=True)
+        (root / c.label / c.path.name).symlink_to(c.path)
+    ds = load_dataset("folder", root)
+    assert ds.groups()["per_class"] == {lab: shipped.groups()["per_class"][lab] for lab in ds.labels}
+    assert ds.groups()["n"] == len({c.group for c in shipped.clips}) < len(shipped.clips)
+    _no_recording_straddles(ds)
 
 
 # --- errors before training ---------------------------------------------------------------------

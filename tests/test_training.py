@@ -50,6 +50,8 @@ def test_saved_entry_has_weights_reports_and_metadata(tiny_model_tag, synthetic_
     assert meta["dataset"] == "synthetic"
     assert meta["dataset_fingerprint"] == load_dataset("synthetic", synthetic_dir).fingerprint()
     assert meta["n_clips"] == 60 and meta["valid_fold"] == 1
+    groups = meta["dataset_groups"]  # the synthetic set names a source recording per clip, as ESC-50 does
+    assert groups["per_class"] == {lab: 6 for lab in CLASSES} and groups["n"] == 60 and "src_file" in groups["how"]
     assert 0.0 <= meta["metrics"]["accuracy"] <= 1.0
     assert meta["metrics"]["n_valid"] == 20  # fold 1: 2 clips of each of 10 classes
     assert set(meta["per_class_recall"]) == set(CLASSES)

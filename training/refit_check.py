@@ -50,7 +50,7 @@ def main(argv: list[str]) -> int:
     n_runs = next((i for i, a in enumerate(argv) if not a.endswith(".npz")), len(argv))
     cvs = [np.load(p) for p in argv[:n_runs]]
     args = train.parse_args(argv[n_runs:])
-    ds = load_dataset(args.dataset, args.data_dir, seed=args.seed)
+    ds = load_dataset(args.dataset, args.data_dir, seed=args.seed, group_pattern=args.group_pattern)
     base = FeatureSettings()
     data = decode_clips(ds.clips, ds.labels, Features(base))
     window = args.clip_seconds or choose_clip_seconds([len(w) / base.sample_rate for w in data.waves])

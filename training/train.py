@@ -6,6 +6,7 @@
     python -m training.train --dataset esc50 --data-dir data/ESC-50-master --epochs 60
     python -m training.train --dataset urbansound8k --data-dir data/UrbanSound8K --valid-fold 10
     python -m training.train --dataset folder --data-dir my_sounds/      # my_sounds/<label>/*.wav
+    python -m training.train --dataset folder --data-dir my_sounds/ --group-pattern '^(.+?)_[0-9]+$'   # kettle_take3_01 -> kettle_take3
     python -m training.train --dataset folder --data-dir my_sounds/ --init-from sound-resnet:latest
     python -m training.train --outlier-dir other_sounds/      # recordings of none of the classes
 
@@ -21,6 +22,13 @@ ships, and its score and calibration are its own. With --cv every fold is held o
 pooled held-out predictions give the score (mean and spread over folds) and the calibration, and the
 shipped network is trained on every fold. The metadata says which was done ("evaluation").
 The window the model sees is chosen from the clips' durations (--clip-seconds overrides it).
+
+Every held-out figure is grouped: clips cut from one recording stay on one side of every split
+(ESC-50's src_file, UrbanSound8K's fsID; for a folder, in this order: --group-pattern, subfolders
+of a class folder (dog/take3/*.wav), ESC-50 names <fold>-<source id>-<take>[-<class id>],
+UrbanSound8K names <fsID>-<class id>-<occurrence>-<slice>, numbered names <stem>_NN / -NN / NN /
+.NN / (N) / _partN; details in training/datasets.py). The log and the metadata (dataset_groups)
+say how many recordings each class has and how they were found.
 
 The model lands in the store as `sound-resnet:<version>` (see soundclassifier/store.py) with its
 labels, feature settings, held-out metrics, calibration and a confusion matrix; `bentoml models
@@ -97,6 +105,7 @@ DEFAULTS = dict(
     refit=None,  # ship a network trained on every fold after measuring one without valid_fold; None = refit_wanted
     clip_seconds=None,  # model window; None = chosen from the clip durations (choose_clip_seconds)
     seed=0,
+    group_pattern=None,  # folder: a regex whose first group names a file's recording; None = the built-in rules
 )
 
 
@@ -134,6 +143,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--speed", type=float, default=d["speed"], help="speed perturbation: play each training clip up to this fraction faster or slower, pitch with tempo (default %(default)s = off)")
     p.add_argument("--outliers", type=float, default=d["outliers"], help="outlier exposure: add generated sounds of none of the classes (noise, tones, silence, synthetic) to training with a uniform target, this many per training clip; 0 turns it off (default %(default)s)")
     p.add_argument("--outlier-dir", type=Path, default=d["outlier_dir"], help="outlier exposure with your own recordings of none of the classes (any audio files under this directory, any length): trained on with a uniform target beside the generated ones; those dealt to the held-out fold are kept out of training and measure how often the model says unknown to them")
+    p.add_argument("--group-pattern", metavar="REGEX", default=d["group_pattern"], help="folder only: which files are cut from one recording; searched in each file's path below its class folder without the suffix (take3/kettle_01), the first capture group (else the whole match) names the recording, e.g. '^(.+?)_[0-9]+$'; files it does not match fall to the built-in rules: a subfolder of the class folder, ESC-50 names <fold>-<source id>-<take>[-<class id>], UrbanSound8K names <fsID>-<class id>-<occurrence>-<slice>, numbered names <stem>_NN, -NN, ' NN', .NN, ' (N)', _partN, else a recording of its own. No recording is split between training and held-out clips")
     p.add_argument("--valid-fold", type=int, default=d["valid_fold"], help="fold held out for evaluation and calibration (default: the data set's first fold)")
     p.add_argument("--cv", action="store_true", help="cross-validate: hold out every fold in turn, report mean and spread, calibrate on all held-out predictions")
     p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=d["refit"], help=f"after the evaluation, train once more on every fold and ship that network, with the evaluated one's score and calibration; --no-refit ships the evaluated network (default: refit when the evaluated network's held-out accuracy is below {REFIT_BELOW_ACCURACY}; always with --cv)")
@@ -406,8 +416,12 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     started = time.time()
-    ds = load_dataset(args.dataset, args.data_dir, seed=args.seed, clips_per_class=args.clips_per_class)
+    ds = load_dataset(args.dataset, args.data_dir, seed=args.seed, clips_per_class=args.clips_per_class,
+                      group_pattern=args.group_pattern)  # fmt: skip
     log.info("%s: %d clips, %d classes, folds %s", ds.name, len(ds.clips), len(ds.labels), ds.folds)
+    recordings = ds.groups()
+    log.info("%d recordings (no recording on both sides of a split), found by %s; per class: %s", recordings["n"],
+             recordings["how"], ", ".join(f"{lab} {n}" for lab, n in recordings["per_class"].items()))  # fmt: skip
     start = start_from(args.init_from, ds.labels, args.arch)
     base = start.settings or FeatureSettings()
     # Decoding and resampling depend on the sample rate only; the window is chosen from what was read.
@@ -432,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
         others = decode_clips(other_clips, ds.labels, Features(base))
         if not others.waves:
             raise SystemExit(f"no recording under --outlier-dir {args.outlier_dir} could be read")
-        log.info("outlier exposure with %d recordings of none of the classes from %s", len(others.waves), args.outlier_dir)
+        log.info("outlier exposure with %d recordings of none of the classes from %s (%d groups by file name)",
+                 len(others.waves), args.outlier_dir, len({c.recording for c in others.clips}))  # fmt: skip
     ev = evaluate(args, start, features, ds, data, others)
     metrics = summary(ev, ds.labels)
     groups = ev.fold_of if args.cv else None  # None: calibrate splits one held-out fold in halves
@@ -501,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
             "dataset_fingerprint": ds.fingerprint(),
             **({"outlier_dir_fingerprint": Dataset("outliers", args.outlier_dir, others.clips, []).fingerprint()} if others else {}),
             "n_clips": len(ds.clips),
+            "dataset_groups": recordings,
             **({} if args.cv else {"valid_fold": ev.folds[0]}),
             "evaluation": evaluation,
             "metrics": {k: metrics[k] for k in ("accuracy", "macro_f1", "n_valid")},

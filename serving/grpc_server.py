@@ -10,7 +10,8 @@ Status codes (serving/errors.py):
     INVALID_ARGUMENT    the audio is empty, not audio, corrupt, unsupported or has NaN/Inf;
                         an argument out of its bounds
     RESOURCE_EXHAUSTED  the upload exceeds the size limit (also grpc's own message size limit); a
-                        live stream's messages carry too little audio (SOUND_LISTEN_MIN_FRAME_MS)
+                        live stream's messages carry too little audio (SOUND_LISTEN_MIN_FRAME_MS);
+                        the worker already runs SOUND_GRPC_MAX_CALLS calls (serving/grpc_edge.py)
     OUT_OF_RANGE        the audio is longer than the duration limit
     UNAVAILABLE         the server is overloaded (or has its limit of live streams): retry with back-off
     DEADLINE_EXCEEDED   a live stream sent no audio for SOUND_LISTEN_IDLE_S
@@ -161,7 +162,9 @@ async def start_grpc_server(pipeline: Pipeline, port: int, host: str = "0.0.0.0"
         # Idle streams, messages per stream and wall time per call: grpc has no option for them.
         # Listen's messages are counted by the core against its audio (soundclassifier/listen.py).
         interceptors=[CallBudget(limits, self_counted={LISTEN_METHOD})],
-        maximum_concurrent_rpcs=limits.max_calls,
+        # The call cap is CallBudget's (exact, answered with a message); grpc's own counts a call
+        # until after its answer has left, so it is only a backstop here (serving/grpc_edge.py).
+        maximum_concurrent_rpcs=limits.transport_streams,
         options=[
             ("grpc.max_receive_message_length", pipeline.settings.clip_limits.max_bytes + (1 << 20)),
             ("grpc.max_send_message_length", 64 << 20),

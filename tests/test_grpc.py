@@ -6,6 +6,7 @@ import asyncio
 import filecmp
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import grpc
@@ -160,6 +161,102 @@ def test_64_concurrent_calls_and_still_serving(served, stub):
     assert len(replies) == 64
     assert len({r.top[0].label for r in replies}) == 1  # same clip, same answer, whatever the batch
     assert stub.Classify(pb.ClassifyRequest(audio=data)).top
+
+
+CALL_CAP = 64  # SOUND_GRPC_MAX_CALLS's default, the session server's
+
+
+def _call_loop(port: int, callers: int, calls: int, channel_per_caller: bool) -> Counter:
+    """`callers` tasks share out `calls` Classify calls, each starting its next as soon as one
+    returns (as a client keeping N calls in flight does); the outcomes: "OK" or (code, details)."""
+    data = af.wav_sine(seconds=0.5)
+    outcomes: Counter = Counter()
+
+    async def run() -> None:
+        # Python's channels to one address share one connection unless told otherwise.
+        count = callers if channel_per_caller else 1
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+                    for _ in range(count)]
+        left = [calls]
+
+        async def caller(channel) -> None:
+            stub = pb_grpc.SoundClassifierStub(channel)
+            while left[0] > 0:
+                left[0] -= 1
+                try:
+                    await stub.Classify(pb.ClassifyRequest(audio=data, top_k=1), timeout=120)
+                    outcomes["OK"] += 1
+                except grpc.aio.AioRpcError as e:
+                    outcomes[(e.code(), e.details())] += 1
+
+        try:
+            await asyncio.gather(*(caller(channels[i % count]) for i in range(callers)))
+        finally:
+            for channel in channels:
+                await channel.close()
+
+    asyncio.run(run())
+    return outcomes
+
+
+def _only_clean_refusals(outcomes: Counter) -> None:
+    """Every call answered, or refused RESOURCE_EXHAUSTED naming the call cap: never a refused
+    stream (UNAVAILABLE "Stream removed") or anything else."""
+    assert sum(outcomes.values()) == 640
+    others = {k: n for k, n in outcomes.items() if k != "OK" and not (
+        k[0] == grpc.StatusCode.RESOURCE_EXHAUSTED and "SOUND_GRPC_MAX_CALLS" in k[1])}
+    assert not others, outcomes
+
+
+@pytest.mark.parametrize("channel_per_caller", [False, True], ids=["one-channel", "channel-per-caller"])
+def test_callers_at_the_call_cap_get_no_errors(served, channel_per_caller):
+    """Issue 32: one channel, 64 callers each starting its next call as one returns: 154-347 of
+    640 failed UNAVAILABLE "Stream removed" when the connection's stream cap equalled the call cap
+    (the server counts a finished stream a moment longer than the client). With a channel each the
+    kernel spreads them over the workers, each within its cap."""
+    assert _call_loop(served.grpc_port, CALL_CAP, 640, channel_per_caller) == Counter({"OK": 640})
+
+
+@pytest.mark.parametrize("channel_per_caller", [False, True], ids=["one-channel", "channel-per-caller"])
+def test_callers_beyond_the_call_cap_get_only_resource_exhausted(served, channel_per_caller):
+    _only_clean_refusals(_call_loop(served.grpc_port, 3 * CALL_CAP, 640, channel_per_caller))
+
+
+def test_the_call_past_the_cap_is_refused_with_a_message_and_the_cap_frees(served, stub):
+    """64 streams held open on one channel (one worker) fill its cap: the next call is refused at
+    once, RESOURCE_EXHAUSTED naming the limit; once they end, calls are answered again."""
+    data = af.wav_sine(seconds=0.5)
+
+    async def run():
+        release = asyncio.Event()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.grpc_port}") as channel:
+            s = pb_grpc.SoundClassifierStub(channel)
+
+            async def held():  # a call in progress until released: its client stream stays open
+                yield pb.AudioChunk(data=data)
+                await release.wait()
+
+            holders = [s.ClassifyStream(held()) for _ in range(CALL_CAP)]
+            for _ in range(600):  # the holders' streams reach the worker in their own time
+                try:
+                    await s.Classify(pb.ClassifyRequest(audio=data), timeout=30)
+                except grpc.aio.AioRpcError as e:
+                    refused = e
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                refused = None
+            release.set()
+            answers = await asyncio.gather(*holders)
+            after = await s.Classify(pb.ClassifyRequest(audio=data), timeout=30)
+            return refused, answers, after
+
+    refused, answers, after = asyncio.run(run())
+    assert refused is not None, "the call cap never refused a call"
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "SOUND_GRPC_MAX_CALLS=64" in refused.details(), refused.details()
+    assert len(answers) == CALL_CAP and all(a.top for a in answers)
+    assert after.top
 
 
 def test_committed_stubs_match_the_proto(tmp_path):

@@ -17,8 +17,7 @@ import pytest
 from serving.grpc_edge import CallBudget, GrpcLimits
 from testkit.server import free_port
 
-LIMITS = GrpcLimits(idle_s=1, max_messages=1000, max_call_s=2, connection_idle_s=1, handshake_s=1,
-                    max_streams_per_connection=64, max_calls=8)
+LIMITS = GrpcLimits(idle_s=1, max_messages=1000, max_call_s=2, connection_idle_s=1, handshake_s=1, max_calls=8)
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + empty SETTINGS
 
 
@@ -49,7 +48,7 @@ class _Server:
             else:
                 server = grpc.aio.server(options=limits.server_options(),
                                          interceptors=[CallBudget(limits, self_counted={"/edge.Test/SelfCounted"})],
-                                         maximum_concurrent_rpcs=limits.max_calls)
+                                         maximum_concurrent_rpcs=limits.transport_streams)
             server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("edge.Test", {
                 "Upload": grpc.stream_unary_rpc_method_handler(upload),
                 "Sleep": grpc.unary_unary_rpc_method_handler(sleep),

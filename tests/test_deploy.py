@@ -2,8 +2,8 @@
 
     PYTHONPATH=. .venv/bin/python -m pytest tests/test_deploy.py
 
-Kubernetes: `kubectl kustomize` (kubectl is part of this machine's image) renders the base and the
-example overlay; every rendered object is validated against the Kubernetes OpenAPI schemas
+Kubernetes: kustomize (the engine inside `kubectl apply -k`; tests/system-tools.sh puts it in the
+venv) renders the base and the example overlay; every rendered object is validated against the Kubernetes OpenAPI schemas
 shipped in the `kubernetes-validate` package, strictly (unknown fields fail), for the oldest and
 newest versions we target. Security is asserted explicitly below: checkov (3.3.30) passes the
 rendered overlay offline in ~4 s, but installing it into this venv would downgrade packaging,
@@ -11,7 +11,7 @@ networkx and python-dateutil under torch and bentoml, so its checks that matter 
 here instead (the manifests carry checkov skip annotations, with reasons, for the three accepted
 findings).
 
-systemd: `systemd-analyze verify` (systemd 252 is part of this machine's image) on the unit inside
+systemd: `systemd-analyze verify` (Debian 12's systemd 252, installed by tests/system-tools.sh) on the unit inside
 a throw-away root that holds the system's own units and a stand-in for the venv's bentoml, since
 verify refuses an ExecStart that does not exist; and `systemd-analyze security --offline=true` for
 the hardening score.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import kubernetes_validate
@@ -33,11 +34,12 @@ UNIT = REPO_ROOT / "deploy" / "systemd" / "sound-classifier.service"
 K8S_VERSIONS = ["1.30.0", "1.37.0"]
 LAYOUTS = {"base": KUBE / "base", "example": KUBE / "overlays" / "example"}
 MEASURED_PEAK_RSS_GIB = 1117 / 1024  # bentoml serve + 2 workers after a hostile burst, see deploy/kubernetes/base/deployment.yaml
+KUSTOMIZE = Path(sys.executable).parent / "kustomize"  # installed by tests/system-tools.sh
 QUANTITY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "": 1}
 
 
 def render(folder: Path) -> list[dict]:
-    done = subprocess.run(["kubectl", "kustomize", str(folder)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([str(KUSTOMIZE), "build", str(folder)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 

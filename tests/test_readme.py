@@ -8,7 +8,7 @@ Each command line in the README's shell blocks must be one of:
       after it, or the file it asks for) and the `classify` command-line client;
   (b) a `make` target, dry-run (`make -n`: the target exists and its recipe expands), or a program
       whose `--help` runs and lists every `--flag` the line uses (`python -m ...`, `bentoml ...`),
-      or `kubectl apply -k DIR`, rendered offline with `kubectl kustomize DIR`;
+      or `kubectl apply -k DIR`, rendered offline with `kustomize build DIR` (kubectl's own engine);
   (c) named in NOT_RUN below, with the reason it cannot run here.
 A line that fits none fails `test_every_readme_command_is_covered`. The README's Python blocks run
 as written against the same served model (HTTP and gRPC), and no other block language is allowed,
@@ -266,7 +266,7 @@ def test_program_help_runs_and_lists_the_flags_used(cmd):
 
 @pytest.mark.parametrize("cmd", of_kind("kustomize"), ids=lambda c: c.id)
 def test_kubectl_apply_renders_offline(cmd):
-    done = run(["kubectl", "kustomize", cmd.argv[3]], cwd=ROOT, timeout=60)
+    done = run([str(Path(sys.executable).parent / "kustomize"), "build", cmd.argv[3]], cwd=ROOT, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "kind: Deployment" in done.stdout
 

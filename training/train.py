@@ -55,10 +55,12 @@ import numpy as np
 import torch
 from fastai.callback.core import Callback, CancelValidException
 from fastai.callback.mixup import MixUp
+from fastai.callback.progress import ProgressCallback
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.torch_core import set_seed
+from fastcore.basics import noop
 from scipy.special import softmax
 
 from soundclassifier.audio import as_audio
@@ -227,6 +229,24 @@ class NoValidation(Callback):
         raise CancelValidException()
 
 
+class EpochLog(Callback):
+    """One log line per epoch (loss, time) where fastai's progress bar would redraw itself into a
+    file or a pipe as thousands of carriage-return fragments."""
+
+    order = 60  # after the Recorder has averaged the epoch's loss
+
+    def before_fit(self):
+        self.fit_start = time.perf_counter()
+
+    def before_epoch(self):
+        self.epoch_start = time.perf_counter()
+
+    def after_epoch(self):
+        now = time.perf_counter()
+        log.info("epoch %d/%d: train loss %.4f, %.1f s (%.0f s so far)", self.epoch + 1, self.n_epoch,
+                 float(self.recorder.smooth_loss.value), now - self.epoch_start, now - self.fit_start)
+
+
 class CPUBFloat16(Callback):
     """bf16 autocast + channels_last on the CPU (fastai's MixedPrecision callback is CUDA only).
 
@@ -272,6 +292,10 @@ def fit(args: argparse.Namespace, start: Start, features: Features, data: Decode
         cbs.append(CPUBFloat16())
     loss = OutlierExposureLoss() if outliers else CrossEntropyLossFlat()
     learn = Learner(dls, net, loss_func=loss, metrics=[], wd=args.weight_decay, cbs=cbs)
+    if not sys.stdout.isatty():  # fastai's bar (on stdout) on a terminal; one line per epoch in a log
+        learn.remove_cb(ProgressCallback)
+        learn.logger = noop
+        learn.add_cb(EpochLog())
     learn.fit_one_cycle(args.epochs, args.lr)
     net = learn.model.cpu().eval()
     broken = [k for k, v in net.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]

@@ -42,6 +42,7 @@ import json
 import logging
 import math
 import platform
+import subprocess
 import sys
 import time
 import warnings
@@ -429,6 +430,17 @@ def summary(ev: Evaluation, labels: list[str]) -> dict:
     return pooled
 
 
+def code_revision() -> str:
+    """The commit that trained the model (`git describe`), `-dirty` when tracked files differ from it;
+    "unknown" outside a git checkout."""
+    try:
+        done = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=Path(__file__).parent,
+                              capture_output=True, text=True, timeout=30, check=True)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return done.stdout.strip()
+
+
 def library_versions() -> dict[str, str]:
     pkgs = ("torch", "torchaudio", "torchvision", "fastai", "bentoml", "soundfile")
     return {"python": platform.python_version(), **{p: version(p) for p in pkgs}}
@@ -554,6 +566,7 @@ def main(argv: list[str] | None = None) -> int:
             "train_args": json.loads(json.dumps(train_args)),
             "train_seconds": round(time.time() - started, 1),
             "versions": library_versions(),
+            "code_revision": code_revision(),
         },
         samples=ev.samples,
         # A refit network has trained on these clips: its engines are checked for agreement on

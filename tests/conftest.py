@@ -193,10 +193,23 @@ def build_takes(root: Path, takes: dict[str, int], cuts: int = 3, seconds: float
     return root
 
 
+def hide_names(root: Path, dest: Path) -> dict[str, str]:
+    """A copy of build_takes' folder at `dest` under names no grouping rule reads, as a user's might be:
+    a folder made to leak. Returns {new file name: the take it was cut from}."""
+    take_of = {}
+    for i, path in enumerate(sorted(root.rglob("*.wav"))):
+        label, take = path.parent.name, path.stem.rsplit("_", 1)[0]
+        (dest / label).mkdir(parents=True, exist_ok=True)
+        new = dest / label / f"clip{(i * 7919) % 1000:03d}.wav"  # scrambled: neither take nor order shows
+        new.write_bytes(path.read_bytes())
+        take_of[new.name] = take
+    return take_of
+
+
 @pytest.fixture
 def layouts():
     """The builders above, for tests that need a data set in an official layout (or one made to leak)."""
-    return {"esc50": build_esc50, "urbansound8k": build_urbansound8k, "folder": build_folder, "takes": build_takes}
+    return {"esc50": build_esc50, "urbansound8k": build_urbansound8k, "folder": build_folder, "takes": build_takes, "hide_names": hide_names}
 
 
 # --- a real server ------------------------------------------------------------------------------

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from soundclassifier.audio import decode
 from soundclassifier.features import Features, FeatureSettings
 from testkit import audiofiles as af
-from training import words
+from training import leakage, words
 from training.datasets import (
     NUMBERED_NAME,
     SHIPPED_ESC10,
@@ -228,10 +229,11 @@ def test_folder_group_pattern_names_the_recording(tmp_path, layouts):
     assert ds.groups()["per_class"] == {"cow": 4, "owl": 4}
     assert {c.recording for c in ds.clips if c.label == "cow"} == {"cow/A", "cow/B", "cow/C", "cow/D"}
     assert "--group-pattern: 24" in ds.groups()["how"]
-    # no capture group: the whole match; a file it does not match falls to the built-in rules
-    (root / "owl" / "night_01.wav").write_bytes(af.wav_noise(seconds=0.2, seed=9))
+    # no capture group: the whole match; files it does not match fall to the built-in rules
+    for name in ("night_01", "night_02", "dusk_01"):
+        (root / "owl" / f"{name}.wav").write_bytes(af.wav_noise(seconds=0.2, seed=len(name)))
     ds = load_dataset("folder", root, group_pattern=r"^[A-Z]")
-    assert {c.recording for c in ds.clips if c.label == "owl"} == {"owl/A", "owl/B", "owl/C", "owl/D", "owl/night"}
+    assert {c.recording for c in ds.clips if c.label == "owl"} == {"owl/A", "owl/B", "owl/C", "owl/D", "owl/night", "owl/dusk"}
     with pytest.raises(DatasetError, match="matches no file"):
         load_dataset("folder", root, group_pattern=r"^zzz")
     with pytest.raises(DatasetError, match="not a regular expression"):
@@ -246,13 +248,26 @@ def test_a_class_of_one_recording_is_refused(tmp_path, layouts):
         load_dataset("folder", root)
 
 
-def test_a_class_numbered_by_its_own_name_is_taken_as_separate_recordings(tmp_path, layouts, caplog):
+def test_numbering_like_separate_recordings_is_not_read_as_one_take(tmp_path, layouts, caplog):
     # dog_00 ... dog_04 is how people number separate recordings too: one recording per file, said so
     root = layouts["folder"](tmp_path / "sounds", {"dog": 5, "cat": 5})
     ds = load_dataset("folder", root)
     assert ds.groups()["per_class"] == {"cat": 5, "dog": 5}
-    assert "one numbered stem for the whole class): 10" in ds.groups()["how"]
-    assert "class dog: every file is named dog_NN" in caplog.text
+    assert "numbered like separate recordings (the class's own name or one stem): one recording each: 10" in ds.groups()["how"]
+    assert "class dog: 5 numbered file(s) (dog_00.wav, ...) taken as separate recordings" in caplog.text
+    # a file more does not turn them into one take; one other stem alone is not read as a take
+    (root / "dog" / "bark.wav").write_bytes(af.wav_noise(seconds=0.2, seed=1))
+    for k in range(3):
+        (root / "cat" / f"Recording {k}.wav").write_bytes(af.wav_noise(seconds=0.2, seed=10 + k))
+    assert load_dataset("folder", root).groups()["per_class"] == {"cat": 8, "dog": 6}
+    # two stems besides the class's name: each stem is a take; the class's own numbering stays apart
+    for take in ("kitchen", "garden"):
+        for k in range(3):
+            (root / "dog" / f"{take}-{k}.wav").write_bytes(af.wav_noise(seconds=0.2, seed=20 + k))
+    ds = load_dataset("folder", root)
+    assert {c.recording for c in ds.clips if c.path.name.startswith(("kitchen", "garden"))} == {"dog/kitchen", "dog/garden"}
+    assert ds.groups()["per_class"]["dog"] == 5 + 1 + 2
+    _no_recording_straddles(ds)
 
 
 def test_grouped_deal_is_deterministic_and_balanced_by_class(tmp_path):
@@ -325,6 +340,74 @@ def test_shipped_esc10_as_a_folder_is_grouped_by_source_recording(tmp_path):
     assert ds.groups()["per_class"] == {lab: shipped.groups()["per_class"][lab] for lab in ds.labels}
     assert ds.groups()["n"] == len({c.group for c in shipped.clips}) < len(shipped.clips)
     _no_recording_straddles(ds)
+
+
+# --- the leakage check ---------------------------------------------------------------------------
+
+
+def test_fingerprint_sees_through_gain_trim_and_padding_but_not_another_take(tmp_path, layouts):
+    root = layouts["takes"](tmp_path / "sounds", {"kettle": 2}, cuts=2, seconds=1.0)
+    features = Features(FeatureSettings())
+    x, y = (features.waveform(decode(root / "kettle" / f"kettle_take{k}_00.wav")) for k in (0, 1))
+    fx = leakage.fingerprint(x, features)
+
+    def distance(other):
+        return float(np.sqrt(np.mean((leakage.fingerprint(other, features) - fx) ** 2)))
+
+    pad = np.zeros(2205, np.float32)
+    assert distance(0.25 * x) < 0.01
+    assert distance(x[2205:]) < leakage.NEAR_DB
+    assert distance(np.concatenate([pad, x, pad])) < leakage.NEAR_DB  # the cut edges click: 0.55 here
+    assert distance(y) > 2 * leakage.NEAR_DB  # the kettle's other take: 15 Hz lower, other noise
+
+
+def test_a_folder_made_to_leak_is_split_by_take_and_named_when_the_names_hide_the_takes(tmp_path, layouts, caplog):
+    takes = layouts["takes"](tmp_path / "sounds", {"kettle": 4, "tap": 4}, cuts=3, seconds=1.0)
+    features = Features(FeatureSettings())
+    grouped = load_dataset("folder", takes)
+    _no_recording_straddles(grouped)
+    assert leakage.find(decode_clips(grouped.clips, grouped.labels, features), features, grouped.folds) == ([], [])
+
+    take_of = layouts["hide_names"](takes, tmp_path / "hidden")
+    ds = load_dataset("folder", tmp_path / "hidden")
+    assert ds.groups()["n"] == 24  # the names no longer tell: a file each, dealt apart
+    data = decode_clips(ds.clips, ds.labels, features)
+    identical, near = leakage.find(data, features, ds.folds)
+    assert identical == []
+    straddling = {frozenset((a.path.name, b.path.name)) for a in data.clips for b in data.clips
+                  if a.fold != b.fold and take_of[a.path.name] == take_of[b.path.name]}  # fmt: skip
+    assert len(straddling) >= 8
+    found = {frozenset((p.a.path.name, p.b.path.name)) for p in near}
+    assert found <= straddling  # every pair named is two cuts of one take ...
+    assert len(found) >= 0.75 * len(straddling)  # ... and most such pairs are found
+    meta = leakage.check(data, features, ds.folds, ds.root)  # a warning with the names, and a count
+    assert meta["near_duplicates"] == len(near) and meta["identical"] == 0
+    first = near[0]
+    assert f"{first.a.label}/{first.a.path.name} (fold {first.a.fold}) ~ {first.b.label}/{first.b.path.name}" in caplog.text
+    assert [first.a.label + "/" + first.a.path.name + f" (fold {first.a.fold})"] == meta["pairs"][0][:1]
+    # a single split only counts pairs with one clip in its held-out fold
+    _, near_1 = leakage.find(data, features, [1])
+    assert 0 < len(near_1) < len(near) and all(1 in (p.a.fold, p.b.fold) for p in near_1)
+
+
+def test_identical_audio_across_the_split_is_refused_with_the_file_names(tmp_path, layouts):
+    root = layouts["takes"](tmp_path / "sounds", {"kettle": 3, "tap": 3}, cuts=2)
+    original = root / "tap" / "tap_take1_00.wav"
+    (root / "tap" / "copy.wav").write_bytes(original.read_bytes())  # its own recording, by name
+    features = Features(FeatureSettings())
+    seed = next(s for s in range(20) if len({c.fold for c in load_dataset("folder", root, seed=s).clips
+                                             if c.path.name in ("copy.wav", original.name)}) == 2)  # fmt: skip
+    ds = load_dataset("folder", root, seed=seed)
+    data = decode_clips(ds.clips, ds.labels, features)
+    folds = {c.path.name: c.fold for c in ds.clips}
+    with pytest.raises(DatasetError) as info:
+        leakage.check(data, features, ds.folds, ds.root)
+    message = str(info.value)
+    assert "1 pair(s) of files with identical audio on both sides of the split" in message
+    assert f"tap/copy.wav (fold {folds['copy.wav']})" in message and f"tap/{original.name}" in message
+    # a split that keeps both on one side is not refused; nor are they counted as near-duplicates
+    aside = [f for f in ds.folds if f not in (folds["copy.wav"], folds[original.name])]
+    assert leakage.check(data, features, aside[:1], ds.root)["near_duplicates"] == 0
 
 
 # --- errors before training ---------------------------------------------------------------------

@@ -195,6 +195,27 @@ def test_unreadable_file_is_skipped_and_reported(tmp_path, layouts, train_model)
     assert all(reason for _, reason in reported)
 
 
+def test_a_folder_made_to_leak_trains_with_its_near_duplicates_named_and_counted(tmp_path, layouts, train_model, caplog):
+    takes = layouts["takes"](tmp_path / "takes", {"kettle": 4, "tap": 4}, cuts=3, seconds=1.0)
+    take_of = layouts["hide_names"](takes, tmp_path / "sounds")  # 24 files, names that hide their 8 takes
+    tag = train_model(["--dataset", "folder", "--data-dir", str(tmp_path / "sounds"), *TINY])
+    meta = load_model(tag).metadata
+    assert meta["dataset_groups"]["per_class"] == {"kettle": 12, "tap": 12}  # the names could not tell
+    leaks = meta["leakage"]
+    assert leaks["identical"] == 0 and leaks["near_duplicates"] >= 1
+    assert len(leaks["pairs"]) == min(leaks["near_duplicates"], 20)
+    for a, b, distance in leaks["pairs"]:  # cuts of one take, one of them in the held-out fold 1
+        name_a, name_b = (re.match(r"(\w+)/(clip\d+\.wav) \(fold (\d)\)$", x) for x in (a, b))
+        assert take_of[name_a[2]] == take_of[name_b[2]] and "1" in (name_a[3], name_b[3])
+        assert 0 < distance < 0.75
+        assert f"{a} ~ {b}" in caplog.text
+    # with the takes' own names, the split is grouped and nothing leaks
+    tag = train_model(["--dataset", "folder", "--data-dir", str(takes), *TINY])
+    meta = load_model(tag).metadata
+    assert meta["dataset_groups"]["per_class"] == {"kettle": 4, "tap": 4}
+    assert meta["leakage"]["near_duplicates"] == 0 and meta["leakage"]["pairs"] == []
+
+
 def test_outlier_dir_recordings_are_trained_on_and_their_held_out_share_measured(tmp_path, layouts, train_model):
     from training.datasets import outliers
 
@@ -279,6 +300,13 @@ def test_dataset_errors_stop_training_before_anything_is_saved(tmp_path, layouts
         main(["--dataset", "folder", "--data-dir", str(root), "--outlier-dir", str(tmp_path / "nothing"), *TINY])
     with pytest.raises(DatasetError, match="holds 5 clip.* of the data set itself"):
         main(["--dataset", "folder", "--data-dir", str(root), "--outlier-dir", str(root / "hum"), *TINY])
+    # a copy of a clip on the other side of the split: refused before training, the files named
+    leaky = layouts["folder"](tmp_path / "leaky", {"beep": 5, "hum": 5})
+    (leaky / "beep" / "stray.wav").write_bytes((leaky / "hum" / "hum_03.wav").read_bytes())
+    seed = next(s for s in range(20) if len({c.fold for c in load_dataset("folder", leaky, seed=s).clips
+                                             if c.path.name in ("stray.wav", "hum_03.wav")}) == 2)  # fmt: skip
+    with pytest.raises(DatasetError, match=r"identical audio on both sides of the split: .*beep/stray\.wav"):
+        main(["--dataset", "folder", "--data-dir", str(leaky), "--cv", "--seed", str(seed), *TINY])
     with pytest.raises(SystemExit) as info:  # argparse: --data-dir is required for real data sets
         main(["--dataset", "esc50"])
     assert info.value.code == 2

@@ -26,17 +26,24 @@ first rule that applies to a file (its path below the class folder, without the 
     3. an ESC-50 name            <fold>-<source id>-<take>[-<class id>] (1-100032-A-0) -> the source id
     4. an UrbanSound8K name      <fsID>-<class id>-<occurrence>-<slice> (100032-3-0-0) -> the fsID
     5. a numbered name           <stem>_NN, <stem>-NN, <stem> NN, <stem>.NN, <stem> (N),
-                                 <stem>_partN (kettle_01 ... kettle_12) -> the stem
+                                 <stem>_partN (kettle_take2_01 ... kettle_take2_12) -> the stem,
+                                 when the class's numbered names have two stems or more besides
+                                 the class's own name (see below)
     6. otherwise                 the file is a recording of its own
+
+Numbering is also how separate recordings get their names (dog/dog_01 ... dog_40, Recording 1 ...
+Recording 9), and a stem alone cannot tell the two apart. So rule 5 reads a stem as one recording
+only when the class has numbered names of two stems or more that are not its own name
+(kettle/take1_01 ..., kettle/take2_01 ...); numbered names of the class's own name (dog_NN), or of
+one stem only, are recordings of their own each, and the log warns: if they are cuts of one take,
+put each take in a subfolder or give --group-pattern. (Else one added file could turn a class of
+forty numbered recordings into one group.)
 
 Groups are per class. A class must hold at least two recordings, or no held-out fold could be
 measured without losing the class from training: a class that rules 1-4 find to be one recording
-is refused. When rule 5 alone would make a whole class one recording (every file named
-<label>_NN, the usual way of numbering separate recordings), its files are taken as recordings of
-their own instead, and the log and `grouping` say so: put the cuts of one take in a subfolder, or
-give --group-pattern, if they are cuts of one take. Groups are then dealt whole into the folds,
-largest first, each to the fold holding the fewest clips of its class so far (ties: the fewest
-clips overall, then an order drawn from the seed); deterministic for a seed.
+is refused. Groups are then dealt whole into the folds, largest first, each to the fold holding
+the fewest clips of its class so far (ties: in an order of the folds drawn from the seed);
+deterministic for a seed.
 
 Recordings of none of the classes (`outliers`, train.py's --outlier-dir) are any audio files under
 one directory, grouped by rules 3-6 (their subfolders are usually kinds of sound, not recordings)
@@ -185,6 +192,7 @@ NAME_RULES = (  # (rule, pattern whose first group is the recording), tried in t
 SUBFOLDER_RULE = "subfolder of the class folder"
 PATTERN_RULE = "--group-pattern"
 OWN_RULE = "a recording of its own"
+PLAIN_NUMBERING_RULE = "numbered like separate recordings (the class's own name or one stem): one recording each"
 
 
 def esc50(root: Path) -> Dataset:
@@ -291,27 +299,33 @@ def group_files(files: list[Path], base: Path, label: str, *, pattern: re.Patter
             found[f] = (rel.split("/", 1)[0], SUBFOLDER_RULE)
         else:
             found[f] = next(((m[1], rule) for rule, rx in NAME_RULES if (m := rx.match(f.stem))), ("", OWN_RULE))
+    numbered = {f: key for f, (key, rule) in found.items() if rule == NAME_RULES[-1][0]}
+    stems = {key for key in numbered.values() if _plain(key) != _plain(label)}
+    plain = [f for f, key in numbered.items() if len(stems) < 2 or _plain(key) == _plain(label)]
+    if len(plain) > 1:
+        log.warning("%s: %d numbered file(s) (%s, ...) taken as separate recordings; if they are cuts of one take, "
+                    "put each take in a subfolder or give --group-pattern", f"class {label}" if label else "outliers",
+                    len(plain), plain[0].name)  # fmt: skip
+    found.update({f: ("", PLAIN_NUMBERING_RULE) for f in plain})
     keys = {key for key, _ in found.values()}
     if len(files) > 1 and len(keys) == 1 and "" not in keys and label != OUTLIER_LABEL:
         rules = {rule for _, rule in found.values()}
-        if rules == {NAME_RULES[-1][0]}:  # numbered names only: most likely separate recordings, numbered
-            log.warning("class %s: every file is named %s_NN; taken as %d separate recordings (put the cuts of "
-                        "one take in a subfolder, or give --group-pattern, if they are cuts of one)",
-                        label, next(iter(keys)), len(files))  # fmt: skip
-            found = {f: ("", f"{OWN_RULE} (one numbered stem for the whole class)") for f in files}
-        else:
-            raise DatasetError(f"class {label!r}: all {len(files)} files are one recording ({next(iter(keys))!r}, "
-                               f"by {', '.join(sorted(rules))}); a held-out estimate needs at least two recordings "
-                               f"of every class (--group-pattern says which files belong together)")  # fmt: skip
+        raise DatasetError(f"class {label!r}: all {len(files)} files are one recording ({next(iter(keys))!r}, "
+                           f"by {', '.join(sorted(rules))}); a held-out estimate needs at least two recordings "
+                           f"of every class (--group-pattern says which files belong together)")  # fmt: skip
     groups: dict[str, list[Path]] = defaultdict(list)
     for f, (key, _) in found.items():
         groups[f"{label}/{key}" if key else str(f)].append(f)
     return dict(groups), Counter(rule for _, rule in found.values())
 
 
+def _plain(name: str) -> str:
+    return re.sub(r"[\s_.-]", "", name.lower())
+
+
 def _deal(groups: dict[str, list[Path]], label: str, folds: list[int], rng: random.Random) -> list[Clip]:
     """Whole groups into the folds: largest first (ties in an order drawn from `rng`), each to the
-    fold with the fewest of these clips so far, ties to a fold in an order drawn from `rng`. With
+    fold with the fewest of these clips so far, ties to the folds in an order drawn from `rng`. With
     one file per group this is an even round-robin deal. A group key that is a file path (a file
     of its own) is stored as ""."""
     order = sorted(groups)

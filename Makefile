@@ -7,45 +7,65 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export PYTHONPATH := $(CURDIR)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 MODEL ?= sound-resnet:latest
+# The default model, shipped in BentoML's export format: what serving needs, no PyTorch weights
+# (python -m training.ship). `make train` reproduces it from data/.
+SHIPPED_MODEL := bentos/sound-resnet.bentomodel
 PORT ?= 3000
-STAMP := $(VENV)/.installed
+BENTOML := $(VENV)/bin/bentoml
 
-.PHONY: install train serve test lint bench bento containerize proto clean
+.PHONY: install install-serve install-train model train serve test lint bench bento containerize proto clean
 
-install: $(STAMP)
-
-# Re-installs only when a requirements file changed; pip takes torch from this machine's disk.
+# Three nested package sets, each installed once and again only when its requirements change:
+# serving (requirements/serve.txt: no PyTorch), training (+ PyTorch, fastai), development (+ tests).
 # pip's warnings about local package indexes are noise: they go to a log shown only on failure.
-$(STAMP): requirements/serve.txt requirements/torch.txt requirements/train.txt requirements/dev.txt pyproject.toml
+define pip_install
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements/dev.txt > $(VENV)/pip.log 2>&1 || { grep -v "is ignored" $(VENV)/pip.log; exit 1; }
+	$(PY) -m pip install -q -r $(1) > $(VENV)/pip.log 2>&1 || { grep -v "is ignored" $(VENV)/pip.log; exit 1; }
 	$(PY) -m pip install -q --no-deps -e . > $(VENV)/pip.log 2>&1 || { grep -v "is ignored" $(VENV)/pip.log; exit 1; }
 	$(PY) -m pip check
-	touch $(STAMP)
+	touch $@
+endef
 
-# The default model: the real recordings shipped in data/esc10 with the CLI defaults (trained on
-# folds 3-5, scored and calibrated on fold 2; see python -m training.train --help).
-train: $(STAMP)
-	$(PY) -m training.train
+$(VENV)/.serve-installed: requirements/serve.txt pyproject.toml
+	$(call pip_install,requirements/serve.txt)
+$(VENV)/.train-installed: $(VENV)/.serve-installed requirements/torch.txt requirements/train.txt
+	$(call pip_install,requirements/train.txt)
+$(VENV)/.installed: $(VENV)/.train-installed requirements/dev.txt
+	$(call pip_install,requirements/dev.txt)
 
-serve: $(STAMP)
-	@$(VENV)/bin/bentoml models get $(MODEL) >/dev/null 2>&1 || $(MAKE) train
-	SOUND_MODEL_TAG=$(MODEL) $(VENV)/bin/bentoml serve service:SoundClassifier --port $(PORT)
+install-serve: $(VENV)/.serve-installed
+install-train: $(VENV)/.train-installed
+install: $(VENV)/.installed
 
-test: $(STAMP)
+# The model to serve: the store's, or the shipped one imported into the store on first use.
+model: $(VENV)/.serve-installed
+	@$(BENTOML) models get $(MODEL) >/dev/null 2>&1 || $(BENTOML) models import $(SHIPPED_MODEL)
+
+# The default model: the real recordings shipped in data/esc10, with data/other-sounds as sounds of
+# none of the classes (trained on folds 3-5, scored and calibrated on fold 2, then trained again on
+# all four folds; see python -m training.train --help).
+train: $(VENV)/.train-installed
+	$(PY) -m training.train --outlier-dir data/other-sounds
+
+# Serves in the foreground (Ctrl+C stops it) and says where once every worker is ready.
+serve: model
+	@SOUND_MODEL_TAG=$(MODEL) $(BENTOML) serve service:SoundClassifier --port $(PORT) & server=$$!; \
+	$(PY) -m serving.ready --port $(PORT) --pid $$server; wait $$server
+
+test: $(VENV)/.installed
+	@tests/system-tools.sh $(VENV)/bin
 	$(PY) -m pytest
 
 # gRPC stubs are committed; tests/test_grpc.py checks they match this command's output.
-proto: $(STAMP)
+proto: $(VENV)/.installed
 	$(PY) -m grpc_tools.protoc -Iserving/grpc_stubs=proto --python_out=. --grpc_python_out=. --pyi_out=. \
 		proto/soundclassifier/v1/sound_classifier.proto
 
-lint: $(STAMP)
+lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
 # A versioned Bento (the model is packed in through the service's model reference), exported.
-bento: $(STAMP)
-	@$(VENV)/bin/bentoml models get $(MODEL) >/dev/null 2>&1 || $(MAKE) train
+bento: model
 	SOUND_MODEL_TAG=$(MODEL) $(VENV)/bin/bentoml build . --output tag | tail -1 > bentos/.last-tag
 	$(VENV)/bin/bentoml export "$$(sed 's/^__tag__://' bentos/.last-tag)" bentos/
 	@ls -1t bentos/*.bento | head -1
@@ -56,9 +76,8 @@ containerize: bento
 
 # Benchmark report (bench/results/latest.{md,json,png}) + a 64-client 60-s soak: ~25 min on a
 # quiet machine; the HTTP load client is wrk (apt-get install wrk).
-bench: $(STAMP)
+bench: $(VENV)/.installed model
 	@command -v wrk >/dev/null || { apt-get update && apt-get install -y --no-install-recommends wrk; }
-	@$(VENV)/bin/bentoml models get $(MODEL) >/dev/null 2>&1 || $(MAKE) train
 	$(PY) -m bench.run --model $(MODEL)
 
 clean:

@@ -12,13 +12,12 @@
 
 How a model is made: train on every fold but one (--valid-fold, default the data set's first),
 measure it on that fold and fit its calibration there (temperature, recommended min_confidence);
-then, if the measured network got more than one held-out clip in twenty wrong, train once more,
-same recipe and seed, on every fold and ship that network with the measured one's score and
-calibration (a third more data for ESC-10's four folds: about 3 points of accuracy, and the
-borrowed threshold answered "unknown" as well or better; docs/training-recipe.md). The refit costs a
-second training, which a network already right on 95% of held-out clips has little left to gain
-from; --refit and --no-refit decide it whatever the score. Without a refit the measured network
-ships, and its score and calibration are its own. With --cv every fold is held out in turn, the
+and train once more, same recipe and seed, on every fold and ship that network with the measured
+one's score and calibration (the refit: a third more data for ESC-10's four folds, about 3 points of
+accuracy, and the borrowed threshold answered "unknown" as well or better; docs/training-recipe.md).
+The refit never depends on the score it is judged by, so it trains beside the evaluation, in a
+second process on half the cores (`fit_beside`). --no-refit ships the measured network, with its
+own score and calibration. With --cv every fold is held out in turn, the
 pooled held-out predictions give the score (mean and spread over folds) and the calibration, and the
 shipped network is trained on every fold. The metadata says which was done ("evaluation").
 The window the model sees is chosen from the clips' durations (--clip-seconds overrides it).
@@ -43,10 +42,15 @@ import argparse
 import json
 import logging
 import math
+import multiprocessing
 import platform
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
@@ -57,10 +61,14 @@ import numpy as np
 import torch
 from fastai.callback.core import Callback, CancelValidException
 from fastai.callback.mixup import MixUp
+from fastai.callback.progress import ProgressCallback
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.torch_core import set_seed
+from fastcore.basics import noop
+from safetensors.torch import load_file as load_safetensors
+from safetensors.torch import save_file as save_safetensors
 from scipy.special import softmax
 
 from soundclassifier.audio import as_audio
@@ -104,26 +112,11 @@ DEFAULTS = dict(
     outliers=0.25,  # outlier exposure: generated non-class clips, this share of the training set (0 = off)
     outlier_dir=None,  # outlier exposure with real recordings of none of the classes, when the user has them
     valid_fold=None,  # held-out fold; None = the data set's first (ESC-50: 1, shipped ESC-10: 2)
-    refit=None,  # ship a network trained on every fold after measuring one without valid_fold; None = refit_wanted
+    refit=True,  # ship a network trained on every fold, with the score of one measured without valid_fold
     clip_seconds=None,  # model window; None = chosen from the clip durations (choose_clip_seconds)
     seed=0,
     group_pattern=None,  # folder: a regex whose first group names a file's recording; None = the built-in rules
 )
-
-
-# The refit trains a second time, on a third more clips (four folds), and removes a share of the
-# errors left: a third of them one fold down on ESC-10 (16% -> 11% for half as many clips again;
-# docs/training-recipe.md, "Refit"), about an eighth on a typical learning curve (error ~ clips^-0.5).
-# At 5% held-out error that is half a point to a point and a half for twice the training time.
-REFIT_BELOW_ACCURACY = 0.95
-
-
-def refit_wanted(args: argparse.Namespace, held_out_accuracy: float) -> bool:
-    """Whether to ship a network trained on every fold (see REFIT_BELOW_ACCURACY); --cv always
-    does, since its evaluated networks each missed a fold."""
-    if args.cv:
-        return True
-    return args.refit if args.refit is not None else held_out_accuracy < REFIT_BELOW_ACCURACY
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -148,7 +141,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--group-pattern", metavar="REGEX", default=d["group_pattern"], help="folder only: which files are cut from one recording; searched in each file's path below its class folder without the suffix (take3/kettle_01), the first capture group (else the whole match) names the recording, e.g. '^(.+?)_[0-9]+$'; files it does not match fall to the built-in rules: a subfolder of the class folder, ESC-50 names <fold>-<source id>-<take>[-<class id>], UrbanSound8K names <fsID>-<class id>-<occurrence>-<slice>, numbered names <stem>_NN, -NN, ' NN', .NN, ' (N)', _partN, else a recording of its own. No recording is split between training and held-out clips")
     p.add_argument("--valid-fold", type=int, default=d["valid_fold"], help="fold held out for evaluation and calibration (default: the data set's first fold)")
     p.add_argument("--cv", action="store_true", help="cross-validate: hold out every fold in turn, report mean and spread, calibrate on all held-out predictions")
-    p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=d["refit"], help=f"after the evaluation, train once more on every fold and ship that network, with the evaluated one's score and calibration; --no-refit ships the evaluated network (default: refit when the evaluated network's held-out accuracy is below {REFIT_BELOW_ACCURACY}; always with --cv)")
+    p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=d["refit"], help="train once more on every fold, beside the evaluation, and ship that network with the evaluated one's score and calibration; --no-refit ships the evaluated network (default: refit; always with --cv)")
     p.add_argument("--clip-seconds", type=float, default=d["clip_seconds"], help="window the model sees, in seconds (default: from the clip durations, 0.75-5 s)")
     p.add_argument("--init-from", metavar="TAG", default=None, help="start from a stored model's weights (e.g. sound-resnet:latest); a fresh head when the labels differ")
     p.add_argument("--pretrained", type=Path, default=None, help="local torchvision ImageNet state_dict for --arch resnet*; nothing is downloaded")
@@ -229,6 +222,24 @@ class NoValidation(Callback):
         raise CancelValidException()
 
 
+class EpochLog(Callback):
+    """One log line per epoch (loss, time) where fastai's progress bar would redraw itself into a
+    file or a pipe as thousands of carriage-return fragments."""
+
+    order = 60  # after the Recorder has averaged the epoch's loss
+
+    def before_fit(self):
+        self.fit_start = time.perf_counter()
+
+    def before_epoch(self):
+        self.epoch_start = time.perf_counter()
+
+    def after_epoch(self):
+        now = time.perf_counter()
+        log.info("epoch %d/%d: train loss %.4f, %.1f s (%.0f s so far)", self.epoch + 1, self.n_epoch,
+                 float(self.recorder.smooth_loss.value), now - self.epoch_start, now - self.fit_start)
+
+
 class CPUBFloat16(Callback):
     """bf16 autocast + channels_last on the CPU (fastai's MixedPrecision callback is CUDA only).
 
@@ -274,12 +285,61 @@ def fit(args: argparse.Namespace, start: Start, features: Features, data: Decode
         cbs.append(CPUBFloat16())
     loss = OutlierExposureLoss() if outliers else CrossEntropyLossFlat()
     learn = Learner(dls, net, loss_func=loss, metrics=[], wd=args.weight_decay, cbs=cbs)
+    if not sys.stdout.isatty():  # fastai's bar (on stdout) on a terminal; one line per epoch in a log
+        learn.remove_cb(ProgressCallback)
+        learn.logger = noop
+        learn.add_cb(EpochLog())
     learn.fit_one_cycle(args.epochs, args.lr)
     net = learn.model.cpu().eval()
     broken = [k for k, v in net.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if broken:
         raise RuntimeError(f"training diverged: non-finite values in {', '.join(broken[:5])}; try a lower --lr or --precision fp32")
     return net
+
+
+def fit_beside(args: argparse.Namespace, start: Start, features: Features, data: Decoded, labels: list[str],
+               others: Decoded | None = None) -> Callable[[], torch.nn.Module]:  # fmt: skip
+    """Start `fit(...)` in a child process on half of this process's threads and return a function
+    that waits for its network; this process keeps the other half meanwhile.
+
+    The refit does not depend on the evaluation, so it trains beside it: on 2 cores, two
+    single-threaded trainings side by side finish sooner than the same two one after the other on
+    2 threads each (docs/training-recipe.md, "Time"). With one thread there is nothing to share and
+    the function trains when called. The child hands the weights back as safetensors."""
+    threads = torch.get_num_threads()
+    if threads < 2:
+        return lambda: fit(args, start, features, data, labels, others)
+    child_threads = threads // 2
+    torch.set_num_threads(threads - child_threads)
+    scratch = Path(tempfile.mkdtemp(prefix="refit-"))
+    weights = scratch / "weights.safetensors"
+    # spawn, not fork: a forked child inherits the parent's OpenMP and torch thread pools
+    child = multiprocessing.get_context("spawn").Process(
+        target=_fit_to_file, args=(weights, child_threads, args, start, features, data, labels, others),
+        name="refit", daemon=True)  # fmt: skip
+    child.start()
+
+    def result() -> torch.nn.Module:
+        try:
+            child.join()
+            if child.exitcode != 0:
+                raise RuntimeError(f"the refit beside the evaluation failed (exit code {child.exitcode}); see its log above")
+            net = build_network(start.arch, len(labels))
+            net.load_state_dict(load_safetensors(weights))
+            return net.eval()
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+            torch.set_num_threads(threads)
+
+    return result
+
+
+def _fit_to_file(weights: Path, threads: int, *fit_args) -> None:
+    """The child of `fit_beside`: train, then write the network's weights to `weights`."""
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s (refit): %(message)s")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    save_safetensors(fit(*fit_args).state_dict(), str(weights))
 
 
 @dataclass
@@ -407,6 +467,17 @@ def summary(ev: Evaluation, labels: list[str]) -> dict:
     return pooled
 
 
+def code_revision() -> str:
+    """The commit that trained the model (`git describe`), `-dirty` when tracked files differ from it;
+    "unknown" outside a git checkout."""
+    try:
+        done = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=Path(__file__).parent,
+                              capture_output=True, text=True, timeout=30, check=True)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return done.stdout.strip()
+
+
 def library_versions() -> dict[str, str]:
     pkgs = ("torch", "torchaudio", "torchvision", "fastai", "bentoml", "soundfile")
     return {"python": platform.python_version(), **{p: version(p) for p in pkgs}}
@@ -455,6 +526,9 @@ def main(argv: list[str] | None = None) -> int:
     pooled = Decoded(data.waves + (others.waves if others else []), data.targets + (others.targets if others else []),
                      data.clips + (others.clips if others else []))  # fmt: skip
     leaks = leakage.check(pooled, Features(base), held_out, ds.root)
+    # The shipped network trains on every fold whatever the evaluation finds: it starts now, beside it.
+    refit = args.save and (args.refit or args.cv)
+    refit_network = fit_beside(args, start, features, data, ds.labels, others) if refit else None
     ev = evaluate(args, start, features, ds, data, others)
     metrics = summary(ev, ds.labels)
     groups = ev.fold_of if args.cv else None  # None: calibrate splits one held-out fold in halves
@@ -479,10 +553,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.save:
         return 0
 
-    refit = refit_wanted(args, metrics["accuracy"])
-    if refit:
-        log.info("refit on every fold: %d clips", len(data.waves))
-        net = fit(args, start, features, data, ds.labels, others)
+    if refit_network is not None:
+        log.info("the refit on every fold (%d clips): waiting for it to finish", len(data.waves))
+        net = refit_network()
         shipped = f"trained on every fold ({', '.join(map(str, ds.folds))}) after the evaluation, same recipe and seed"
         # Its calibration is the evaluated networks': how often it answers "unknown" at it to the
         # same out-of-set sounds (generated, so none of them was trained on) shows whether it carries over.
@@ -493,8 +566,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         net = ev.networks[0]
         shipped = f"the evaluated network (trained without fold {ev.folds[0]})"
-        if args.refit is None:
-            shipped += f"; no refit, as its held-out accuracy is at least {REFIT_BELOW_ACCURACY}"
 
     def reports(folder: Path) -> None:
         # The labels in class order: the confusion matrix follows them (the JSON's keys are sorted).
@@ -538,6 +609,7 @@ def main(argv: list[str] | None = None) -> int:
             "train_args": json.loads(json.dumps(train_args)),
             "train_seconds": round(time.time() - started, 1),
             "versions": library_versions(),
+            "code_revision": code_revision(),
         },
         samples=ev.samples,
         # A refit network has trained on these clips: its engines are checked for agreement on

@@ -62,6 +62,9 @@ def test_saved_entry_has_weights_reports_and_metadata(tiny_model_tag, synthetic_
     assert ev["accuracy"] == meta["metrics"]["accuracy"] and ev["n_valid"] == 20
     assert ev["per_fold_accuracy"] == {"1": meta["metrics"]["accuracy"]}
     assert ev["shipped_model"] == "the evaluated network (trained without fold 1)"
+    # the stored score says what it is: grouped, held out, of the measured network (/info shows metrics)
+    want = "grouped held-out estimate: fold 1, 20 clips of 20 recordings, none of whose clips the measured network trained on"
+    assert ev["estimate"] == meta["metrics"]["estimate"] == want
     # calibration, in exactly the shape serving reads
     cal = meta["calibration"]
     assert set(cal) == {"temperature", "ece_before", "ece_after", "threshold", "n", "method"}
@@ -458,6 +461,9 @@ def test_cross_validated_model_says_so(tmp_path, layouts, train_model):
     assert "valid_fold" not in meta
     assert meta["calibration"]["n"] == 10
     assert ev["shipped_model"].startswith("trained on every fold")
+    assert meta["metrics"]["estimate"] == ev["estimate"] == (
+        "grouped 5-fold cross-validation estimate: 10 clips of 10 recordings, each predicted by a network "
+        "trained on no clip of its recording")
 
 
 def test_init_from_keeps_the_stored_body_and_gives_new_labels_a_fresh_head(

@@ -584,6 +584,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.cv:
         evaluation.update({k: metrics[k] for k in ("accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std")})
+    # What the stored score is, where /info and the page show it: a grouped held-out figure of the
+    # measured network(s), not a score of the shipped (refit) network, which has heard every clip.
+    n_recordings = len({c.recording for c in data.clips if c.fold in ev.folds})
+    evaluation["estimate"] = (
+        f"grouped {len(ev.folds)}-fold cross-validation estimate: {metrics['n_valid']} clips of {n_recordings} "
+        "recordings, each predicted by a network trained on no clip of its recording" if args.cv else
+        f"grouped held-out estimate: fold {ev.folds[0]}, {metrics['n_valid']} clips of {n_recordings} recordings, "
+        "none of whose clips the measured network trained on")  # fmt: skip
     tag = save_model(
         net,
         arch=start.arch,
@@ -598,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
             "leakage": leaks,
             **({} if args.cv else {"valid_fold": ev.folds[0]}),
             "evaluation": evaluation,
-            "metrics": {k: metrics[k] for k in ("accuracy", "macro_f1", "n_valid")},
+            "metrics": {**{k: metrics[k] for k in ("accuracy", "macro_f1", "n_valid")}, "estimate": evaluation["estimate"]},
             "per_class_recall": {lab: m["recall"] for lab, m in metrics["per_class"].items()},
             "calibration": calibration,
             "open_set": open_set,

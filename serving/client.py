@@ -9,6 +9,11 @@
 recorder that writes it (arecord, `ffmpeg -f pulse -i default -ac 1 -f s16le -`, sox) is a live
 source; the client itself needs no audio library.
 
+Each file's line: its duration, the service's label, and the top labels. Below the model's
+threshold the label is "unknown", and the line names the best guess and the threshold it missed
+(`unknown (best guess clock_tick 62.3%, below the 63% threshold)`): the client sends no
+min_confidence, so the threshold is the model's stored one, read once from POST /info.
+
 Exit code 0 when every file was classified (or the stream ended normally), 1 when any file was
 refused (its reason is printed), 2 when the service could not be reached or answered with a
 server error.
@@ -28,6 +33,26 @@ import numpy as np
 import soundfile as sf
 
 FRAME_S = 0.1  # audio per WebSocket message when streaming a file
+UNKNOWN = "unknown"  # the service's label below the threshold (soundclassifier.predictions.UNKNOWN)
+
+
+def verdict(body: dict, threshold: float | None) -> str:
+    """The label of one /classify answer as a person should read it: "unknown" with its best guess
+    and the threshold that guess missed (None: not known)."""
+    if body["label"] != UNKNOWN:
+        return body["label"]
+    best = body["top"][0]
+    missed = "the model's threshold" if threshold is None else f"the {round(100 * threshold, 1):g}% threshold"
+    return f"{UNKNOWN} (best guess {best['label']} {best['probability']:.1%}, below {missed})"
+
+
+def stored_threshold(client: httpx.Client) -> float | None:
+    """The model's stored min_confidence (POST /info), which applies when a request gives none."""
+    try:
+        r = client.post("/info")
+        return float(r.json()["min_confidence"]) if r.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if not a.files:
         p.error("give audio files to classify, or --listen FILE")
 
-    refused = 0
+    refused, threshold, asked = 0, None, False  # the threshold is asked for at the first "unknown"
     width = max(len(str(f)) for f in a.files)
     with httpx.Client(base_url=a.url, timeout=a.timeout) as client:
         for path in a.files:
@@ -74,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{str(path):<{width}}  refused ({r.status_code}): {detail}")
                 refused += 1
                 continue
+            if body["label"] == UNKNOWN and not asked:
+                threshold, asked = stored_threshold(client), True
             top = "  ".join(f"{t['label']} {t['probability']:6.1%}" for t in body["top"])
-            print(f"{str(path):<{width}}  {body['duration_s']:6.2f} s  {top}")
+            print(f"{str(path):<{width}}  {body['duration_s']:6.2f} s  {verdict(body, threshold):<14}  {top}")
     return 1 if refused else 0
 
 

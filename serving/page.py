@@ -254,7 +254,9 @@ def model_panel():
         facts.append(("Trained on", info.dataset))
     if "accuracy" in metrics:
         held_out = f" on {metrics['n_valid']} held-out clips" if "n_valid" in metrics else " (held out)"
-        facts.append(("Accuracy", f"{metrics['accuracy']:.1%}{held_out}"))
+        # What the figure is (a grouped held-out or cross-validation estimate), as training stored it.
+        how = Small(f" ({metrics['estimate']})", id="accuracy-estimate") if metrics.get("estimate") else ""
+        facts.append(("Accuracy", Span(f"{metrics['accuracy']:.1%}{held_out}", how)))
     if "macro_f1" in metrics:
         facts.append(("Macro-F1", f"{metrics['macro_f1']:.3f}"))
     rows = [Tr(Td(label), Td(f"{recall[label]:.0%}" if label in recall else "–")) for label in info.labels]
@@ -267,11 +269,13 @@ def model_panel():
                 Table(Thead(Tr(Th("label"), Th("held-out recall"))), Tbody(*rows), cls="labels"),
             ),
             id="model-card",
-            # For page.js: when to ask for a timeline, the size limit to quote on a cut-off upload, and
-            # the rate to listen at (the model's: the server then has nothing to resample).
+            # For page.js: when to ask for a timeline, the size limit to quote on a cut-off upload, the
+            # rate to listen at (the model's: the server then has nothing to resample) and the threshold of
+            # "unknown" (the page sends no min_confidence of its own).
             data_clip_seconds=f"{fs['clip_seconds']:g}",
             data_sample_rate=str(fs["sample_rate"]),
             data_max_upload_mb=f"{info.limits.get('max_upload_mb', 0):g}",
+            data_min_confidence=f"{info.min_confidence:g}",
         ),
     )
 

@@ -206,6 +206,37 @@ def hide_names(root: Path, dest: Path) -> dict[str, str]:
     return take_of
 
 
+def sounds_of_no_class() -> list[tuple[str, bytes]]:
+    """Generated sounds of none of the synthetic classes (silence, noise, tones, clicks), as WAV:
+    candidates for a test that needs the served model to answer "unknown"; it asks the service which."""
+    import numpy as np
+
+    from testkit import audiofiles as af
+
+    clicks = np.zeros(af.RATE * 2, np.float32)
+    clicks[:: af.RATE // 7] = 0.9
+    mixes = [af.sine(f, 2.0) + af.sine(1.5 * f, 2.0) for f in (97.0, 3100.0, 7000.0)]
+    return [
+        ("silence.wav", af.wav_silence(2.0)),
+        ("noise.wav", af.wav_noise(2.0, seed=3)),
+        ("clicks.wav", af.encode(clicks)),
+        *[(f"chord{i}.wav", af.encode(np.clip(0.5 * x, -1, 1))) for i, x in enumerate(mixes)],
+        *[(f"tone{f}.wav", af.wav_sine(f, 2.0)) for f in (50, 440, 2500, 9000)],
+    ]
+
+
+@pytest.fixture(scope="session")
+def unknown_sound(served) -> tuple[str, bytes, dict]:
+    """(name, WAV, its /classify answer): a generated sound the served model answers "unknown" to."""
+    import httpx
+
+    for name, data in sounds_of_no_class():
+        answer = httpx.post(f"{served.base_url}/classify", files={"audio": (name, data)}, timeout=120).json()
+        if answer["label"] == "unknown":
+            return name, data, answer
+    pytest.fail("none of the generated sounds of no class is 'unknown' to the served model")
+
+
 @pytest.fixture
 def layouts():
     """The builders above, for tests that need a data set in an official layout (or one made to leak)."""

@@ -24,6 +24,23 @@ function percent(p) {
   return p > 0 && p < 0.001 ? "<0.1%" : `${(100 * p).toFixed(1)}%`;
 }
 
+// A threshold as people say it: 63%, 62.5% (not 63.0%).
+function percentShort(p) {
+  return `${Number((100 * p).toFixed(1))}%`;
+}
+
+// The probability beside a label. Below the model's threshold the service answers "unknown", and
+// the top probability is its best guess's, not "unknown"'s: "unknown 62.3%" read as "62% sure it is
+// unknown", so the best guess and the threshold it missed are named. The page sends no
+// min_confidence, so the threshold applied is the model's stored one, which the model panel carries.
+function verdictDetail(label, best) {
+  if (!best) return "";
+  if (label !== "unknown") return percent(best.probability);
+  const threshold = modelSetting("minConfidence");
+  return `(best guess ${best.label} ${percent(best.probability)}, below the ` +
+    (threshold === null ? "model's threshold)" : `${percentShort(threshold)} threshold)`);
+}
+
 function seconds(s) {
   return `${s.toFixed(1)} s`;
 }
@@ -102,7 +119,7 @@ function renderResult(result) {
   const [best] = result.top;
   // The service's answer: the top label, or "unknown" below the model's confidence threshold.
   $("top-label").textContent = result.label ?? best.label;
-  $("top-probability").textContent = percent(best.probability);
+  $("top-probability").textContent = verdictDetail(result.label ?? best.label, best);
   const bars = $("bars");
   bars.replaceChildren();
   for (const { label, probability } of result.top) {
@@ -314,7 +331,7 @@ function closeReason(session, e) { // a sentence for a socket that closed, or nu
 function renderWindow(w) {
   const [best] = w.top;
   $("live-label").textContent = w.label;
-  $("live-probability").textContent = best ? percent(best.probability) : "";
+  $("live-probability").textContent = verdictDetail(w.label, best);
   $("live-time").textContent = `${seconds(w.start_s)} – ${seconds(w.end_s)}`;
   // The lane: one segment per run of windows with the same label, widths in windows.
   const lane = $("live-lane");

@@ -339,7 +339,7 @@ def test_help_documents_every_flag():
         "--dataset", "--data-dir", "--arch", "--epochs", "--batch-size", "--lr", "--weight-decay",
         "--mixup", "--no-specaugment", "--valid-fold", "--cv", "--pretrained", "--clips-per-class",
         "--seed", "--no-save", "--gpu", "--precision", "--refit", "--clip-seconds", "--init-from",
-        "--speed", "--predictions", "--outliers",
+        "--speed", "--predictions", "--outliers", "--group-pattern",
     }  # fmt: skip
     assert expected <= set(documented), expected - set(documented)
     undocumented = [flag for flag, text in documented.items() if len(text.split()) < 3]

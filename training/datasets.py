@@ -50,7 +50,8 @@ one directory, grouped by rules 3-6 (their subfolders are usually kinds of sound
 and dealt into the data set's folds like a folder class.
 
 Problems with the data set itself (missing directory, empty class, CSV naming files that do not
-exist) raise `DatasetError` before any training starts. Individual unreadable clips are skipped
+exist, folds that cut a recording; and identical audio on both sides of a split, found by
+training/leakage.py) raise `DatasetError` before any training starts. Individual unreadable clips are skipped
 and reported by `decode_clips`.
 """
 

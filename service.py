@@ -33,7 +33,7 @@ with bentoml.importing():
     from serving.metrics import PrometheusHooks
     from serving.page import app as page_app
     from serving.page import front_door
-    from serving.supervise import WorkerCensus
+    from serving.supervise import HeapTrimmer, WorkerCensus
     from serving.uploads import AudioUpload
     from soundclassifier.config import Settings
     from soundclassifier.options import DEFAULT_TIMELINE_TOP_K, DEFAULT_TOP_K, HopS, MinConfidence, TopK
@@ -92,6 +92,9 @@ class SoundClassifier:
         gc.collect()
         gc.freeze()
         self.census = WorkerCensus(WORKERS)
+        # glibc keeps what a burst of requests freed (idle gRPC streams, large timelines: +50-135
+        # MiB a worker, kept for good); give it back once the worker is idle (serving/supervise.py).
+        self.heap = HeapTrimmer(busy=lambda: self.pipeline.in_flight > 0).start()
 
     async def __is_alive__(self) -> bool:
         """/livez: every worker of this server is running (in a container BentoML never replaces

@@ -248,8 +248,12 @@ def test_outlier_recordings_teach_the_network_to_doubt_their_kind(tmp_path, layo
     from training.train import fit, parse_args
     from training.transfer import start_from
 
-    root = layouts["folder"](tmp_path / "sounds", {"beep": 10, "hum": 10})
-    other = layouts["folder"](tmp_path / "other", {"a": 0, "b": 0, "kitchen": 15})
+    root = layouts["folder"](tmp_path / "sounds", {"beep": 10, "hum": 10})  # tones in noise
+    other = tmp_path / "other" / "kitchen"  # a kind of its own: noise without a tone (the folder
+    other.mkdir(parents=True)  # builder's third class would be the same tones again, other seeds)
+    for k in range(15):
+        (other / f"kitchen_{k:02d}.wav").write_bytes(af.wav_noise(0.5, seed=500 + k))
+    other = other.parent
     ds = load_dataset("folder", root)
     args = parse_args(["--dataset", "folder", "--data-dir", str(root), "--outliers", "0", "--epochs", "8", "--batch-size", "8"])
     features = Features(FeatureSettings(clip_seconds=0.75))
@@ -390,6 +394,37 @@ def test_the_refit_beside_the_evaluation_is_the_network_this_process_would_train
     assert here.keys() == there.keys()
     for name, value in here.items():
         torch.testing.assert_close(there[name], value, msg=name)
+
+
+def test_the_refit_beside_ends_with_a_killed_parent(synthetic_dir):
+    """A `make train` killed by a signal leaves no refit training on alone."""
+    import psutil
+
+    script = f"""
+import sys, time
+import torch
+from soundclassifier.features import Features, FeatureSettings
+from training.datasets import decode_clips, load_dataset
+from training.train import fit_beside, parse_args
+from training.transfer import start_from
+args = parse_args(["--dataset", "synthetic", "--data-dir", {str(synthetic_dir)!r}, "--epochs", "500"])
+ds = load_dataset("synthetic", args.data_dir)
+features = Features(FeatureSettings(clip_seconds=0.75))
+torch.set_num_threads(2)
+fit_beside(args, start_from(None, ds.labels, args.arch), features, decode_clips(ds.clips[:8], ds.labels, features), ds.labels)
+import multiprocessing
+print(multiprocessing.active_children()[0].pid, flush=True)
+time.sleep(600)
+"""
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    try:
+        child = psutil.Process(int(parent.stdout.readline()))
+        parent.kill()
+        parent.wait(timeout=60)
+        child.wait(timeout=60)  # psutil.TimeoutExpired if it trains on
+    finally:
+        parent.kill()
 
 
 def test_resnet14_is_resnet18_without_its_last_stage():

@@ -5,6 +5,11 @@ metadata tell. This check looks at the audio itself, for what they do not tell: 
 another name, the same recording uploaded twice (ESC-10 ships one: 2-28314-A and 2-30322-A, the
 author's FireBurning.wav and FireBurning_v2.wav, correlate at 0.96), a clip re-encoded or trimmed.
 
+It finds copies, not recordings: cuts of one recording are different stretches of one place, and
+most are further apart than copies (the shipped clips dealt file by file, as the folder loader
+used to: of the 32 pairs of clips of one recording across held-out fold 1, it named 2). Grouping
+by name and metadata is what keeps recordings apart; this check catches what slips past it.
+
 Pairs are "across the split" when their clips lie in different folds and one of those folds is held
 out by this run (the valid fold; every fold with --cv), so each pair would sit on both sides of some
 evaluation. Between such pairs:

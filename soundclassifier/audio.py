@@ -21,8 +21,12 @@ from typing import BinaryIO
 import numpy as np
 import soundfile as sf
 
-MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 768_000
-"""Sample rates we decode; a header may claim anything (a 10 MHz WAV is 44 bytes)."""
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 192_000
+"""Sample rates we decode; a header may claim anything (a 10 MHz WAV is 44 bytes). Every clip is
+resampled to the model's rate (22.05 kHz by default), so audio above 192 kHz (the highest rate
+of studio formats) carries nothing the model hears and costs its rate in decoding and resampling
+work: a 768 kHz timeline took 41 ms per window where 22 kHz takes 3. It is refused, naming its
+rate, rather than resampled at that cost."""
 
 SUPPORTED_FORMATS = ("WAV", "WAVEX", "RF64", "W64", "FLAC", "OGG", "MP3", "AIFF")
 """libsndfile container formats we accept. MP3 is reported by libsndfile as "MP3" or "MPEG"."""
@@ -83,13 +87,18 @@ class Limits:
 
     max_bytes: size of the file. max_seconds: its announced duration. max_samples: samples
     (frames x channels) decoded at once: the whole file for a clip, one window for a timeline;
-    a few kilobytes of FLAC can announce minutes of 768 kHz audio, so seconds alone do not bound
-    memory. max_windows: windows of one timeline (each costs a forward pass)."""
+    a few kilobytes of FLAC can announce minutes of 192 kHz x 8 channels, so seconds alone do not
+    bound memory. max_windows: windows of one timeline (each costs a forward pass).
+    max_work_samples: samples (frames x channels, at the file's own rate) a file read in
+    overlapping blocks hands out in all, each block counted whole: a timeline's decoding and
+    resampling work, which grows with the rate, the channels and the overlap of its windows, not
+    with their number alone (checked by `_OwningSoundFile.blocks` before the first block)."""
 
     max_bytes: int | None = None
     max_seconds: float | None = None
     max_samples: int | None = None
     max_windows: int | None = None
+    max_work_samples: int | None = None
 
     def check_samples(self, frames: int, channels: int, what: str) -> None:
         if self.max_samples is not None and frames * channels > self.max_samples:
@@ -97,6 +106,18 @@ class Limits:
                 ErrorKind.TOO_LARGE,
                 f"{what} decodes to {frames * channels:,} samples ({frames:,} frames x {channels} channels); "
                 f"the limit is {self.max_samples:,} samples.",
+            )
+
+    def check_work(self, blocks: int, block_frames: int, channels: int, rate: int) -> None:
+        """Refuse `blocks` reads of `block_frames` frames over the work budget."""
+        work = blocks * block_frames * channels
+        if self.max_work_samples is not None and work > self.max_work_samples:
+            raise AudioError(
+                ErrorKind.TOO_LARGE,
+                f"The recording's {blocks:,} windows of {block_frames:,} frames x {channels} channels at "
+                f"{rate:,} Hz make {work:,} samples to decode and resample; the limit is "
+                f"{self.max_work_samples:,} samples (send a larger hop_s, a lower sample rate, fewer "
+                f"channels or a shorter recording).",
             )
 
 
@@ -212,6 +233,7 @@ def open_checked(source: Source, limits: Limits = NO_LIMITS) -> sf.SoundFile:
             ErrorKind.TOO_LARGE, f"The file is {size:,} bytes; the limit is {limits.max_bytes:,} bytes."
         )
     f = open_sound(source)
+    f.limits = limits
     seconds = f.frames / f.samplerate
     if limits.max_seconds is not None and seconds > limits.max_seconds:
         f.close()
@@ -222,11 +244,24 @@ def open_checked(source: Source, limits: Limits = NO_LIMITS) -> sf.SoundFile:
 
 
 class _OwningSoundFile(sf.SoundFile):
-    """A SoundFile that closes the file object it reads from when it is closed."""
+    """A SoundFile that closes the file object it reads from when it is closed, and holds the
+    limits it was opened with (`open_checked`) to bound the work of overlapping reads."""
 
     def __init__(self, stream):
         self._stream = stream
+        self.limits = NO_LIMITS
         super().__init__(stream)
+
+    def blocks(self, blocksize=None, overlap=0, frames=-1, *args, **kwargs):
+        """soundfile's blocks, refused before the first one when the blocks the rest of the file
+        makes (each counted whole: overlapping windows are resampled one by one) exceed the work
+        budget. (A clip is read in plain reads, bounded by `max_samples`.)"""
+        if blocksize:
+            left = self.frames - self.tell() if frames < 0 else frames
+            hop = blocksize - overlap
+            count = 1 if left <= blocksize else -(-(left - blocksize) // hop) + 1
+            self.limits.check_work(count, blocksize, self.channels, self.samplerate)
+        yield from super().blocks(blocksize, overlap, frames, *args, **kwargs)
 
     def close(self) -> None:
         super().close()

@@ -151,13 +151,51 @@ def test_32_channels_are_averaged_to_mono():
     np.testing.assert_allclose(wave, expected, atol=1e-3)
 
 
-@pytest.mark.parametrize("rate", [10_000_019, 999, 800_000])
+@pytest.mark.parametrize("rate", [10_000_019, 999, 800_000, 768_000, 192_001])
 def test_sample_rates_outside_the_supported_range_are_refused(rate):
     data = af.encode(af.sine(100.0, 0.01, rate), rate, "WAV", "PCM_16")
     with pytest.raises(AudioError) as e:
         decode(data)
     assert e.value.kind is ErrorKind.UNSUPPORTED
     assert f"{rate:,} Hz" in e.value.message
+
+
+def test_192_khz_is_the_highest_rate_decoded():
+    assert decode(af.wav_192k(seconds=0.1)).sample_rate == 192_000
+
+
+def test_a_timeline_over_its_work_budget_is_refused_before_its_first_window():
+    """Issue 32: the work of a timeline is the samples its overlapping windows hand to resampling
+    (each window's counted whole), at the file's rate: 4x the hop's windows at 4x the rate cost
+    16x, not the same. Refused from the header, before a window is decoded."""
+    from soundclassifier.timeline import stream_windows, window_count
+
+    rate, seconds, channels = 16_000, 20.0, 2
+    data = af.encode(np.zeros((int(rate * seconds), channels), np.float32), rate, "WAV", "PCM_16")
+    win = int(SETTINGS.clip_seconds * rate)
+    for hop_s in (0.25, 1.0, 5.0):
+        hop = int(hop_s * rate)
+        work = window_count(int(rate * seconds), win, hop) * win * channels
+        within = stream_windows(data, SETTINGS, hop_s, Limits(max_work_samples=work))
+        assert sum(1 for _ in within.windows) == window_count(int(rate * seconds), win, hop)
+        over = stream_windows(data, SETTINGS, hop_s, Limits(max_work_samples=work - 1))
+        with pytest.raises(AudioError) as e:
+            next(over.windows)
+        assert e.value.kind is ErrorKind.TOO_LARGE
+        assert f"{work:,} samples" in e.value.message and f"{rate:,} Hz" in e.value.message
+        assert f"{work - 1:,} samples" in e.value.message
+
+
+def test_the_default_work_budget_takes_4_hours_of_48_khz_stereo_at_the_default_hop():
+    from soundclassifier.config import Settings
+    from soundclassifier.timeline import window_count
+
+    rate, budget = 48_000, Settings().max_timeline_work_samples
+    win, hop = int(SETTINGS.clip_seconds * rate), int(SETTINGS.clip_seconds * rate / 2)
+    assert window_count(4 * 3600 * rate, win, hop) * win * 2 <= budget
+    # A minute at 192 kHz in 0.25-s hops, 8 channels: 1.8 G samples of work, within; 3 minutes are not.
+    assert window_count(60 * 192_000, 5 * 192_000, 48_000) * 5 * 192_000 * 8 <= budget
+    assert window_count(180 * 192_000, 5 * 192_000, 48_000) * 5 * 192_000 * 8 > budget
 
 
 def test_odd_sample_rates_resample_to_the_right_length():

@@ -106,6 +106,25 @@ def test_a_timeline_over_its_window_budget_is_refused_before_any_window(http, rs
     assert seconds < 2.0
 
 
+def test_a_timeline_over_its_work_budget_is_refused_before_any_window(http, rss_before):
+    """Issue 32: windows at a high rate cost their samples, not one window each. 150 s of 192 kHz x 8
+    channels in 0.25-s hops: 581 windows (within 6,000), 7.7 M samples each (within the samples
+    budget), 4.5 G samples to decode and resample in all: over the work budget."""
+    data = flac(150, 192_000, 8)
+    r, seconds = timed_post(http, "/timeline", {"audio": ("wide.flac", data)}, {"hop_s": "0.25"})
+    assert r.status_code == 413 and r.json()["error"] == "too_large", r.text
+    assert f"{Settings().max_timeline_work_samples:,} samples" in r.json()["detail"], r.text
+    assert seconds < 2.0
+
+
+def test_a_rate_above_192_khz_is_refused_naming_it(http, rss_before):
+    data = af.encode(af.sine(440.0, 0.5, 768_000), 768_000, "WAV", "PCM_16")
+    for route in ("/classify", "/timeline"):
+        r, seconds = timed_post(http, route, {"audio": ("ultra.wav", data)})
+        assert r.status_code == 415 and "768,000 Hz" in r.json()["detail"], r.text
+        assert seconds < 2.0
+
+
 @pytest.mark.parametrize("route", ["/classify", "/classify_batch", "/timeline", "/spectrogram"])
 @pytest.mark.parametrize(
     "fields",
@@ -268,8 +287,8 @@ def plain_server(tiny_model_tag):
         yield server
 
 
-async def _idle_grpc_streams(port: int, streams: int = 64, chunk: int = MB) -> list:
-    """`streams` ClassifyStream and Timeline calls over 8 channels, each sending one 1 MiB chunk and
+async def _idle_grpc_streams(port: int, streams: int = 64, chunk: int = 4 * MB) -> list:
+    """`streams` ClassifyStream and Timeline calls over 8 channels, each sending one 4 MiB chunk and
     then nothing until the server's idle limit ends it."""
     channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
                 for _ in range(8)]
@@ -355,5 +374,6 @@ def test_the_served_tree_gives_back_what_hostile_requests_took(plain_server):
         if seen[-1][1] * MB <= RETURN_RATIO * warm:
             break
         time.sleep(1.0)
-    assert seen[-1][1] * MB <= RETURN_RATIO * warm, (
-        f"warm {warm / MB:.0f} MiB, {peak / MB:.0f} after the requests, then (s, MiB) {seen}")
+    report = f"warm {warm / MB:.0f} MiB, {peak / MB:.0f} after the requests, then (s, MiB) {seen}"
+    print(report)
+    assert seen[-1][1] * MB <= RETURN_RATIO * warm, report

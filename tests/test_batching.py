@@ -24,9 +24,11 @@ class Recorder:
         self.seconds = seconds
         self.release = threading.Event()
         self.release.set()
+        self.entered = threading.Event()  # a forward pass has started (and may be held by `release`)
 
     def __call__(self, batch: np.ndarray, wide: bool) -> np.ndarray:
-        self.release.wait(5)
+        self.entered.set()
+        assert self.release.wait(30), "the test never released the forward pass"
         threading.Event().wait(self.seconds)
         self.calls.append((len(batch), wide))
         return batch.reshape(len(batch), -1).sum(1, keepdims=True) * 2
@@ -38,6 +40,13 @@ def item(value: float, n: int = 1) -> np.ndarray:
 
 def run(coro):
     return asyncio.run(coro)
+
+
+async def until(condition, timeout_s: float = 30.0) -> None:
+    """Yield to the loop until `condition()` holds: the event a test waits for, not a guessed delay."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.001)
 
 
 def test_a_lone_request_runs_wide_and_answers_its_own_input():
@@ -59,9 +68,9 @@ def test_queued_requests_merge_and_run_narrow_while_others_wait():
         forward.release.clear()  # hold the first pass so the others queue behind it
         batcher = Batcher(forward, max_batch_size=8, max_latency_ms=5000)
         first = asyncio.ensure_future(batcher(item(0.0)))
-        await asyncio.sleep(0.05)
+        await until(forward.entered.is_set)  # the first pass holds the engine
         rest = [asyncio.ensure_future(batcher(item(float(i)))) for i in range(1, 6)]
-        await asyncio.sleep(0.05)
+        await until(lambda: len(batcher._dispatcher._queue) == 5)  # all five wait behind it
         forward.release.set()
         outs = await asyncio.gather(first, *rest)
         batcher.close()
@@ -80,7 +89,7 @@ def test_idle_means_nothing_queued_and_nothing_running():
         batcher = Batcher(forward, max_batch_size=8, max_latency_ms=5000)
         seen = [batcher.idle()]
         job = asyncio.ensure_future(batcher(item(1.0)))
-        await asyncio.sleep(0.05)
+        await until(forward.entered.is_set)
         seen.append(batcher.idle())  # running
         forward.release.set()
         await job
@@ -139,8 +148,8 @@ def test_preparer_counts_work_in_progress_and_waiting():
         prepare = Preparer(workers, 1)
         gate = threading.Event()
         seen = []
-        jobs = [asyncio.ensure_future(prepare(gate.wait, 5)) for _ in range(3)]
-        await asyncio.sleep(0.05)
+        jobs = [asyncio.ensure_future(prepare(gate.wait, 30)) for _ in range(3)]
+        await until(lambda: prepare.active == 3)  # one running, two waiting for the thread
         seen.append((prepare.active, prepare.busy()))
         gate.set()
         await asyncio.gather(*jobs)

@@ -20,7 +20,9 @@ from testkit.edge_probe import Background, open_probes, oversized_head, summary,
 from testkit.server import free_port
 
 LIMIT_S = 1.0
-SLACK_S = 0.6  # timers fire on the event loop: allow a little past the limit
+# Timers never fire early: each limit is checked exactly from below, and from above only against
+# "never" (the probes are watched a few seconds past it), with room for a loaded machine.
+SLACK_S = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +51,58 @@ def _response(sock: socket.socket) -> bytes:
     while len(body) < length:
         body += sock.recv(65536)
     return head + b"\r\n\r\n" + body
+
+
+def _tcp_queues(local_port: int, remote_port: int) -> tuple[int, int] | None:
+    """(bytes sent and not yet acknowledged, bytes received and not yet read by the application) of
+    the 127.0.0.1 socket `local_port` -> `remote_port`, from /proc/net/tcp; None once it is gone."""
+    local, remote = f"0100007F:{local_port:04X}", f"0100007F:{remote_port:04X}"
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == local and fields[2] == remote:
+                tx, rx = fields[4].split(":")
+                return int(tx, 16), int(rx, 16)
+    return None
+
+
+def _wait_until_the_server_has_read(sock: socket.socket, timeout_s: float = 30.0) -> None:
+    """Block until everything sent on `sock` has been read by the server process (its socket's
+    receive queue is empty): the next bytes sent reach it in a read of their own."""
+    client_port, server_port = sock.getsockname()[1], sock.getpeername()[1]
+    deadline = time.monotonic() + timeout_s
+    while _tcp_queues(client_port, server_port)[0] or _tcp_queues(server_port, client_port)[1]:
+        assert time.monotonic() < deadline, "the server did not read what was sent"
+        time.sleep(0.005)
+
+
+def _wait_until_reset(sock: socket.socket, timeout_s: float = 30.0) -> None:
+    """Block, reading nothing, until the server has reset `sock`'s connection (it leaves the table)."""
+    client_port, server_port = sock.getsockname()[1], sock.getpeername()[1]
+    deadline = time.monotonic() + timeout_s
+    while _tcp_queues(client_port, server_port) is not None and _tcp_state(client_port, server_port) == "01":
+        assert time.monotonic() < deadline, "the server never reset the connection"
+        time.sleep(0.05)
+
+
+def _tcp_state(local_port: int, remote_port: int) -> str | None:
+    local, remote = f"0100007F:{local_port:04X}", f"0100007F:{remote_port:04X}"
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == local and fields[2] == remote:
+                return fields[3]  # "01": established
+    return None
+
+
+def _wait_for_lines(path: Path, count: int, timeout_s: float = 30.0) -> list[str]:
+    """The file's lines once it has at least `count` (a handler logs its cancellation when its task
+    next runs)."""
+    deadline = time.monotonic() + timeout_s
+    while len(lines := path.read_text().splitlines()) < count:
+        assert time.monotonic() < deadline, f"{path} has {len(lines)} lines, waited for {count}"
+        time.sleep(0.02)
+    return lines
 
 
 def _request(sock: socket.socket, path: str = "/echo", body: bytes = b"hi") -> bytes:
@@ -88,7 +142,7 @@ def test_a_head_over_the_limit_in_two_reads_is_refused(edge, first_request):
         lines = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 90) for i in range(1000))  # ~100 KB
         half = len(lines) // 2
         sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n" + lines[:half])
-        time.sleep(0.2)  # two reads on the server
+        _wait_until_the_server_has_read(sock)  # so the rest comes in a second read
         with contextlib.suppress(OSError):  # the server may close while the rest is sent
             sock.sendall(lines[half:] + b"\r\nhi")
         assert _response(sock).startswith(b"HTTP/1.1 431")
@@ -99,9 +153,10 @@ def test_keep_alive_between_requests_is_governed_by_keep_alive_not_the_head_limi
         assert _request(sock).startswith(b"HTTP/1.1 200")
         time.sleep(3 * LIMIT_S)  # idle longer than the head limit: still a kept-alive connection
         assert _request(sock).startswith(b"HTTP/1.1 200")
+        sock.settimeout(60)
         start = time.monotonic()
-        assert sock.recv(1) == b""  # closed by the server at keep-alive (6 s)
-        assert 5.5 <= time.monotonic() - start <= 7.0
+        assert sock.recv(1) == b""  # closed by the server at keep-alive (6 s), not at the head limit
+        assert 6.0 - 0.05 <= time.monotonic() - start < 60
 
 
 def test_a_slow_but_steady_upload_is_not_cut(edge):
@@ -123,30 +178,31 @@ def test_a_client_that_reads_none_of_its_answer_is_aborted(edge):
     with socket.create_connection(("127.0.0.1", edge.port), timeout=10) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.sendall(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
-        time.sleep(LIMIT_S + 2)  # the server's write buffer stays full: reset after 1 s
+        sent = time.monotonic()
+        _wait_until_reset(sock)  # the server's write buffer stays full: reset after 1 s
+        assert time.monotonic() - sent >= LIMIT_S - 0.05
         received, reset = 0, False
-        start = time.monotonic()
         try:
             while chunk := sock.recv(1 << 20):
                 received += len(chunk)
         except ConnectionResetError:
             reset = True
+    # A reset, not a close: what the server's kernel held is dropped, not left to trickle out.
     assert reset and received < 8 << 20
-    assert time.monotonic() - start < 1.0  # not left in the kernel's buffers to trickle out
 
 
-def test_a_client_that_goes_away_stops_its_work_within_a_second(edge):
-    before = edge.cancel_log.read_text().count("cancelled")
+def test_a_client_that_goes_away_stops_its_work(edge):
+    """The handler would sleep 30 s: it is cancelled when its client leaves, however late."""
+    before = len(edge.cancel_log.read_text().splitlines())
     with socket.create_connection(("127.0.0.1", edge.port), timeout=10) as sock:
         sock.sendall(b"POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
-        time.sleep(0.5)
+        _wait_until_the_server_has_read(sock)  # the request is the handler's now
+        time.sleep(0.5)  # and it has slept a while
     closed_at = time.time()
-    time.sleep(1.0)
-    lines = edge.cancel_log.read_text().splitlines()
+    lines = _wait_for_lines(edge.cancel_log, before + 1)
     assert len(lines) == before + 1, lines
     _, ran_s, at = lines[-1].split()
-    assert float(at) - closed_at < 1.0
-    assert 0.4 < float(ran_s) < 1.5
+    assert 0.0 <= float(at) - closed_at < 10.0 and float(ran_s) < 10.0, lines[-1]
 
 
 def test_finished_requests_are_never_cancelled(edge):
@@ -204,17 +260,17 @@ def test_bentoml_workers_keep_alive_for_75_s_without_a_flag(served):
 
 
 @pytest.mark.slow
-def test_bentoml_handler_of_a_client_that_left_is_cancelled_within_a_second(served):
+def test_bentoml_handler_of_a_client_that_left_is_cancelled(served):
+    before = len(served.cancel_log.read_text().splitlines())
     with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
         sock.sendall(b"POST /slow HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 15\r\n\r\n{\"seconds\": 30}")
+        _wait_until_the_server_has_read(sock)
         time.sleep(0.5)
     closed_at = time.time()
-    time.sleep(1.0)
-    lines = served.cancel_log.read_text().splitlines()
-    assert lines, "the handler was not cancelled"
+    lines = _wait_for_lines(served.cancel_log, before + 1)  # the handler would sleep 30 s
     _, ran_s, at = lines[-1].split()
-    assert float(at) - closed_at < 1.0 and float(ran_s) < 1.5
+    assert float(at) - closed_at < 10.0 and float(ran_s) < 10.0, lines[-1]
 
 
 @pytest.mark.slow
@@ -223,16 +279,11 @@ def test_bentoml_request_deadline_answers_504_and_cancels_the_handler(served):
     started = time.time()
     answer = httpx.post(f"http://127.0.0.1:{served.port}/slow", json={"seconds": 30}, timeout=30)
     assert answer.status_code == 504 and "4.0 seconds" in answer.json()["error"]
-    assert SERVED_DEADLINE_S <= time.time() - started < SERVED_DEADLINE_S + 2
+    assert SERVED_DEADLINE_S <= time.time() - started < SERVED_DEADLINE_S + 10
     # The handler logs its cancellation when the cancelled task next runs: maybe after the 504.
-    for _ in range(20):
-        lines = served.cancel_log.read_text().splitlines()
-        if len(lines) > logged:
-            break
-        time.sleep(0.1)
-    assert len(lines) > logged, "the handler was not cancelled"
+    lines = _wait_for_lines(served.cancel_log, logged + 1)
     _, ran_s, _ = lines[-1].split()
-    assert abs(float(ran_s) - SERVED_DEADLINE_S) < 1.0
+    assert SERVED_DEADLINE_S - 0.05 <= float(ran_s) < SERVED_DEADLINE_S + 10
 
 
 @pytest.mark.slow

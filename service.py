@@ -91,7 +91,7 @@ class SoundClassifier:
         # scanned again.
         gc.collect()
         gc.freeze()
-        self.census = WorkerCensus(WORKERS)
+        self.census = WorkerCensus(WORKERS, stall_s=SETTINGS.worker_stall_s)
         # glibc keeps what a burst of requests freed (idle gRPC streams, large timelines: +50-135
         # MiB a worker, kept for good); give it back once the worker is idle (serving/supervise.py).
         self.heap = HeapTrimmer(busy=lambda: self.pipeline.in_flight > 0).start()

@@ -15,6 +15,13 @@ app.py` livez). Every worker counts the live worker processes of its own arbiter
 that run the same command line as itself), so whichever worker answers the probe, a missing one
 makes /livez fail, and the orchestrator restarts the pod.
 
+A worker that is alive but stuck (its event loop blocked: a handler that never yields, a deadlock)
+answers nothing, and the kernel hands the probe's connection to a sibling, which answered 200:
+the pod looked healthy while part of its capacity was gone. So every worker also beats a
+heartbeat from its event loop (a file per worker, in a directory of the arbiter's, rewritten
+every second by a loop callback), and `healthy()` fails while a sibling's is older than
+`stall_s` (SOUND_WORKER_STALL_S); a probe that reaches the stuck worker itself times out.
+
 `respawn_in_containers()` is the other half, for a container with no orchestrator watching it
 (plain `docker run`): it makes BentoML's watcher respawn there too. It must run in the arbiter
 process before the watchers are created; BentoML imports the service module there first
@@ -25,14 +32,17 @@ internal moves.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import gc
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import psutil
 
@@ -53,43 +63,78 @@ def _without_worker_id(cmdline: list[str]) -> list[str]:
 
 
 class WorkerCensus:
-    """Counts this worker and its live siblings (same arbiter, same command but the worker id).
+    """Counts this worker and its live siblings (same arbiter, same command but the worker id), and
+    their heartbeats.
 
     Args:
         expected (int): worker processes the service runs (its `workers`).
         grace_s (float): how long a worker may be missing before `healthy()` says so; 0 for a
             container where nothing respawns it (the orchestrator's probe period and failure
             threshold are the grace), more where circus respawns it at its next check.
+        stall_s (float): how old a sibling's heartbeat may be before `healthy()` says it is stuck.
     """
 
-    def __init__(self, expected: int, grace_s: float = 0.0):
+    BEAT_S = 1.0
+
+    def __init__(self, expected: int, grace_s: float = 0.0, stall_s: float = 10.0):
         self.expected = expected
         self.grace_s = grace_s
+        self.stall_s = stall_s
         me = psutil.Process()
         self.command = _without_worker_id(me.cmdline())
         # Not a BentoML worker (the class instantiated in a test, a notebook): nothing to count.
         self.in_worker = WORKER_MODULE in self.command
         self.arbiter = me.parent()
         self.missing_since: float | None = None
+        self.beats = Path(tempfile.gettempdir()) / f"sound-census-{self.arbiter.pid}"
+        if self.in_worker:
+            # BentoML builds the service inside its running event loop (create_instance).
+            self.beats.mkdir(mode=0o700, exist_ok=True)
+            self._loop = asyncio.get_running_loop()
+            self._beat()
 
-    def alive(self) -> int:
-        count = 0
+    def _beat(self) -> None:
+        (self.beats / str(os.getpid())).write_text(repr(time.monotonic()))
+        self._loop.call_later(self.BEAT_S, self._beat)
+
+    def siblings(self) -> list[psutil.Process]:
+        """The live worker processes of this arbiter, this one included."""
         try:
             children = self.arbiter.children()
         except psutil.NoSuchProcess:  # the arbiter itself is gone
-            return 0
+            return []
+        found = []
         for child in children:
             try:
                 if child.status() != psutil.STATUS_ZOMBIE and _without_worker_id(child.cmdline()) == self.command:
-                    count += 1
+                    found.append(child)
             except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
                 continue
-        return count
+        return found
+
+    def alive(self) -> int:
+        return len(self.siblings())
+
+    def stalled(self, workers: list[psutil.Process]) -> list[int]:
+        """Pids of `workers` whose heartbeat is older than `stall_s` (none yet: starting, not stuck)."""
+        now, stuck = time.monotonic(), []
+        for worker in workers:
+            try:
+                beat = float((self.beats / str(worker.pid)).read_text())
+            except (OSError, ValueError):  # not beating yet, or caught mid-write
+                continue
+            if now - beat > self.stall_s:
+                stuck.append(worker.pid)
+        return stuck
 
     def healthy(self) -> bool:
         if not self.in_worker:
             return True
-        alive = self.alive()
+        workers = self.siblings()
+        if stuck := self.stalled(workers):
+            log.warning("worker processes %s: event loop stalled for over %g s", stuck, self.stall_s)
+            return False
+        alive = len(workers)
         if alive >= self.expected:
             self.missing_since = None
             return True

@@ -89,6 +89,10 @@ class Settings(BaseSettings):
         64, gt=0, description="requests a worker process decodes, queues or runs at once; more are refused "
         "at once with 503 and Retry-After"
     )
+    worker_stall_s: float = Field(
+        10.0, gt=0, description="a worker whose event loop has not run for this long is reported by /livez "
+        "(503), whichever worker answers the probe: it is stuck"
+    )
     listen_max_streams: int = Field(
         64, gt=0, description="live streams (WebSocket /listen, gRPC Listen) a worker process serves at once; "
         "more are refused at once (WebSocket close 1013, gRPC UNAVAILABLE)"

@@ -32,7 +32,7 @@ if os.environ.get("EDGE_RESPAWN") == "1":
 @bentoml.service(workers=WORKERS, traffic={"timeout": float(os.environ.get("EDGE_TIMEOUT_S", "600"))})
 class EdgeTiny:
     def __init__(self) -> None:
-        self.census = WorkerCensus(WORKERS)
+        self.census = WorkerCensus(WORKERS, stall_s=float(os.environ.get("EDGE_STALL_S", "10")))
 
     async def __is_alive__(self) -> bool:
         return self.census.healthy()
@@ -40,6 +40,12 @@ class EdgeTiny:
     @bentoml.api
     def echo(self, text: str = "x") -> str:
         return text
+
+    @bentoml.api
+    async def wedge(self, seconds: float = 60.0) -> int:
+        """Block this worker's event loop (a handler that never yields): a stuck worker."""
+        time.sleep(seconds)
+        return os.getpid()
 
     @bentoml.api
     async def pid(self) -> int:

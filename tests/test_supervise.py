@@ -149,6 +149,43 @@ def test_a_killed_worker_is_replaced_in_a_container_with_respawn_in_containers()
     assert seen["livez"][-1][1] == 200
 
 
+def _livez_or_timeout(port: int) -> int | str:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/livez", timeout=2).status_code
+    except httpx.TimeoutException:  # the probe reached the stuck worker itself
+        return "timeout"
+
+
+@pytest.mark.slow
+def test_a_worker_whose_event_loop_is_blocked_makes_livez_fail():
+    """A stuck worker answers nothing and the kernel gives the probe to a sibling, which used to
+    answer 200. With heartbeats, the sibling answers 503 within SOUND_WORKER_STALL_S (5 s here):
+    /livez fails within 30 s, whichever worker it reaches."""
+    server = _serve({"EDGE_STALL_S": "5"})
+    try:
+        deadline = time.monotonic() + 90
+        while len(_workers(server)) < 2 or _livez(server.port) != 200:
+            assert time.monotonic() < deadline, "the server never had two live workers"
+            time.sleep(0.2)
+        time.sleep(2)  # both workers have beaten at least once
+
+        wedged = threading.Thread(target=lambda: httpx.post(f"http://127.0.0.1:{server.port}/wedge",
+                                                            json={"seconds": 60}, timeout=90), daemon=True)
+        wedged.start()
+        start = time.monotonic()
+        probes: list[tuple[float, int | str]] = []
+        while time.monotonic() - start < 30 and (not probes or probes[-1][1] != 503):
+            probes.append((time.monotonic() - start, _livez_or_timeout(server.port)))
+            time.sleep(0.25)
+        failed_at = next((t for t, outcome in probes if outcome == 503), None)
+        assert failed_at is not None, probes  # a sibling reports it: not only the stuck one's silence
+        then = [_livez_or_timeout(server.port) for _ in range(8)]
+        assert 200 not in then, then
+        assert "stalled" in server.output(), server.output()
+    finally:
+        server.stop()
+
+
 def test_outside_a_bentoml_worker_the_census_is_always_healthy():
     from serving.supervise import WorkerCensus
 

@@ -40,12 +40,15 @@ list` shows it. The store is $BENTOML_HOME (the Makefile points it at ./.bentoml
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import logging
 import math
 import multiprocessing
+import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -298,6 +301,9 @@ def fit(args: argparse.Namespace, start: Start, features: Features, data: Decode
     return net
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent ends
+
+
 def fit_beside(args: argparse.Namespace, start: Start, features: Features, data: Decoded, labels: list[str],
                others: Decoded | None = None) -> Callable[[], torch.nn.Module]:  # fmt: skip
     """Start `fit(...)` in a child process on half of this process's threads and return a function
@@ -316,7 +322,7 @@ def fit_beside(args: argparse.Namespace, start: Start, features: Features, data:
     weights = scratch / "weights.safetensors"
     # spawn, not fork: a forked child inherits the parent's OpenMP and torch thread pools
     child = multiprocessing.get_context("spawn").Process(
-        target=_fit_to_file, args=(weights, child_threads, args, start, features, data, labels, others),
+        target=_fit_to_file, args=(os.getpid(), weights, child_threads, args, start, features, data, labels, others),
         name="refit", daemon=True)  # fmt: skip
     child.start()
 
@@ -335,8 +341,14 @@ def fit_beside(args: argparse.Namespace, start: Start, features: Features, data:
     return result
 
 
-def _fit_to_file(weights: Path, threads: int, *fit_args) -> None:
+def _fit_to_file(parent: int, weights: Path, threads: int, *fit_args) -> None:
     """The child of `fit_beside`: train, then write the network's weights to `weights`."""
+    # A daemon child is ended only when its parent exits cleanly: a parent killed by a signal would
+    # leave it training alone. Linux ends it with the parent.
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent ended before the line above
+        return
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s (refit): %(message)s")
     warnings.filterwarnings("ignore", category=DeprecationWarning)

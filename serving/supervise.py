@@ -87,10 +87,13 @@ class WorkerCensus:
         self.arbiter = me.parent()
         self.missing_since: float | None = None
         self.beats = Path(tempfile.gettempdir()) / f"sound-census-{self.arbiter.pid}"
-        if self.in_worker:
-            # BentoML builds the service inside its running event loop (create_instance).
+        try:  # BentoML builds the service inside the worker's running event loop (create_instance)
+            self._loop = asyncio.get_running_loop() if self.in_worker else None
+        except RuntimeError:
+            self._loop = None
+            log.warning("no running event loop: this worker beats no heartbeat")
+        if self._loop is not None:
             self.beats.mkdir(mode=0o700, exist_ok=True)
-            self._loop = asyncio.get_running_loop()
             self._beat()
 
     def _beat(self) -> None:

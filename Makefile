@@ -8,8 +8,9 @@ export PYTHONPATH := $(CURDIR)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 MODEL ?= sound-resnet:latest
 # The default model, shipped in BentoML's export format: what serving needs, no PyTorch weights
-# (python -m training.ship). `make train` reproduces it from data/.
-SHIPPED_MODEL := bentos/sound-resnet.bentomodel
+# (python -m training.ship). `make train` reproduces it from data/. Absolute: `bentoml models
+# import` reads a relative path from the file system's root.
+SHIPPED_MODEL := $(CURDIR)/bentos/sound-resnet.bentomodel
 PORT ?= 3000
 BENTOML := $(VENV)/bin/bentoml
 

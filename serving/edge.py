@@ -25,6 +25,13 @@ Per connection, one timer enforces:
                      its high-water mark) this long: reset
     max_head_bytes   a head larger than this: 431 and close, checked on every read, so at most
                      this plus one read (256 KiB) is ever buffered
+    min_body_rate    bytes per second a body must average once it has taken `body_idle_s`: a body
+                     trickling just often enough never to be idle held its connection and request
+                     slot until the request timeout (600 s); slower ones are reset. Time the
+                     server itself stops reading does not count.
+    max_connections  HTTP connections open in this worker process; one more is answered 503 with
+                     Retry-After and closed at once, before its request is read (idle kept-alive
+                     connections count: each holds a socket and a parser)
     keep_alive_s     idle time between requests (uvicorn's timeout_keep_alive), replacing the 5 s
                      default BentoML passes when --timeout-keep-alive is not given
 
@@ -70,13 +77,16 @@ class EdgeLimits:
     """None: keep what uvicorn was given (--timeout-keep-alive, or BentoML's 5 s)."""
     ws_max_bytes: int = 256 * 1024
     ws_ping_s: float = 20.0
+    min_body_rate: float = 1024.0
+    max_connections: int = 1024
 
 
 def edge_limits(settings) -> EdgeLimits:
     """The limits as the service's settings (soundclassifier.config.Settings) give them."""
     return EdgeLimits(head_timeout_s=settings.head_timeout_s, body_idle_s=settings.body_idle_s,
                       send_idle_s=settings.send_idle_s, max_head_bytes=settings.max_head_kb * 1024,
-                      keep_alive_s=settings.keep_alive_s, ws_max_bytes=settings.listen_max_frame_kb * 1024)
+                      keep_alive_s=settings.keep_alive_s, ws_max_bytes=settings.listen_max_frame_kb * 1024,
+                      min_body_rate=settings.min_body_kb_s * 1024, max_connections=settings.max_connections)
 
 
 def protocol_class(limits: EdgeLimits) -> type:
@@ -85,6 +95,7 @@ def protocol_class(limits: EdgeLimits) -> type:
 
     class EdgeHttpToolsProtocol(HttpToolsProtocol):
         edge = limits
+        open_connections = 0  # in this process (one event loop: no lock)
 
         def __init__(self, *args, **kwargs) -> None:
             super().__init__(*args, **kwargs)
@@ -96,11 +107,21 @@ def protocol_class(limits: EdgeLimits) -> type:
             self._write_paused_at: float | None = None
             self._timer = None
             self._refused = False
+            self._counted = False
+            self._body_bytes, self._body_reading_s, self._body_clock = 0, 0.0, 0.0
 
         # --- phases ----------------------------------------------------------------------------
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
+            cls = type(self)
+            if cls.open_connections >= self.edge.max_connections:
+                self._refuse(503, b"Service Unavailable", "overloaded",
+                             f"This server process has {cls.open_connections} connections open, its limit "
+                             "(SOUND_MAX_CONNECTIONS); retry shortly.", retry_after=True)
+                return
+            cls.open_connections += 1
+            self._counted = True
             self._start_head()
 
         def on_message_begin(self) -> None:
@@ -111,6 +132,7 @@ def protocol_class(limits: EdgeLimits) -> type:
         def on_headers_complete(self) -> None:
             super().on_headers_complete()
             self._phase, self._since = _BODY, self.loop.time()
+            self._body_bytes, self._body_reading_s, self._body_clock = 0, 0.0, self._since
             self._arm(self._since + self.edge.body_idle_s)
 
         def on_message_complete(self) -> None:
@@ -128,6 +150,7 @@ def protocol_class(limits: EdgeLimits) -> type:
                 return
             if self._phase == _BODY:
                 self._since = self.loop.time()
+                self._body_bytes += len(data)
             if self._phase != _BODY and self._head_too_large(data):
                 self._refuse(431, b"Request Header Fields Too Large", "too_large",
                              f"The request head is over {self.edge.max_head_bytes:,} bytes.")
@@ -156,7 +179,9 @@ def protocol_class(limits: EdgeLimits) -> type:
             self._write_paused_at = None
 
         def handle_websocket_upgrade(self) -> None:
-            # The connection becomes the WebSocket protocol's, with its own pings and timeouts.
+            # The connection becomes the WebSocket protocol's, with its own pings and timeouts (and
+            # its own cap: SOUND_LISTEN_MAX_STREAMS), and this protocol never sees it close.
+            self._uncount()
             self._phase = _IDLE
             if self._timer is not None:
                 self._timer.cancel()
@@ -164,10 +189,16 @@ def protocol_class(limits: EdgeLimits) -> type:
             super().handle_websocket_upgrade()
 
         def connection_lost(self, exc) -> None:
+            self._uncount()
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
             super().connection_lost(exc)
+
+        def _uncount(self) -> None:
+            if self._counted:
+                self._counted = False
+                type(self).open_connections -= 1
 
         # --- the one timer ---------------------------------------------------------------------
 
@@ -203,11 +234,22 @@ def protocol_class(limits: EdgeLimits) -> type:
             elif self._phase == _BODY:
                 if self.flow.read_paused:  # our side stopped reading: not the client's stall
                     self._since = now
+                else:  # the time the client had to send, for its rate
+                    self._body_reading_s += now - self._body_clock
+                self._body_clock = now
                 if now >= self._since + self.edge.body_idle_s:
                     self.logger.info("closing a connection whose request body stalled for %.0f s", now - self._since)
                     self._reset()
                     return
-                deadlines.append(self._since + self.edge.body_idle_s)
+                reading_s = self._body_reading_s
+                if reading_s >= self.edge.body_idle_s and self._body_bytes < self.edge.min_body_rate * reading_s:
+                    self.logger.info("closing a connection whose request body came at %.0f bytes/s for %.0f s",
+                                     self._body_bytes / reading_s, reading_s)
+                    self._reset()
+                    return
+                # Checked again at the idle deadline, or once a second past the grace for the rate.
+                deadlines.append(min(self._since + self.edge.body_idle_s,
+                                     now + max(1.0, self.edge.body_idle_s - reading_s)))
             if self._write_paused_at is not None:
                 if now >= self._write_paused_at + self.edge.send_idle_s:
                     self.logger.info("aborting a connection that read none of its answer for %.0f s",
@@ -230,14 +272,15 @@ def protocol_class(limits: EdgeLimits) -> type:
                     pass
             self.transport.abort()
 
-        def _refuse(self, status: int, reason: bytes, error: str, detail: str) -> None:
+        def _refuse(self, status: int, reason: bytes, error: str, detail: str, retry_after: bool = False) -> None:
             # The client may still be sending the rest of its head: closing with unread bytes
             # would reset the connection and lose the answer (seen with a 200 KB header block). So
             # answer, stop writing, drop what still arrives for a moment, then close.
             body = json.dumps({"error": error, "detail": detail}).encode()  # as every other refusal
             self.transport.write(
-                b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-                b"connection: close\r\n\r\n%s" % (status, reason, len(body), body)
+                b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s"
+                b"connection: close\r\n\r\n%s" % (status, reason, len(body),
+                                                   b"retry-after: 1\r\n" if retry_after else b"", body)
             )
             self._refused, self._phase = True, _IDLE
             if self._timer is not None:

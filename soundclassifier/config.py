@@ -77,8 +77,17 @@ class Settings(BaseSettings):
     )
     head_timeout_s: float = Field(30.0, gt=0, description="HTTP: time to send a complete request head; else 408")
     body_idle_s: float = Field(30.0, gt=0, description="HTTP: a request body that sends nothing this long is cut")
+    min_body_kb_s: float = Field(
+        1.0, ge=0, description="HTTP: average rate (KiB/s) a request body must keep once it has taken "
+        "SOUND_BODY_IDLE_S; a slower one is cut (a trickle just often enough never to be idle held its "
+        "connection until the request timeout)"
+    )
     send_idle_s: float = Field(60.0, gt=0, description="HTTP: an answer the client does not read this long is cut")
     max_head_kb: int = Field(64, gt=0, description="HTTP: largest request head (request line + headers); else 431")
+    max_connections: int = Field(
+        1024, gt=0, description="HTTP: connections a worker process holds open (idle kept-alive ones "
+        "included); one more is answered 503 with Retry-After and closed"
+    )
     grpc_idle_s: float = Field(30.0, gt=0, description="gRPC: a stream that sends nothing this long is closed")
     grpc_connection_idle_s: float = Field(
         60.0, gt=0, description="gRPC: a connection without a call this long is closed"

@@ -68,13 +68,16 @@ def main() -> None:
     ap.add_argument("--send", type=float, default=60.0)
     ap.add_argument("--max-head", type=int, default=64 * 1024)
     ap.add_argument("--keep-alive", type=float, default=75.0)
+    ap.add_argument("--min-rate", type=float, default=1024.0, help="bytes/s a body must average")
+    ap.add_argument("--max-connections", type=int, default=1024)
     ap.add_argument("--cancel-log", default="/dev/null")
     ap.add_argument("--plain", action="store_true", help="uvicorn's own protocol (for A/B timings)")
     ap.add_argument("--no-cancel", action="store_true", help="without CancelOnDisconnect (for A/B timings)")
     args = ap.parse_args()
     if not args.plain:
         install(EdgeLimits(head_timeout_s=args.head, body_idle_s=args.body, send_idle_s=args.send,
-                           max_head_bytes=args.max_head, keep_alive_s=args.keep_alive))
+                           max_head_bytes=args.max_head, keep_alive_s=args.keep_alive,
+                           min_body_rate=args.min_rate, max_connections=args.max_connections))
     config = uvicorn.Config(make_app(args.cancel_log, not args.no_cancel), host="127.0.0.1", port=args.port, log_config=None,
                             server_header=False)
     uvicorn.Server(config).run()

@@ -20,6 +20,7 @@ from testkit.edge_probe import Background, open_probes, oversized_head, summary,
 from testkit.server import free_port
 
 LIMIT_S = 1.0
+MIN_RATE = 100  # bytes/s a body must average past LIMIT_S
 # Timers never fire early: each limit is checked exactly from below, and from above only against
 # "never" (the probes are watched a few seconds past it), with room for a loaded machine.
 SLACK_S = 3.0
@@ -32,6 +33,7 @@ def edge(tmp_path_factory):
     cancel_log.touch()
     server = Background([sys.executable, "-m", "testkit.edge_app", "--port", str(port), "--head", str(LIMIT_S),
                        "--body", str(LIMIT_S), "--send", str(LIMIT_S), "--keep-alive", "6",
+                       "--min-rate", str(MIN_RATE),
                        "--cancel-log", str(cancel_log)], port)
     server.cancel_log = cancel_log
     yield server
@@ -148,6 +150,38 @@ def test_a_head_over_the_limit_in_two_reads_is_refused(edge, first_request):
         assert _response(sock).startswith(b"HTTP/1.1 431")
 
 
+def test_connections_over_the_cap_get_503_and_a_close(tmp_path):
+    """SOUND_MAX_CONNECTIONS per worker: 8 here. Eight idle connections held, the ninth is answered
+    503 with Retry-After and closed before its request is read; once one closes, a new one is
+    served."""
+    port = free_port()
+    server = Background([sys.executable, "-m", "testkit.edge_app", "--port", str(port), "--head", "60",
+                         "--max-connections", "8"], port)
+    try:
+        held = []
+        for _ in range(8):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            assert _request(sock).startswith(b"HTTP/1.1 200")  # counted: the server has it
+            held.append(sock)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            answer = _response(sock)
+            assert answer.startswith(b"HTTP/1.1 503"), answer
+            assert b"retry-after: 1" in answer.lower() and b"SOUND_MAX_CONNECTIONS" in answer, answer
+            assert sock.recv(1) == b""  # closed
+        held.pop().close()
+        deadline = time.monotonic() + 30
+        while True:  # the server sees the close in its own time
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                if _request(sock).startswith(b"HTTP/1.1 200"):
+                    break
+            assert time.monotonic() < deadline, "a freed connection slot was never reused"
+            time.sleep(0.05)
+    finally:
+        for sock in held:
+            sock.close()
+        server.stop()
+
+
 def test_keep_alive_between_requests_is_governed_by_keep_alive_not_the_head_limit(edge):
     with socket.create_connection(("127.0.0.1", edge.port), timeout=10) as sock:
         assert _request(sock).startswith(b"HTTP/1.1 200")
@@ -161,11 +195,32 @@ def test_keep_alive_between_requests_is_governed_by_keep_alive_not_the_head_limi
 
 def test_a_slow_but_steady_upload_is_not_cut(edge):
     with socket.create_connection(("127.0.0.1", edge.port), timeout=10) as sock:
-        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 8\r\n\r\n")
-        for _ in range(8):  # 8 bytes over 3.2 s: never idle for the 1-s limit
-            sock.sendall(b"x")
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 800\r\n\r\n")
+        for _ in range(8):  # 800 bytes over 3.2 s: never idle for the 1-s limit, 250 bytes/s
+            sock.sendall(b"x" * 100)
             time.sleep(0.4)
-        assert _response(sock).endswith(b"\r\n\r\n8")
+        assert _response(sock).endswith(b"\r\n\r\n800")
+
+
+def test_a_body_trickling_below_the_minimum_rate_is_cut(edge):
+    """Issue 32: a byte every 0.1 s is never idle for 1 s, and was read until the request timeout.
+    At 10 bytes/s against a minimum of 100, it is reset once it has had the 1-s grace; the same
+    connection at 250 bytes/s is served (test_a_slow_but_steady_upload_is_not_cut)."""
+    with socket.create_connection(("127.0.0.1", edge.port), timeout=10) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n")
+        start, cut = time.monotonic(), False
+        while time.monotonic() - start < 30:
+            try:
+                sock.sendall(b"x")
+            except OSError:  # reset by the server
+                cut = True
+                break
+            time.sleep(0.1)
+        if not cut:
+            with contextlib.suppress(OSError):
+                cut = sock.recv(1) == b""
+    took = time.monotonic() - start
+    assert cut and LIMIT_S <= took < 30, took
 
 
 def test_the_server_reading_slowly_is_not_the_client_stalling(edge):

@@ -2,7 +2,8 @@
 requests took?
 
 The cases are those of tests/test_hostile.py (a FLAC decompression bomb, a timeline over its window
-budget, malformed text fields, an overlong file name) plus the largest uploads the limits allow: a
+budget and one over its work budget, a rate above 192 kHz, malformed text fields, an overlong file
+name) plus the largest uploads the limits allow: a
 valid clip near the samples budget, the same file as a timeline, and an upload over the size limit.
 Their sizes come from `Settings`, so they stay at the edge if the limits change. Every answer is
 checked against the status (and error kind) the service documents for it; the memory target is the
@@ -60,6 +61,12 @@ def cases(settings: Settings | None = None) -> list[Case]:
     bomb = constant_flac(bomb_seconds, 192_000, 8)
     windows_seconds = int((s.max_timeline_windows + 1000) * 0.25)
     too_many_windows = constant_flac(windows_seconds, 8000, 1)
+    # Over the timeline's work budget (samples at the file's rate, each window counted whole) at
+    # 192 kHz x 8 channels in 0.25-s hops, within its window budget; a rate above 192 kHz.
+    window = 5 * 192_000 * 8
+    work_seconds = int(s.max_timeline_work_samples / window * 0.25) + 10
+    too_much_work = constant_flac(work_seconds, 192_000, 8)
+    ultrasonic = af.encode(af.sine(440.0, 0.5, 768_000), 768_000, "WAV", "PCM_16")
     # The largest valid clip: 90% of the tightest of the samples, duration and upload limits.
     seconds = 0.9 * min(s.max_samples / LARGE_RATE, s.max_clip_seconds, s.max_upload_mb * 2**20 / (2 * LARGE_RATE))
     large = af.encode(af.noise(seconds, LARGE_RATE, seed=1), LARGE_RATE, "WAV", "PCM_16")
@@ -70,6 +77,9 @@ def cases(settings: Settings | None = None) -> list[Case]:
         Case("4 bombs in a batch", "/classify_batch", [("audio", (f"b{i}.flac", bomb)) for i in range(4)], (200,)),
         Case("timeline over its window budget", "/timeline", [("audio", ("long.flac", too_many_windows))], (413,),
              "too_long", {"hop_s": "0.25"}),
+        Case("timeline over its work budget", "/timeline", [("audio", ("wide.flac", too_much_work))], (413,),
+             "too_large", {"hop_s": "0.25"}),
+        Case("768 kHz upload", "/timeline", [("audio", ("ultra.wav", ultrasonic))], (415,), "unsupported"),
         Case("5000-digit top_k", "/classify", [("audio", ("a.wav", wav))], (400,), "bad_request", {"top_k": "9" * 5000}),
         Case("nested top_k", "/spectrogram", [("audio", ("a.wav", wav))], (400,), "bad_request", {"top_k": "[" * 100_000}),
         Case("5000-digit hop_s", "/timeline", [("audio", ("a.wav", wav))], (400,), "bad_request", {"hop_s": "9" * 5000}),

@@ -4,6 +4,7 @@ shipped real recordings (data/esc10) and how they were made, the window chosen f
 from __future__ import annotations
 
 import csv
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -388,6 +389,21 @@ def test_a_folder_made_to_leak_is_split_by_take_and_named_when_the_names_hide_th
     # a single split only counts pairs with one clip in its held-out fold
     _, near_1 = leakage.find(data, features, [1])
     assert 0 < len(near_1) < len(near) and all(1 in (p.a.fold, p.b.fold) for p in near_1)
+
+
+def test_leakage_command_checks_a_folder_without_training(tmp_path, layouts, capsys):
+    takes = layouts["takes"](tmp_path / "sounds", {"kettle": 4, "tap": 4}, cuts=3, seconds=1.0)
+    layouts["hide_names"](takes, tmp_path / "hidden")
+    features = Features(FeatureSettings())
+    ds = load_dataset("folder", tmp_path / "hidden")
+    _, near = leakage.find(decode_clips(ds.clips, ds.labels, features), features, ds.folds)
+    assert leakage.main(["--dataset", "folder", "--data-dir", str(tmp_path / "hidden"), "--closest", "2", "--altered", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "'per_class': {'kettle': 12, 'tap': 12}" in out
+    assert f"across the cross-validation folds: {len(near)} near-duplicate pair(s)" in out and near
+    assert len(re.findall(r"^  closest different recordings: clip\d+\.wav \(fold \d\) ~ clip\d+\.wav", out, re.M)) == 2
+    gain = re.search(r"^  gain x0\.3: median ([\d.]+) dB, max [\d.]+, within 0\.75: (\d+)/(\d+)$", out, re.M)
+    assert gain and float(gain[1]) < 0.01 and gain[2] == gain[3] == "2"  # clips 0 and 12, each found again
 
 
 def test_identical_audio_across_the_split_is_refused_with_the_file_names(tmp_path, layouts):

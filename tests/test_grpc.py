@@ -237,7 +237,10 @@ def test_the_call_past_the_cap_is_refused_with_a_message_and_the_cap_frees(serve
                 await release.wait()
 
             holders = [s.ClassifyStream(held()) for _ in range(CALL_CAP)]
-            for _ in range(600):  # the holders' streams reach the worker in their own time
+            # Every holder's stream is open (grpc starts a call's stream lazily, and a stream of
+            # calls made meanwhile can keep them waiting); then their handlers start on the server.
+            await asyncio.gather(*(h.wait_for_connection() for h in holders))
+            for _ in range(200):  # well within the holders' idle limit (30 s)
                 try:
                     await s.Classify(pb.ClassifyRequest(audio=data), timeout=30)
                 except grpc.aio.AioRpcError as e:

@@ -136,6 +136,28 @@ def test_folder_split_is_deterministic_for_a_seed(tmp_path, layouts):
     assert len({tuple(assignment(s)) for s in range(5)}) > 1  # the seed does change the split
 
 
+def test_the_deal_does_not_depend_on_where_the_data_lives(tmp_path, layouts, monkeypatch):
+    """Files of their own beside grouped takes (the shipped data/other-sounds is such a mix): the
+    same folds wherever the folder is and however its path is spelled. (A file of its own used to
+    be ordered by its full path among the takes' keys: /tmp/... before xylo/..., zz/... after.)"""
+    import shutil
+
+    def deal(root: Path, load) -> list[tuple[str, int]]:
+        return sorted((c.path.resolve().relative_to(root.resolve()).as_posix(), c.fold) for c in load(root))
+
+    here = layouts["takes"](tmp_path / "a" / "sounds", {"xylo": 3, "zither": 3}, cuts=2)
+    for label in ("xylo", "zither"):  # beside the takes, recordings of their own
+        for name in ("morning", "evening", "night", "dawn"):
+            shutil.copy(here / label / f"{label}_take0_00.wav", here / label / f"{name}.wav")
+    shutil.copytree(here, tmp_path / "zz" / "sounds")
+    monkeypatch.chdir(tmp_path)
+    as_folder = lambda root: load_dataset("folder", root).clips  # noqa: E731
+    as_outliers = lambda root: outliers(root, [1, 2, 3, 4, 5])  # noqa: E731
+    for load in (as_folder, as_outliers):
+        assert deal(here, load) == deal(Path("zz/sounds"), load)
+        assert len({fold for _, fold in deal(here, load)}) > 1
+
+
 def test_folder_reads_every_audio_suffix(tmp_path):
     root = tmp_path / "sounds"
     (root / "beep").mkdir(parents=True)

@@ -61,6 +61,7 @@ import csv
 import hashlib
 import logging
 import math
+import os
 import random
 import re
 from collections import Counter, defaultdict
@@ -329,7 +330,15 @@ def _deal(groups: dict[str, list[Path]], label: str, folds: list[int], rng: rand
     fold with the fewest of these clips so far, ties to the folds in an order drawn from `rng`. With
     one file per group this is an even round-robin deal. A group key that is a file path (a file
     of its own) is stored as ""."""
-    order = sorted(groups)
+    # A file of its own is keyed by its path: sort it by the path below the files' common folder,
+    # so that the deal depends neither on where the data lives nor on how its path was spelled.
+    root = Path(os.path.commonpath([str(p) for files in groups.values() for p in files]))
+
+    def position(key: str) -> str:
+        files = groups[key]
+        return files[0].relative_to(root).as_posix() if len(files) == 1 and key == str(files[0]) else key
+
+    order = sorted(groups, key=position)
     rng.shuffle(order)
     order.sort(key=lambda k: -len(groups[k]))  # stable: equal sizes keep the shuffled order
     rank = {f: i for i, f in enumerate(rng.sample(folds, len(folds)))}

@@ -2,6 +2,7 @@
 # What `make test` needs beyond Python packages, installed from the package registries when missing:
 #   chromium              the page tests drive a real browser (tests/test_page.py; Playwright cannot
 #                         download its own browser here)
+#   libatomic1            Playwright's own node, which drives the browser, links it
 #   java (JRE 17)         Spark runs on the JVM (tests/test_batch.py)
 #   systemd-analyze       verifies the systemd unit (tests/test_deploy.py)
 #   curl                  the README's curl examples run against a real server (tests/test_readme.py)
@@ -16,6 +17,7 @@ VENV_BIN=${1:?usage: tests/system-tools.sh VENV_BIN_DIR}
 
 packages=()
 [ -x /usr/bin/chromium ] || packages+=(chromium)
+/sbin/ldconfig -p | grep -q 'libatomic\.so\.1 ' || packages+=(libatomic1)
 command -v java >/dev/null || packages+=(default-jre-headless)
 command -v systemd-analyze >/dev/null || packages+=(systemd)
 command -v curl >/dev/null || packages+=(curl)

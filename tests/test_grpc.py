@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import filecmp
 import subprocess
 import sys
@@ -233,14 +234,17 @@ def test_the_call_past_the_cap_is_refused_with_a_message_and_the_cap_frees(serve
             s = pb_grpc.SoundClassifierStub(channel)
 
             async def held():  # a call in progress until released: its client stream stays open
-                yield pb.AudioChunk(data=data)
-                await release.wait()
+                for piece in (data[i : i + 1024] for i in range(0, len(data), 1024)):
+                    yield pb.AudioChunk(data=piece)
+                    # a message every 5 s keeps it inside the idle limit (30 s) on a slow machine
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(release.wait(), 5)
 
             holders = [s.ClassifyStream(held()) for _ in range(CALL_CAP)]
             # Every holder's stream is open (grpc starts a call's stream lazily, and a stream of
             # calls made meanwhile can keep them waiting); then their handlers start on the server.
             await asyncio.gather(*(h.wait_for_connection() for h in holders))
-            for _ in range(200):  # well within the holders' idle limit (30 s)
+            for _ in range(200):
                 try:
                     await s.Classify(pb.ClassifyRequest(audio=data), timeout=30)
                 except grpc.aio.AioRpcError as e:

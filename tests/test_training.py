@@ -241,7 +241,6 @@ def test_outlier_dir_recordings_are_trained_on_and_their_held_out_share_measured
 def test_outlier_recordings_teach_the_network_to_doubt_their_kind(tmp_path, layouts):
     """The same recipe with and without --outlier-dir's recordings: unheard recordings of their kind
     get flatter probabilities from the network that was shown the others."""
-    from soundclassifier.features import Features
     from training.augment import ClipDataset
     from training.datasets import decode_clips, load_dataset, outliers
     from training.evaluate import predict_logits
@@ -367,64 +366,6 @@ def test_defaults_train_on_the_shipped_real_recordings():
     assert args.outliers == 0.25 and args.mixup == 0.4 and args.epochs == 40 and args.speed == 0.0
     assert args.arch == "resnet14"
     assert parse_args(["--dataset", "synthetic"]).data_dir == Path("data/synthetic")
-
-
-def test_the_refit_beside_the_evaluation_is_the_network_this_process_would_train(synthetic_dir):
-    """fit_beside trains in a child process on half the threads while this process keeps the rest,
-    and hands back the network `fit` makes with the same recipe, seed and thread count."""
-    from training.datasets import decode_clips
-    from training.train import fit, fit_beside, parse_args
-    from training.transfer import start_from
-
-    args = parse_args(["--dataset", "synthetic", "--data-dir", str(synthetic_dir), *TINY])
-    ds = load_dataset("synthetic", synthetic_dir)
-    features = Features(FeatureSettings(clip_seconds=0.75))
-    data = decode_clips(ds.clips[:24], ds.labels, features)
-    start = start_from(None, ds.labels, args.arch)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        beside = fit_beside(args, start, features, data, ds.labels)
-        assert torch.get_num_threads() == 1  # the other thread is the child's
-        here = fit(args, start, features, data, ds.labels).state_dict()
-        there = beside().state_dict()
-        assert torch.get_num_threads() == 2  # given back
-    finally:
-        torch.set_num_threads(threads)
-    assert here.keys() == there.keys()
-    for name, value in here.items():
-        torch.testing.assert_close(there[name], value, msg=name)
-
-
-def test_the_refit_beside_ends_with_a_killed_parent(synthetic_dir):
-    """A `make train` killed by a signal leaves no refit training on alone."""
-    import psutil
-
-    script = f"""
-import sys, time
-import torch
-from soundclassifier.features import Features, FeatureSettings
-from training.datasets import decode_clips, load_dataset
-from training.train import fit_beside, parse_args
-from training.transfer import start_from
-args = parse_args(["--dataset", "synthetic", "--data-dir", {str(synthetic_dir)!r}, "--epochs", "500"])
-ds = load_dataset("synthetic", args.data_dir)
-features = Features(FeatureSettings(clip_seconds=0.75))
-torch.set_num_threads(2)
-fit_beside(args, start_from(None, ds.labels, args.arch), features, decode_clips(ds.clips[:8], ds.labels, features), ds.labels)
-import multiprocessing
-print(multiprocessing.active_children()[0].pid, flush=True)
-time.sleep(600)
-"""
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
-    try:
-        child = psutil.Process(int(parent.stdout.readline()))
-        parent.kill()
-        parent.wait(timeout=60)
-        child.wait(timeout=60)  # psutil.TimeoutExpired if it trains on
-    finally:
-        parent.kill()
 
 
 def test_resnet14_is_resnet18_without_its_last_stage():

@@ -15,9 +15,8 @@ measure it on that fold and fit its calibration there (temperature, recommended 
 and train once more, same recipe and seed, on every fold and ship that network with the measured
 one's score and calibration (the refit: a third more data for ESC-10's four folds, about 3 points of
 accuracy, and the borrowed threshold answered "unknown" as well or better; docs/training-recipe.md).
-The refit never depends on the score it is judged by, so it trains beside the evaluation, in a
-second process on half the cores (`fit_beside`). --no-refit ships the measured network, with its
-own score and calibration. With --cv every fold is held out in turn, the
+The refit never depends on the score it is judged by. --no-refit ships the measured network, with
+its own score and calibration. With --cv every fold is held out in turn, the
 pooled held-out predictions give the score (mean and spread over folds) and the calibration, and the
 shipped network is trained on every fold. The metadata says which was done ("evaluation").
 The window the model sees is chosen from the clips' durations (--clip-seconds overrides it).
@@ -40,21 +39,14 @@ list` shows it. The store is $BENTOML_HOME (the Makefile points it at ./.bentoml
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import logging
 import math
-import multiprocessing
-import os
 import platform
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
@@ -71,8 +63,6 @@ from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.torch_core import set_seed
 from fastcore.basics import noop
-from safetensors.torch import load_file as load_safetensors
-from safetensors.torch import save_file as save_safetensors
 from scipy.special import softmax
 
 from soundclassifier.audio import as_audio
@@ -145,7 +135,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--group-pattern", metavar="REGEX", default=d["group_pattern"], help="folder only: which files are cut from one recording; searched in each file's path below its class folder without the suffix (take3/kettle_01), the first capture group (else the whole match) names the recording, e.g. '^(.+?)_[0-9]+$'; files it does not match fall to the built-in rules: a subfolder of the class folder, ESC-50 names <fold>-<source id>-<take>[-<class id>], UrbanSound8K names <fsID>-<class id>-<occurrence>-<slice>, numbered names <stem>_NN, -NN, ' NN', .NN, ' (N)', _partN (when a class has two such stems or more besides its own name: dog_01 .. dog_40 are separate recordings), else a recording of its own. No recording is split between training and held-out clips")
     p.add_argument("--valid-fold", type=int, default=d["valid_fold"], help="fold held out for evaluation and calibration (default: the data set's first fold)")
     p.add_argument("--cv", action="store_true", help="cross-validate: hold out every fold in turn, report mean and spread, calibrate on all held-out predictions")
-    p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=d["refit"], help="train once more on every fold, beside the evaluation, and ship that network with the evaluated one's score and calibration; --no-refit ships the evaluated network (default: refit; always with --cv)")
+    p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=d["refit"], help="after the evaluation, train once more on every fold and ship that network with the evaluated one's score and calibration; --no-refit ships the evaluated network (default: refit; always with --cv)")
     p.add_argument("--clip-seconds", type=float, default=d["clip_seconds"], help="window the model sees, in seconds (default: from the clip durations, 0.75-5 s)")
     p.add_argument("--init-from", metavar="TAG", default=None, help="start from a stored model's weights (e.g. sound-resnet:latest); a fresh head when the labels differ")
     p.add_argument("--pretrained", type=Path, default=None, help="local torchvision ImageNet state_dict for --arch resnet*; nothing is downloaded")
@@ -299,60 +289,6 @@ def fit(args: argparse.Namespace, start: Start, features: Features, data: Decode
     if broken:
         raise RuntimeError(f"training diverged: non-finite values in {', '.join(broken[:5])}; try a lower --lr or --precision fp32")
     return net
-
-
-PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent ends
-
-
-def fit_beside(args: argparse.Namespace, start: Start, features: Features, data: Decoded, labels: list[str],
-               others: Decoded | None = None) -> Callable[[], torch.nn.Module]:  # fmt: skip
-    """Start `fit(...)` in a child process on half of this process's threads and return a function
-    that waits for its network; this process keeps the other half meanwhile.
-
-    The refit does not depend on the evaluation, so it trains beside it: on 2 cores, two
-    single-threaded trainings side by side finish sooner than the same two one after the other on
-    2 threads each (docs/training-recipe.md, "Time"). With one thread there is nothing to share and
-    the function trains when called. The child hands the weights back as safetensors."""
-    threads = torch.get_num_threads()
-    if threads < 2:
-        return lambda: fit(args, start, features, data, labels, others)
-    child_threads = threads // 2
-    torch.set_num_threads(threads - child_threads)
-    scratch = Path(tempfile.mkdtemp(prefix="refit-"))
-    weights = scratch / "weights.safetensors"
-    # spawn, not fork: a forked child inherits the parent's OpenMP and torch thread pools
-    child = multiprocessing.get_context("spawn").Process(
-        target=_fit_to_file, args=(os.getpid(), weights, child_threads, args, start, features, data, labels, others),
-        name="refit", daemon=True)  # fmt: skip
-    child.start()
-
-    def result() -> torch.nn.Module:
-        try:
-            child.join()
-            if child.exitcode != 0:
-                raise RuntimeError(f"the refit beside the evaluation failed (exit code {child.exitcode}); see its log above")
-            net = build_network(start.arch, len(labels))
-            net.load_state_dict(load_safetensors(weights))
-            return net.eval()
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-            torch.set_num_threads(threads)
-
-    return result
-
-
-def _fit_to_file(parent: int, weights: Path, threads: int, *fit_args) -> None:
-    """The child of `fit_beside`: train, then write the network's weights to `weights`."""
-    # A daemon child is ended only when its parent exits cleanly: a parent killed by a signal would
-    # leave it training alone. Linux ends it with the parent.
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # the parent ended before the line above
-        return
-    torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s (refit): %(message)s")
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    save_safetensors(fit(*fit_args).state_dict(), str(weights))
 
 
 @dataclass
@@ -539,9 +475,6 @@ def main(argv: list[str] | None = None) -> int:
     pooled = Decoded(data.waves + (others.waves if others else []), data.targets + (others.targets if others else []),
                      data.clips + (others.clips if others else []))  # fmt: skip
     leaks = leakage.check(pooled, Features(base), held_out, ds.root)
-    # The shipped network trains on every fold whatever the evaluation finds: it starts now, beside it.
-    refit = args.save and (args.refit or args.cv)
-    refit_network = fit_beside(args, start, features, data, ds.labels, others) if refit else None
     ev = evaluate(args, start, features, ds, data, others)
     metrics = summary(ev, ds.labels)
     groups = ev.fold_of if args.cv else None  # None: calibrate splits one held-out fold in halves
@@ -566,9 +499,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.save:
         return 0
 
-    if refit_network is not None:
-        log.info("the refit on every fold (%d clips): waiting for it to finish", len(data.waves))
-        net = refit_network()
+    refit = args.refit or args.cv  # whatever the evaluation found: it is not judged by its own score
+    if refit:
+        log.info("refit on every fold: %d clips", len(data.waves))
+        net = fit(args, start, features, data, ds.labels, others)
         shipped = f"trained on every fold ({', '.join(map(str, ds.folds))}) after the evaluation, same recipe and seed"
         # Its calibration is the evaluated networks': how often it answers "unknown" at it to the
         # same out-of-set sounds (generated, so none of them was trained on) shows whether it carries over.

@@ -143,15 +143,18 @@ def test_idle_streams_are_ended(bounded):
                 start = time.monotonic()
                 with pytest.raises(grpc.aio.AioRpcError) as e:
                     await upload(one_chunk_then_silence())
-                return e.value.code(), time.monotonic() - start
+                return e.value.code(), time.monotonic() - start, e.value.details()
 
             return await asyncio.gather(*(one() for _ in range(64)))
 
     results = _run(idle_streams())  # 64 streams over one connection: more than max_calls (8) are refused
-    codes = [code for code, _ in results]
+    codes = [code for code, _, _ in results]
+    odd = {(code, details) for code, _, details in results
+           if code not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)}
+    assert not odd, odd
     assert set(codes) == {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
     assert codes.count(grpc.StatusCode.DEADLINE_EXCEEDED) == LIMITS.max_calls
-    assert all(LIMITS.idle_s <= t < LATE_S for code, t in results if code == grpc.StatusCode.DEADLINE_EXCEEDED), results
+    assert all(LIMITS.idle_s <= t < LATE_S for code, t, _ in results if code == grpc.StatusCode.DEADLINE_EXCEEDED), results
 
 
 def test_a_flood_of_empty_messages_is_cut_off(bounded):

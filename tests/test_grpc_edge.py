@@ -148,6 +148,11 @@ def test_idle_streams_are_ended(bounded):
             return await asyncio.gather(*(one() for _ in range(64)))
 
     results = _run(idle_streams())  # 64 streams over one connection: more than max_calls (8) are refused
+    # grpcio's asyncio client reports a call refused before its first write went out as INTERNAL
+    # "Internal error from Core" instead of the server's status (grpc/grpc#36066, fix pending in
+    # grpc/grpc#43486): seen once on a fresh machine. It is a refusal; any other status is not.
+    results = [(grpc.StatusCode.RESOURCE_EXHAUSTED if (code, details) == (grpc.StatusCode.INTERNAL,
+                "Internal error from Core") else code, t, details) for code, t, details in results]  # fmt: skip
     codes = [code for code, _, _ in results]
     odd = {(code, details) for code, _, details in results
            if code not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)}

@@ -257,7 +257,7 @@ def test_a_client_that_goes_away_stops_its_work(edge):
     lines = _wait_for_lines(edge.cancel_log, before + 1)
     assert len(lines) == before + 1, lines
     _, ran_s, at = lines[-1].split()
-    assert 0.0 <= float(at) - closed_at < 10.0 and float(ran_s) < 10.0, lines[-1]
+    assert -0.001 <= float(at) - closed_at < 10.0 and float(ran_s) < 10.0, lines[-1]  # the log rounds to ms
 
 
 def test_finished_requests_are_never_cancelled(edge):

@@ -318,8 +318,13 @@ def calibration_inputs(dataset: ClipDataset, seed: int) -> np.ndarray:
     return np.stack([np.asarray(dataset[i][0]) for i in chosen])
 
 
+def held_out_folds(args: argparse.Namespace, ds: Dataset) -> list[int]:
+    """The folds measured: every fold with --cv, else --valid-fold (default: the data set's first)."""
+    return ds.folds if args.cv else [args.valid_fold if args.valid_fold is not None else ds.folds[0]]
+
+
 def evaluate(args, start: Start, features: Features, ds: Dataset, data: Decoded, others: Decoded | None = None) -> Evaluation:
-    folds = ds.folds if args.cv else [args.valid_fold if args.valid_fold is not None else ds.folds[0]]
+    folds = held_out_folds(args, ds)
     logits, targets, fold_of, per_fold, nets, samples, others_logits = [], [], [], {}, [], None, []
     sample_targets = calibration = None
     for fold in folds:
@@ -471,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("outlier exposure with %d recordings of none of the classes from %s (%d groups by file name)",
                  len(others.waves), args.outlier_dir, len({c.recording for c in others.clips}))  # fmt: skip
     # Before any training: the same audio on both sides of a split (the names did not tell) refuses it.
-    held_out = ds.folds if args.cv else [args.valid_fold if args.valid_fold is not None else ds.folds[0]]
+    held_out = held_out_folds(args, ds)
     pooled = Decoded(data.waves + (others.waves if others else []), data.targets + (others.targets if others else []),
                      data.clips + (others.clips if others else []))  # fmt: skip
     leaks = leakage.check(pooled, Features(base), held_out, ds.root)

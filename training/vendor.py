@@ -1,6 +1,6 @@
 """Re-encode a data set in the ESC-50 layout into the small copy the project ships (data/esc10/).
 
-    python -m training.vendor /work/shared/data/esc10-dev data/esc10
+    python -m training.vendor ../shared/data/esc10-dev data/esc10
 
 Every clip becomes mono Ogg/Vorbis at 22.05 kHz (the rate the model resamples to anyway, with the
 same libsoxr filter), so the shipped set is about a third of the originals' size. `meta/esc50.csv`

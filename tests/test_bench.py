@@ -319,6 +319,18 @@ def test_the_listen_stage_measures_real_streams(served):
     assert 0 < result["p50_ms"] <= result["p95_ms"] <= result["max_ms"] < 5000
 
 
+def test_the_http_floor_is_wired_as_the_service_is():
+    """Its configuration and middlewares are service.py's own objects, not a copy that can drift."""
+    import service
+    from bench import floor_service
+    from serving.edge import CancelOnDisconnect
+    from serving.http_guard import UploadGuard
+
+    assert floor_service.HttpFloor.config == service.SoundClassifier.config
+    assert floor_service.HttpFloor.middlewares == service.SoundClassifier.middlewares
+    assert [m for m, _ in floor_service.HttpFloor.middlewares] == [CancelOnDisconnect, UploadGuard]
+
+
 @pytest.mark.slow
 def test_the_http_floor_takes_the_service_s_requests_and_refuses_what_it_refuses():
     """bench/floor_service.py must cost what the service's front door costs: same route, same

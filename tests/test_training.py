@@ -410,7 +410,7 @@ def test_cross_validation_without_saving(tmp_path, layouts, store_tags, capsys):
     assert calibration["n"] == 12 and "5-fold cross-validation" in calibration["method"]
     assert store_tags() == before
     # the refit check trains a network one fold down for each and judges both on the held-out fold
-    from training import refit_check
+    from experiments import refit_check
 
     assert refit_check.main([str(saved), "--dataset", "folder", "--data-dir", str(root), *TINY]) == 0
     out = capsys.readouterr().out

@@ -1,10 +1,11 @@
 """ResNet-14 at another width (docs/training-recipe.md, CV table).
 
-    WIDTH=32 OMP_NUM_THREADS=1 python docs/experiments/narrow.py --cv --no-save [--seed 1]
+    WIDTH=32 OMP_NUM_THREADS=1 python -m experiments.narrow --cv --no-save [--seed 1]
 
 ResNet-14 is ResNet-18's stem and first three stages, 64-128-256 channels. This builds the same
 network with WIDTH-2*WIDTH-4*WIDTH channels (WIDTH=64 is ResNet-14 itself) and runs training.train's
-cross-validation with it. Only for measuring: soundclassifier.network does not build it.
+cross-validation with it (its CV line on stdout; docs/training-recipe.md's CV table records it).
+Only for measuring: soundclassifier.network does not build it.
 """
 
 from __future__ import annotations

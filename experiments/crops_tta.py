@@ -1,13 +1,13 @@
 """Random crops in training, averaged over crops at test time (docs/training-recipe.md, CV table).
 
-    OMP_NUM_THREADS=1 python docs/experiments/crops_tta.py --cv --no-save --clip-seconds 2.5 [--seed 1]
+    OMP_NUM_THREADS=1 python -m experiments.crops_tta --cv --no-save --clip-seconds 2.5 [--seed 1]
 
 `--clip-seconds` shorter than the clips makes training take a random window of each clip (the
 augmentation's crop). This wrapper then scores each held-out clip three ways and prints them per
 fold and as a mean over folds: the loudest window alone (what /classify serves), and the mean of
 the softmax, or of the logits, over windows at hop window/2 and window/4 covering the whole clip.
 The CV line training prints is the window/2 softmax mean. Serving was not changed for it: the
-averaging did not pay.
+averaging did not pay. Prints to stdout; docs/training-recipe.md's CV table records the figures.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 And would averaging seeds pay more than that refit?
 
     python -m training.train --cv --no-save --predictions cv.npz [recipe flags]     # the "B" networks
-    python -m training.refit_check cv.npz [the same recipe flags]                   # trains the "A"s
+    python -m experiments.refit_check cv.npz [the same recipe flags]                # trains the "A"s
     python -m training.train --cv --no-save --predictions cv1.npz --seed 1 [flags]  # more seeds, then
-    python -m training.refit_check cv.npz cv1.npz [the same recipe flags]           # an "A" per seed
+    python -m experiments.refit_check cv.npz cv1.npz [the same recipe flags]        # an "A" per seed
 
 One fold down from what `make train` does: for each fold t as the test, network A trains on every
 fold but t and the one after it (c), is calibrated on c (temperature and threshold, as training
@@ -16,7 +16,8 @@ With one prediction file per seed (the first of seed --seed, the next of --seed 
 trained for each seed, and three ensembles (logits averaged) are judged beside them: the As,
 calibrated on c as one model (what training the seeds instead of the refit would ship, at the same
 cost for two seeds); the Bs at that calibration; and each seed's A with its own B at A's calibration
-(serving the measured network beside its refit). docs/training-recipe.md has the figures.
+(serving the measured network beside its refit). Prints a table per fold and the means to stdout;
+docs/training-recipe.md ("Refit", "Seeds or refit, one fold down") records them with commit and command.
 """
 
 from __future__ import annotations

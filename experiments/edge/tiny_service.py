@@ -1,4 +1,10 @@
-"""A tiny BentoML service for edge experiments (no model)."""
+"""A stock BentoML service with no edge code and no model: the "before" of docs/edge.md's figures.
+
+    bentoml serve experiments.edge.tiny_service:Tiny --port 3101     # TINY_WORKERS=2 by default
+
+/echo answers its text, /slow sleeps (a cancellation is logged to $TINY_CANCEL_LOG), /proto lists
+the uvicorn protocol classes live in the worker. testkit/edge_service.py is the same with the edge.
+"""
 
 import asyncio
 import gc

@@ -1,7 +1,11 @@
 #!/bin/bash
-# A/B of the bare-uvicorn echo app: plain protocol, guarded protocol, guarded + CancelOnDisconnect.
-cd "$(dirname "$0")/../.."
-P=/work/main/.venv/bin/python
+# A/B of the bare-uvicorn echo app (testkit/edge_app.py): uvicorn's own protocol, the guarded one
+# (serving/edge.py), and guarded + CancelOnDisconnect; 3 rounds, interleaved. Needs wrk.
+#     experiments/edge/ab.sh          # PYTHON=... to use another interpreter than .venv/bin/python
+# Prints one line per round and variant to stdout: wrk -c1 req/s and p50, wrk -c32 req/s.
+# Measured: docs/edge.md, "Slow clients".
+cd "$(dirname "$0")/../.."  # the repository root: testkit is imported from here
+P=${PYTHON:-.venv/bin/python}
 echo 'wrk.method="POST"; wrk.body=string.rep("x", 2000); wrk.headers["Content-Type"]="application/octet-stream"' > ${TMPDIR:-/tmp}/edge-post.lua
 declare -A FLAGS=( [plain]="--plain --no-cancel" [guarded]="--no-cancel" [guarded+cancel]="" )
 for round in 1 2 3; do

@@ -2,12 +2,13 @@
 
     OMP_NUM_THREADS=1 python -m training.train --cv --no-save --predictions a.npz [--seed 0]
     OMP_NUM_THREADS=1 python -m training.train --cv --no-save --predictions b.npz --seed 1
-    python docs/experiments/ensemble_cv.py a.npz b.npz      # one file: that run alone
+    python -m experiments.ensemble_cv a.npz b.npz      # one file: that run alone
 
 The held-out logits of each run are averaged clip by clip. For each fold, temperature and threshold
 are fitted on the other folds' pooled held-out logits (the stored rule, training.calibrate), then
 the fold is judged: accuracy, in-set accuracy with "unknown" counted wrong, and the share of the
-generated out-of-set sounds answered "unknown". Prints the means over the folds.
+generated out-of-set sounds answered "unknown". Prints the means over the folds to stdout;
+docs/training-recipe.md ("Two seeds, averaged") records them.
 The generated sounds are the same whatever the seed since 15612a9 (training.outofset.CHECK_SEED);
 the --predictions of earlier runs of another seed than 0 were judged on other clips: run them again.
 """
@@ -18,8 +19,8 @@ import sys
 
 import numpy as np
 
+from experiments.refit_check import judge
 from training.calibrate import calibrate
-from training.refit_check import judge
 
 
 def main(paths: list[str]) -> int:

@@ -1,6 +1,6 @@
 """Real sounds of none of the classes: each ESC-10 class held out of training in turn.
 
-    OMP_NUM_THREADS=1 python docs/experiments/class_holdout.py [--classes dog,rain] [recipe flags]
+    OMP_NUM_THREADS=1 python -m experiments.class_holdout [--classes dog,rain] [recipe flags]
 
 The generated out-of-set sounds (training.outofset) are synthetic. This measures what the issue's
 "other environmental sounds" ask, on real recordings: for each class c, the recipe trains on the
@@ -14,7 +14,8 @@ same folds, and the two (logits averaged) are calibrated on fold 2 and judged as
 too, so each run trains on 9 - K classes; with --real-outliers, their clips are what a user's
 --outlier-dir would be: recordings of none of the classes for outlier exposure (folds 3-5 trained
 on, fold 2 measured as unheard recordings of heard kinds). c itself stays a kind never heard. One
-line per class, then the means. The recipe flags are training.train's (--seed, --arch, --refit, ...).
+line per class, then the means, to stdout; docs/training-recipe.md ("Real sounds of none of the
+classes") records them. The recipe flags are training.train's (--seed, --arch, --refit, ...).
 """
 
 from __future__ import annotations

@@ -1,0 +1,16 @@
+"""Experiments: scripts that measured something once, kept beside the product so it can be measured again.
+
+Nothing here is imported by the service, training, `make bench` or the Bento. Each script's
+docstring says what it measured and how to run it; every one prints its figures to stdout, and the
+docs record them with the command and the commit. Run from the repository root:
+
+    python -m experiments.class_holdout [--refit]        # real sounds of no class: each class held out
+    python -m experiments.crops_tta --cv --no-save --clip-seconds 2.5   # random crops + test-time averaging
+    python -m experiments.narrow --cv --no-save           # ResNet-14 at half width (WIDTH=32)
+    python -m experiments.ensemble_cv a.npz b.npz         # seed ensembles from saved CV predictions
+    python -m experiments.refit_check cv.npz              # the refit against the measured network
+    python -m experiments.edge.race PORT 64 60            # and the rest of experiments/edge/
+
+The training ones are recorded in docs/training-recipe.md; the edge ones (experiments/edge/) in
+docs/edge.md.
+"""

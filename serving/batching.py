@@ -12,13 +12,23 @@ validation happen per request first; only valid spectrograms are queued, and a q
 array of shape (n, 1, n_mels, frames): one clip, or a chunk of timeline windows that the
 dispatcher may split across forward passes.
 
-The dispatcher fits latency ~ a * n + b over recent batches and cancels an item that would wait
-past `max_latency_ms`; the caller gets `OverloadedError` (front doors answer 503 + Retry-After /
-UNAVAILABLE). One change to its policy (`_DispatchWhenIdle`): BentoML also holds a batch back while
-the queue is younger than the *average wait of recent batches*, and that average feeds on itself:
-after a burst of load, a lone request waited 200 ms for partners that never came (measured here,
-engine time 5 ms). Here a batch leaves as soon as the engine is free, and whatever queued while
-it was busy forms the next batch: batches grow with load and an idle server answers at once.
+Two changes to its policy (`_ClipDispatcher`), each for a failure measured here:
+- Its latency model (a * n + b, fitted over recent forward passes) counts requests, but a queued
+  request is one clip or a chunk of up to `max_batch_size` timeline windows. Fitted on timeline
+  chunks, it charges every later request a whole chunk's time: after 16 chunks of 16 windows
+  (130 ms each), 19 of a burst of 64 single clips (8 ms each, 0.5 s to drain) were refused under a
+  3 s budget (tests/test_batching.py::test_a_burst_after_timelines_is_not_refused), and in a fresh
+  machine's `make test`, 39 of 64 clips sent to a server that had served the suite's timelines. Here the model is fitted
+  over clips, and a request is refused when *its own* expected wait (what it has waited, the rest
+  of the running pass, then the batches ahead of it and its own) would pass `max_latency_ms`, at
+  once rather than after waiting; BentoML refuses the oldest request while the whole queue's
+  estimate is over the budget. Refusals are logged with the estimate.
+- BentoML holds a batch back while the queue is younger than the *average wait of recent
+  batches*, and that average feeds on itself: after a burst of load, a lone request waited 200 ms
+  for partners that never came (engine time 5 ms). Here a batch leaves as soon as the engine is
+  free, and whatever queued while it was busy forms the next batch: batches grow with load and an
+  idle server answers at once. BentoML's warm-up (holding the first requests to time batches of
+  2 and 3) is skipped: the model starts from the engine's per-clip time measured at start-up.
 
 CPU budget: the request path (decoding, features) runs on the engine's own stream threads
 (`Engine.workers`, one per stream) through the pipeline's `Preparer`, not on a thread per request, nor on a pool of
@@ -32,28 +42,101 @@ prepared; otherwise the engine runs it as single-threaded streams on those threa
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from bentoml._internal.marshal.dispatcher import CorkDispatcher, Optimizer
+from bentoml._internal.marshal.dispatcher import CorkDispatcher, Job, Optimizer
 
 from soundclassifier.pipeline import OverloadedError
 
+log = logging.getLogger("soundclassifier")
+LOG_EVERY_S = 10.0
 
-class _DispatchWhenIdle(Optimizer):
-    """BentoML's latency model (a * n + b, fitted as it serves), without the learned wait.
+
+class _ClipLatency(Optimizer):
+    """BentoML's latency model, a * clips + b fitted over recent forward passes, counted in clips.
 
     Starts from the engine's measured per-clip time instead of BentoML's guess (2/30 of the
-    latency budget per item), so the first requests are not held for warm-up batches either."""
+    latency budget per item)."""
 
     def __init__(self, max_latency: float, seconds_per_clip: float):
         super().__init__(max_latency)
         self.o_a, self.o_b = seconds_per_clip, seconds_per_clip
+        self.clips = 0  # clips in the forward pass running now: BentoML reports only its requests
 
-    def trigger_refresh(self) -> None:
-        super().trigger_refresh()
-        self.wait = 0
+    def log_outbound(self, n: int, wait: float, duration: float) -> None:
+        super().log_outbound(self.clips, wait, duration)
+
+    def seconds(self, clips: int, batches: int) -> float:
+        return self.o_a * clips + self.o_b * batches
+
+
+class _ClipDispatcher(CorkDispatcher):
+    """CorkDispatcher (its queue, its splitting of a request across batches, its forward-pass
+    call) with this module's policy in `controller`."""
+
+    optimizer: _ClipLatency
+
+    def __init__(self, *, seconds_per_clip: float, **kwargs):
+        super().__init__(**kwargs)
+        self.optimizer = _ClipLatency(self.max_latency, seconds_per_clip)
+        self.engine_free_at = 0.0  # expected end of the running forward pass (time.time())
+        self._checked = 0  # queue length at the last shedding pass
+        self._unlogged, self._logged_at = 0, 0.0  # refusals not yet logged, time of the last log line
+
+    async def controller(self) -> None:
+        while True:
+            try:
+                async with self._wake_event:
+                    await self._wake_event.wait_for(self._queue.__len__)
+                running = self._sema.is_locked()
+                # A request's expected wait changes when one arrives (the newest) or when a batch
+                # leaves (all of them): check then, not every tick.
+                if not running or len(self._queue) != self._checked:
+                    self._shed(time.time(), running)
+                if running or not self._queue:
+                    await asyncio.sleep(self.TICKET_INTERVAL)
+                    continue
+                self._sema.acquire()
+                jobs = tuple(self._get_inputs())
+                self.optimizer.clips = clips = sum(self.get_batch_size(job.data) for job in jobs)
+                self.engine_free_at = time.time() + self.optimizer.seconds(clips, 1)
+                self._checked = len(self._queue)
+                self._loop.create_task(self.outbound_call(jobs))
+            except Exception:
+                log.exception("batching: error dispatching a batch")
+
+    def _shed(self, now: float, running: bool) -> None:
+        """Refuse every queued request that would not be answered within the budget, counting what
+        it has waited, the rest of the running pass, the batches ahead of it and its own."""
+        ahead = max(0.0, self.engine_free_at - now) if running else 0.0
+        kept: list[Job] = []
+        refused = clips = 0
+        for job in self._queue:
+            n = self.get_batch_size(job.data)
+            done_in = ahead + self.optimizer.seconds(clips + n, math.ceil((clips + n) / self.max_batch_size))
+            # One that would start now is never refused: a slow engine still answers, one at a time.
+            if (running or clips) and now - job.enqueue_time + done_in >= self.max_latency:
+                job.future.cancel()  # the caller gets `fallback()`: OverloadedError
+                refused += 1
+            else:
+                kept.append(job)
+                clips += n
+        if refused:
+            self._queue.clear()
+            self._queue.extend(kept)
+            self._unlogged += refused
+            if now - self._logged_at >= LOG_EVERY_S:  # one line at most every LOG_EVERY_S under overload
+                log.warning("batching: refused %d queued requests that would wait over %.1f s (now %d clips "
+                            "kept; estimate %.1f ms a clip + %.1f ms a batch, %.2f s left of the running pass)",
+                            self._unlogged, self.max_latency, clips, self.optimizer.o_a * 1e3,
+                            self.optimizer.o_b * 1e3, ahead)
+                self._unlogged, self._logged_at = 0, now
+        self._checked = len(self._queue)
 
 
 class AdaptiveBatcher:
@@ -80,14 +163,14 @@ class AdaptiveBatcher:
         # One forward pass at a time (the dispatcher guarantees it too); the engine itself uses
         # all the cores it was given, so more threads here would only fight over them.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
-        self._dispatcher = CorkDispatcher(
+        self._dispatcher = _ClipDispatcher(
             max_latency_in_ms=max_latency_ms,
             max_batch_size=max_batch_size,
             fallback=self._overloaded,
             get_batch_size=len,
             batch_dim=(0, 0),
+            seconds_per_clip=seconds_per_clip,
         )
-        self._dispatcher.optimizer = _DispatchWhenIdle(max_latency_ms / 1000, seconds_per_clip)
         self._submit = self._dispatcher(self._run_batch)
 
     @staticmethod

@@ -19,9 +19,9 @@ from soundclassifier.pipeline import OverloadedError, Preparer
 class Recorder:
     """A forward pass that records (batch size, wide) and takes `seconds` like a real engine."""
 
-    def __init__(self, seconds: float = 0.02):
+    def __init__(self, seconds: float = 0.02, per_clip: float = 0.0):
         self.calls: list[tuple[int, bool]] = []
-        self.seconds = seconds
+        self.seconds, self.per_clip = seconds, per_clip
         self.release = threading.Event()
         self.release.set()
         self.entered = threading.Event()  # a forward pass has started (and may be held by `release`)
@@ -29,7 +29,7 @@ class Recorder:
     def __call__(self, batch: np.ndarray, wide: bool) -> np.ndarray:
         self.entered.set()
         assert self.release.wait(30), "the test never released the forward pass"
-        threading.Event().wait(self.seconds)
+        threading.Event().wait(self.seconds + self.per_clip * len(batch))
         self.calls.append((len(batch), wide))
         return batch.reshape(len(batch), -1).sum(1, keepdims=True) * 2
 
@@ -126,6 +126,51 @@ def test_overload_is_refused_not_queued_forever():
     assert any(isinstance(r, np.ndarray) for r in results)
 
 
+def test_a_burst_after_timelines_is_not_refused():
+    """A timeline's chunk of 16 windows is one queued request. Fitted per request, a few of them
+    taught the batcher that every request costs 16 clips, and a burst of 64 single clips after
+    them was judged to need seconds and refused; fitted per clip, the burst's estimate is what it
+    costs (64 x 8 ms here), well inside the budget."""
+    async def main():
+        batcher = Batcher(Recorder(seconds=0.001, per_clip=0.008), max_batch_size=16, max_latency_ms=3000,
+                          seconds_per_clip=0.008)
+        for _ in range(16):  # one at a time, past BentoML's warm-up: each chunk a forward pass of its own
+            await batcher(item(1.0, n=16))
+        results = await asyncio.gather(*(batcher(item(float(i))) for i in range(64)), return_exceptions=True)
+        batcher.close()
+        return results
+
+    results = run(main())
+    assert [type(r).__name__ for r in results] == ["ndarray"] * 64
+    assert [r.tolist() for r in results] == [[[8.0 * i]] for i in range(64)]
+
+
+def test_a_request_that_would_wait_too_long_is_refused_at_once():
+    """Refused by its own expected wait, while the engine is still busy: not after waiting out the
+    budget, and not the requests ahead of it that will make it."""
+    async def main():
+        forward = Recorder(seconds=0.001)
+        forward.release.clear()
+        # 1 s a clip and 1 s a batch, as the start-up measured it: the held pass ends in 2 s, and
+        # the k-th queued request (one clip a batch) in 2 + 2k s: within 9 s for k <= 3.
+        batcher = Batcher(forward, max_batch_size=1, max_latency_ms=9_000, seconds_per_clip=1.0)
+        first = asyncio.ensure_future(batcher(item(0.0)))
+        await until(forward.entered.is_set)
+        queued = [asyncio.ensure_future(batcher(item(float(i)))) for i in range(1, 8)]
+        await until(lambda: sum(q.done() for q in queued) == 4)  # refused while the engine is held
+        refused = [i for i, q in enumerate(queued, 1) if q.done()]
+        forward.release.set()
+        answered = await asyncio.gather(first, *queued[:3])
+        errors = [type(q.exception()).__name__ for q in queued[3:]]
+        batcher.close()
+        return refused, [a.tolist() for a in answered], errors
+
+    refused, answered, errors = run(main())
+    assert refused == [4, 5, 6, 7]
+    assert answered == [[[8.0 * i]] for i in range(4)]
+    assert errors == ["OverloadedError"] * 4
+
+
 def test_a_failed_forward_pass_raises_in_every_caller():
     def broken(batch, wide):
         raise RuntimeError("engine failed")
@@ -179,7 +224,8 @@ def test_bentoml_dispatcher_is_what_the_adapter_expects():
     must fail here, by name, rather than somewhere in a served request."""
     import inspect
 
-    from bentoml._internal.marshal.dispatcher import CorkDispatcher, Optimizer
+    import attr
+    from bentoml._internal.marshal.dispatcher import CorkDispatcher, Job, Optimizer
 
     params = inspect.signature(CorkDispatcher.__init__).parameters
     for name in ("max_latency_in_ms", "max_batch_size", "fallback", "get_batch_size", "batch_dim"):
@@ -187,10 +233,16 @@ def test_bentoml_dispatcher_is_what_the_adapter_expects():
     assert "max_latency" in inspect.signature(Optimizer.__init__).parameters
     assert callable(getattr(Optimizer, "trigger_refresh", None)), "Optimizer.trigger_refresh is gone"
 
+    assert list(inspect.signature(Optimizer.log_outbound).parameters) == ["self", "n", "wait", "duration"]
+    assert list(inspect.signature(CorkDispatcher.outbound_call).parameters)[:2] == ["self", "inputs_info"]
+    assert {"enqueue_time", "data", "future"} <= {f.name for f in attr.fields(Job)}
     dispatcher = CorkDispatcher(max_latency_in_ms=100, max_batch_size=4, fallback=lambda: None,
                                 get_batch_size=len, batch_dim=(0, 0))
-    for name in ("optimizer", "_queue", "shutdown"):
-        assert hasattr(dispatcher, name), f"CorkDispatcher has no '{name}' any more"
-    for name in ("o_a", "o_b", "wait"):
+    # What _ClipDispatcher.controller uses in place of BentoML's own controller.
+    for name in ("optimizer", "_queue", "shutdown", "controller", "_wake_event", "_sema", "_get_inputs",
+                 "_loop", "TICKET_INTERVAL", "max_latency", "max_batch_size", "get_batch_size"):
+        assert hasattr(CorkDispatcher, name) or name in vars(dispatcher), f"CorkDispatcher has no '{name}' any more"
+    assert callable(dispatcher._sema.is_locked) and callable(dispatcher._sema.acquire)
+    for name in ("o_a", "o_b", "o_stat"):
         assert hasattr(dispatcher.optimizer, name), f"Optimizer has no '{name}' any more"
     assert len(dispatcher._queue) == 0  # read as "is anything queued" by the adapter

@@ -14,7 +14,7 @@ SHIPPED_MODEL := $(CURDIR)/bentos/sound-resnet.bentomodel
 PORT ?= 3000
 BENTOML := $(VENV)/bin/bentoml
 
-.PHONY: install install-serve install-train model train serve test lint bench bento containerize proto clean
+.PHONY: install install-serve install-train model train serve test test-fast lint bench bento image containerize test-image proto clean
 
 # Three nested package sets, each installed once and again only when its requirements change:
 # serving (requirements/serve.txt: no PyTorch), training (+ PyTorch, fastai), development (+ tests).
@@ -57,6 +57,11 @@ test: $(VENV)/.installed
 	@tests/system-tools.sh $(VENV)/bin
 	$(PY) -m pytest
 
+# The fast tier, for the edit-test loop: tests that run in process (no server, browser, Spark job,
+# image or model training of their own; tests/conftest.py marks those); `make test` runs them all.
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -m "not slow and not served and not browser and not spark and not image"
+
 # gRPC stubs are committed; tests/test_grpc.py checks they match this command's output.
 proto: $(VENV)/.installed
 	$(PY) -m grpc_tools.protoc -Iserving/grpc_stubs=proto --python_out=. --grpc_python_out=. --pyi_out=. \
@@ -68,12 +73,21 @@ lint: $(VENV)/.installed
 # A versioned Bento (the model is packed in through the service's model reference), exported.
 bento: model
 	SOUND_MODEL_TAG=$(MODEL) $(VENV)/bin/bentoml build . --output tag | tail -1 > bentos/.last-tag
-	$(VENV)/bin/bentoml export "$$(sed 's/^__tag__://' bentos/.last-tag)" bentos/
+	$(VENV)/bin/bentoml export "$$(sed 's/^__tag__://' bentos/.last-tag)" $(CURDIR)/bentos/
 	@ls -1t bentos/*.bento | head -1
 
-# Needs a Docker or Podman engine; the development machine has only the docker client.
-containerize: bento
-	$(VENV)/bin/bentoml containerize "$$(sed 's/^__tag__://' bentos/.last-tag)"
+# The Bento's OCI image, sound_classifier:<version> and :latest, with docker, podman or buildah
+# (installed with apt-get when none is); where no registry serves python:3.11-slim, from a base made
+# of Debian's packages first (cached). deploy/image/build.sh says where each piece comes from.
+image: bento
+	deploy/image/build.sh "$$(sed 's/^__tag__://' bentos/.last-tag)"
+
+containerize: image
+
+# The tests that run the image (tests/test_image.py), on a freshly built one; `make test` runs them
+# too, against whatever image `make image` built last.
+test-image: image $(VENV)/.installed
+	$(PY) -m pytest -m image tests/test_image.py
 
 # Benchmark report (bench/results/latest.{md,json,png}) + a 64-client 60-s soak: ~25 min on a
 # quiet machine; the HTTP load client is wrk (apt-get install wrk).

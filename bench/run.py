@@ -17,6 +17,8 @@ Stages, in order, each measured in this one run so ratios compare like with like
               burst (bench/hostile.py); whether any served process maps libtorch
     bento     `bentoml build` + `export`, then `import` into an empty BentoML home and `bentoml serve`
               of the Bento to its first answer
+    image     the image `make image` built last (skipped when there is none): 5 cold starts, container
+              start to the first /classify answer, and one container at 1/8/32 clients (bench/container.py)
     http      a real `bentoml serve` with adaptive batching (the default), at 1/8/32/64 clients (wrk)
     grpc      the same server over gRPC (grpc.aio clients, Classify)
     soak      64 clients mixing good and bad files on that server (bench/soak.py), every answer checked
@@ -75,7 +77,7 @@ from soundclassifier.config import Settings
 from soundclassifier.hardware import cpu_has_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("raw", "features", "lean", "bento", "http", "grpc", "soak", "nobatch", "torch", "litserve", "interleaved",
+STAGES = ("raw", "features", "lean", "bento", "image", "http", "grpc", "soak", "nobatch", "torch", "litserve", "interleaved",
           "listen", "spark")
 SERVER_START_TIMEOUT_S = 300.0
 
@@ -445,6 +447,18 @@ def bento(tag: str, body: tuple[bytes, str], out: Path, results: dict) -> None:
         log.exception("  bento failed")
 
 
+def image_stage(plan: Plan, results: dict) -> None:
+    from bench import container
+
+    log.info("image: cold starts of the image `make image` built, then one container under load")
+    try:
+        results["image"] = container.measure(starts=2 if plan is QUICK else 5, seconds=plan.point_seconds,
+                                             warmup_s=plan.warmup_seconds)
+    except Exception as e:  # noqa: BLE001
+        results["image"] = {"failed": f"{type(e).__name__}: {e}"}
+        log.exception("  image failed")
+
+
 # --- the run -------------------------------------------------------------------------------------
 
 
@@ -535,6 +549,8 @@ def main(argv: list[str] | None = None) -> int:
         lean(tag, plan, body, args.out, results)
     if "bento" not in skip:
         bento(tag, body, args.out, results)
+    if "image" not in skip:
+        image_stage(plan, results)
     if not {"http", "grpc", "soak"} <= skip:
         served_sweep(tag, "batching", {}, plan, body, audio, plan.clients, with_http="http" not in skip,
                      with_grpc="grpc" not in skip, with_soak="soak" not in skip, out=args.out, results=results)
@@ -575,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     print(paths["md"].read_text())
     log.info("wrote %s", ", ".join(str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p) for p in paths.values()))
     failed = [name for name, s in results["served"].items() if "failed" in s]
-    failed += [stage for stage in ("lean", "bento", "interleaved") if "failed" in results.get(stage, {})]
+    failed += [stage for stage in ("lean", "bento", "image", "interleaved") if "failed" in results.get(stage, {})]
     soak_errors = results.get("soak", {}).get("errors", 0)
     if failed or soak_errors:
         log.error("failed stages: %s; soak errors: %d", failed or "none", soak_errors)

@@ -11,10 +11,19 @@ networkx and python-dateutil under torch and bentoml, so its checks that matter 
 here instead (the manifests carry checkov skip annotations, with reasons, for the three accepted
 findings).
 
-systemd: `systemd-analyze verify` (Debian 12's systemd 252, installed by tests/system-tools.sh) on the unit inside
-a throw-away root that holds the system's own units and a stand-in for the venv's bentoml, since
-verify refuses an ExecStart that does not exist; and `systemd-analyze security --offline=true` for
-the hardening score.
+systemd: `systemd-analyze verify` (Debian 12's systemd 252, installed by tests/system-tools.sh) on each unit
+inside a throw-away root that holds the system's own units and a stand-in for its program (the
+venv's bentoml, podman), since verify refuses an ExecStart that does not exist; and `systemd-analyze
+security --offline=true` for the hardening score of the venv unit.
+
+Knative (deploy/kubernetes/knative, scale to zero): no schema of Knative's CRDs ships offline, so its
+revision template is checked as what Knative turns it into, a Pod, against the same Kubernetes
+schemas, plus the fields Knative accepts in a container and its autoscaling annotations.
+
+The image: `make image` builds what BentoML renders from bentofile.yaml and deploy/Dockerfile.template;
+that Dockerfile is rendered here the same way (BentoML's own generator, offline), and every deployment
+file must agree with it: image name, ports, user, the writable /tmp. tests/test_image.py checks the
+built image itself.
 """
 
 from __future__ import annotations
@@ -31,6 +40,9 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KUBE = REPO_ROOT / "deploy" / "kubernetes"
 UNIT = REPO_ROOT / "deploy" / "systemd" / "sound-classifier.service"
+CONTAINER_UNIT = REPO_ROOT / "deploy" / "systemd" / "sound-classifier-container.service"
+KNATIVE = KUBE / "knative"
+IMAGE = "sound_classifier:latest"  # what `make image` tags (deploy/image/build.sh: <service name>:latest)
 K8S_VERSIONS = ["1.30.0", "1.37.0"]
 LAYOUTS = {"base": KUBE / "base", "example": KUBE / "overlays" / "example"}
 MEASURED_PEAK_RSS_GIB = 1117 / 1024  # bentoml serve + 2 workers after a hostile burst, see deploy/kubernetes/base/deployment.yaml
@@ -175,11 +187,12 @@ def test_example_overlay_patches_replicas_image_and_namespace():
 # --- systemd --------------------------------------------------------------------------------------
 
 
-def unit_settings() -> dict[str, dict[str, list[str]]]:
-    """Section -> key -> every value (systemd keys repeat, which configparser does not allow)."""
+def unit_settings(unit: Path = UNIT) -> dict[str, dict[str, list[str]]]:
+    """Section -> key -> every value (systemd keys repeat, which configparser does not allow);
+    continuation lines (ending in a backslash) joined."""
     sections: dict[str, dict[str, list[str]]] = {}
     current = None
-    for line in UNIT.read_text().splitlines():
+    for line in unit.read_text().replace("\\\n", " ").splitlines():
         line = line.strip()
         if not line or line.startswith(("#", ";")):
             continue
@@ -187,23 +200,26 @@ def unit_settings() -> dict[str, dict[str, list[str]]]:
             current = sections.setdefault(line.strip("[]"), {})
             continue
         key, value = line.split("=", 1)
-        current.setdefault(key.strip(), []).append(value.strip())
+        current.setdefault(key.strip(), []).append(" ".join(value.split()))
     return sections
 
 
-def test_systemd_analyze_verify(tmp_path):
-    settings = unit_settings()
-    executable = settings["Service"]["ExecStart"][0].split()[0]
+@pytest.mark.parametrize("unit", [UNIT, CONTAINER_UNIT], ids=lambda u: u.name)
+def test_systemd_analyze_verify(tmp_path, unit):
+    settings = unit_settings(unit)
+    executables = {line.lstrip("-").split()[0] for key in ("ExecStartPre", "ExecStart", "ExecStop")
+                   for line in settings["Service"].get(key, [])}
     root = tmp_path / "root"
     (root / "usr/lib/systemd").mkdir(parents=True)
     subprocess.run(["cp", "-a", "/usr/lib/systemd/system", str(root / "usr/lib/systemd/")], check=True)
     (root / "etc/systemd/system").mkdir(parents=True)
-    (root / "etc/systemd/system" / UNIT.name).write_text(UNIT.read_text())
-    stand_in = root / executable.lstrip("/")
-    stand_in.parent.mkdir(parents=True)
-    stand_in.write_text("#!/bin/sh\n")
-    stand_in.chmod(0o755)
-    done = subprocess.run(["systemd-analyze", "verify", f"--root={root}", "--man=no", UNIT.name],
+    (root / "etc/systemd/system" / unit.name).write_text(unit.read_text())
+    for executable in executables:
+        stand_in = root / executable.lstrip("/")
+        stand_in.parent.mkdir(parents=True, exist_ok=True)
+        stand_in.write_text("#!/bin/sh\n")
+        stand_in.chmod(0o755)
+    done = subprocess.run(["systemd-analyze", "verify", f"--root={root}", "--man=no", unit.name],
                           capture_output=True, text=True, timeout=60)
     # verify only warns ("Unknown key ..., ignoring") for many mistakes: any output is a failure
     assert done.returncode == 0 and not done.stdout.strip() and not done.stderr.strip(), done.stdout + done.stderr
@@ -242,3 +258,137 @@ def test_no_launcher_sets_what_the_service_sets_itself():
                  "deploy/kubernetes/base/deployment.yaml", "testkit/server.py"]
     for name in launchers:
         assert "--timeout-keep-alive" not in (REPO_ROOT / name).read_text(), name
+
+
+def test_container_unit_runs_the_image_as_kubernetes_does():
+    service = unit_settings(CONTAINER_UNIT)["Service"]
+    run = service["ExecStart"][0].split()
+    assert run[:2] == ["/usr/bin/podman", "run"] and run[-1] == IMAGE
+    assert int(service["TimeoutStopSec"][0]) > int(service["ExecStop"][0].split("--time ")[1].split()[0])
+
+
+# --- the image and the files that deploy it ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> dict:
+    """The Dockerfile `make image` builds, as BentoML renders it from bentofile.yaml's docker options
+    and deploy/Dockerfile.template: its exposed ports, user (name and uid), environment."""
+    import os
+
+    from bentoml._internal.bento.build_config import CondaOptions, DockerOptions
+    from bentoml._internal.container.generate import generate_containerfile
+
+    docker = DockerOptions(**yaml.safe_load((REPO_ROOT / "bentofile.yaml").read_text())["docker"]).with_defaults()
+    here = os.getcwd()
+    os.chdir(REPO_ROOT)  # BentoML reads a template only below its working directory
+    try:
+        text = generate_containerfile(docker, ".", conda=CondaOptions(), bento_fs=REPO_ROOT, enable_buildkit=False)
+    finally:
+        os.chdir(here)
+    args = dict(re.findall(r"^ARG (\w+)=(\S*)$", text, re.M))
+    env = {k: args.get(v[1:], v) if v.startswith("$") else v for k, v in re.findall(r"^ENV (\w+)=(\S*)$", text, re.M)}
+    users = re.findall(r"^USER (\S+)$", text, re.M)
+    assert "apt-get" not in text and "build-essential" not in text, "the lean template installs no system packages"
+    return {"ports": {int(p) for p in re.findall(r"^EXPOSE (\d+)$", text, re.M)}, "user": users[-1],
+            "uid": int(args["BENTO_USER_UID"]), "gid": int(args["BENTO_USER_GID"]), "user_name": args["BENTO_USER"],
+            "env": env}
+
+
+def tmp_env(container_spec: dict) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container_spec["env"] if e["value"].startswith("/tmp")}
+
+
+def test_the_image_runs_as_the_user_the_deployment_files_name(dockerfile):
+    assert dockerfile["user"] == dockerfile["user_name"] != "root"
+    pod = one(render(LAYOUTS["base"]), "Deployment")["spec"]["template"]["spec"]
+    assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (dockerfile["uid"], dockerfile["gid"])
+    knative = knative_container()
+    assert (knative["securityContext"]["runAsUser"], knative["securityContext"]["runAsGroup"]) == (dockerfile["uid"], dockerfile["gid"])
+    run = unit_settings(CONTAINER_UNIT)["Service"]["ExecStart"][0].split()
+    assert run[run.index("--user") + 1] == f"{dockerfile['uid']}:{dockerfile['gid']}"
+
+
+def test_the_deployment_files_name_the_image_and_its_ports(dockerfile):
+    assert container(render(LAYOUTS["base"]))["image"] == IMAGE == knative_container()["image"]
+    assert unit_settings(CONTAINER_UNIT)["Service"]["ExecStart"][0].split()[-1] == IMAGE
+    ports = {p["containerPort"] for p in container(render(LAYOUTS["base"]))["ports"]}
+    assert ports <= dockerfile["ports"] and int(dockerfile["env"]["SOUND_GRPC_PORT"]) in ports
+    assert {p["containerPort"] for p in knative_container()["ports"]} == {3000} <= dockerfile["ports"]
+    run = unit_settings(CONTAINER_UNIT)["Service"]["ExecStart"][0].split()
+    published = {int(run[i + 1].split(":")[1]) for i, word in enumerate(run) if word == "--publish"}
+    assert published == ports
+
+
+def test_tmp_is_the_one_writable_place_everywhere(dockerfile):
+    """The image points every writer at /tmp; each deployment mounts the root read-only and /tmp writable."""
+    image_tmp = {k: v for k, v in dockerfile["env"].items() if v.startswith("/tmp")}
+    assert {"BENTOML_HOME", "HOME", "XDG_CACHE_HOME", "MPLCONFIGDIR"} <= image_tmp.keys()
+    for spec, volumes in ((container(render(LAYOUTS["base"])), one(render(LAYOUTS["base"]), "Deployment")["spec"]["template"]["spec"]["volumes"]),
+                          (knative_container(), knative_revision()["spec"]["volumes"])):
+        assert tmp_env(spec) == image_tmp, "the manifest repeats the image's own /tmp settings, unchanged"
+        assert spec["securityContext"]["readOnlyRootFilesystem"] is True
+        tmp = [m for m in spec["volumeMounts"] if m["mountPath"] == "/tmp"]
+        assert len(tmp) == 1 and "emptyDir" in next(v for v in volumes if v["name"] == tmp[0]["name"])
+    run = unit_settings(CONTAINER_UNIT)["Service"]["ExecStart"][0].split()
+    assert "--read-only" in run and run[run.index("--tmpfs") + 1].startswith("/tmp:rw")
+
+
+# --- Knative: scale to zero ----------------------------------------------------------------------
+
+# The fields Knative Serving keeps in a revision's container and pod spec without feature flags
+# (knative/serving pkg/apis/serving/fieldmask.go: ContainerMask, PodSpecMask); it drops or refuses
+# any other (lifecycle, terminationGracePeriodSeconds, a pod securityContext, ...).
+KNATIVE_CONTAINER_FIELDS = {"name", "args", "command", "env", "envFrom", "image", "imagePullPolicy", "livenessProbe",
+                            "ports", "readinessProbe", "resources", "securityContext",
+                            "terminationMessagePath", "terminationMessagePolicy", "volumeMounts", "workingDir"}
+
+
+def knative_revision() -> dict:
+    docs = render(KNATIVE)
+    assert [d["kind"] for d in docs] == ["Service"] and docs[0]["apiVersion"] == "serving.knative.dev/v1"
+    return docs[0]["spec"]["template"]
+
+
+def knative_container() -> dict:
+    containers = knative_revision()["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_knative_revision_is_a_valid_pod(version):
+    revision = knative_revision()
+    spec = {k: v for k, v in revision["spec"].items() if k not in ("containerConcurrency", "timeoutSeconds",
+                                                                  "responseStartTimeoutSeconds", "idleTimeoutSeconds")}
+    # As Knative does when it makes the pod: a probe without a port gets the container's one port.
+    spec = yaml.safe_load(yaml.safe_dump(spec))
+    for c in spec["containers"]:
+        for probe in ("readinessProbe", "livenessProbe"):
+            c[probe]["httpGet"].setdefault("port", c["ports"][0]["containerPort"])
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "revision", **revision["metadata"]}, "spec": spec}
+    kubernetes_validate.validate(pod, version, strict=True)
+    assert set(knative_container()) <= KNATIVE_CONTAINER_FIELDS, set(knative_container()) - KNATIVE_CONTAINER_FIELDS
+    assert set(spec) <= {"containers", "volumes", "serviceAccountName", "enableServiceLinks", "imagePullSecrets"}
+
+
+def test_knative_scales_to_zero_with_the_measured_figures():
+    revision = knative_revision()
+    notes = revision["metadata"]["annotations"]
+    c = knative_container()
+    assert notes["autoscaling.knative.dev/min-scale"] == "0", "scale to zero"
+    assert notes["autoscaling.knative.dev/metric"] == "concurrency"
+    target, hard = int(notes["autoscaling.knative.dev/target"]), revision["spec"]["containerConcurrency"]
+    assert 0 < target <= hard, "the autoscaler aims below the pod's hard limit"
+    env = {e["name"]: e["value"] for e in c["env"]}
+    from soundclassifier.config import Settings
+
+    assert hard <= Settings().max_requests_in_flight, "Knative must queue before the pod refuses"
+    assert revision["spec"]["timeoutSeconds"] == Settings().request_timeout_s
+    assert env["SOUND_GRPC_PORT"] == "0", "one port per revision: HTTP"
+    assert [p["name"] for p in c["ports"]] == ["http1"], "HTTP/1.1 and its WebSocket upgrade (/listen)"
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz"} and c["livenessProbe"]["httpGet"] == {"path": "/livez"}
+    assert int(env["SOUND_ENGINE_THREADS"]) == cpu(c["resources"]["limits"]["cpu"])
+    assert MEASURED_PEAK_RSS_GIB * 2**30 <= memory(c["resources"]["requests"]["memory"])
+    sc = c["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}

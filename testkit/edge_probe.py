@@ -27,6 +27,8 @@ from pathlib import Path
 
 import httpx
 
+from testkit.server import check_servers_allowed
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 TRICKLE = b"POST %s HTTP/1.1\r\nHost: probe\r\nX-Slow: " + b"a" * 4096
@@ -170,6 +172,7 @@ class Background:
 
     def __init__(self, argv: list[str], port: int, env: dict | None = None, cwd: Path = REPO_ROOT,
                  ready_path: str = "/", start_timeout_s: float = 60.0):
+        check_servers_allowed(" ".join(map(str, argv[:4])))
         self.port = port
         self.log = tempfile.TemporaryFile()
         # A private BENTOML_HOME: `bentoml serve` empties <home>/prometheus_multiproc_dir as it starts,

@@ -29,6 +29,17 @@ STOP_TIMEOUT_S = 15.0
 LOG_TAIL_CHARS = 6000
 
 
+# tests/conftest.py sets this for each test: False outside the `served` tier, so a test that
+# starts a server without being marked for it fails instead of slowing `make test-fast` down.
+servers_allowed = True
+
+
+def check_servers_allowed(what: str) -> None:
+    if not servers_allowed:
+        raise RuntimeError(f"this test starts a server ({what}) but is not marked `served`: use a "
+                           "fixture tests/conftest.py's SERVER_FIXTURES names, or mark it @pytest.mark.served")
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -104,6 +115,7 @@ class ServedService:
         self.stop()
 
     def start(self) -> None:
+        check_servers_allowed(f"bentoml serve {self.target}")
         self._workdir = tempfile.TemporaryDirectory(prefix="served-")
         self._log_path = Path(self._workdir.name) / "server.log"
         cwd = self.source_root if self.from_source else Path(self._workdir.name)

@@ -261,3 +261,32 @@ def served(tiny_model_tag):
              "MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_MMAP_THRESHOLD_": "131072"},
     ) as server:
         yield server
+
+
+# --- test tiers -----------------------------------------------------------------------------------
+# A test's tier follows from the fixtures it uses (directly or through other fixtures), so no
+# marker is forgotten; pyproject.toml describes the markers, `make test-fast` leaves these out.
+# A test outside `served` that starts a server anyway (testkit's ServedService or Background)
+# fails, naming the marker: the fast tier cannot slow down unnoticed.
+SERVER_FIXTURES = {"served", "served_real", "small", "plain_server", "edge"}  # each starts a server process
+TIER_FIXTURES = {
+    "slow": {"tiny_model_tag", "train_model"},  # trains a model (the session's tiny one: ~30 s, once)
+    "served": SERVER_FIXTURES,
+    "browser": {"browser", "playwright"},  # headless Chromium (tests/test_page.py)
+    "spark": {"spark"},  # a local Spark session (tests/test_batch.py)
+}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        for marker, fixtures in TIER_FIXTURES.items():
+            if used & fixtures:
+                item.add_marker(marker)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item) -> None:
+    from testkit import server
+
+    server.servers_allowed = item.get_closest_marker("served") is not None

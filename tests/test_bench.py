@@ -332,6 +332,7 @@ def test_the_http_floor_is_wired_as_the_service_is():
 
 
 @pytest.mark.slow
+@pytest.mark.served  # bentoml serve bench.floor_service:HttpFloor
 def test_the_http_floor_takes_the_service_s_requests_and_refuses_what_it_refuses():
     """bench/floor_service.py must cost what the service's front door costs: same route, same
     guard, same parse; only the pipeline is left out."""

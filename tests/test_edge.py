@@ -150,6 +150,7 @@ def test_a_head_over_the_limit_in_two_reads_is_refused(edge, first_request):
         assert _response(sock).startswith(b"HTTP/1.1 431")
 
 
+@pytest.mark.served  # its own server, with a connection cap of 8
 def test_connections_over_the_cap_get_503_and_a_close(tmp_path):
     """SOUND_MAX_CONNECTIONS per worker: 8 here. Eight idle connections held, the ninth is answered
     503 with Retry-After and closed before its request is read; once one closes, a new one is

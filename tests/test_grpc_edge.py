@@ -17,6 +17,7 @@ import pytest
 from serving.grpc_edge import CallBudget, GrpcLimits
 from testkit.server import free_port
 
+pytestmark = pytest.mark.served  # every test here waits on a real gRPC server's timers (1-s limits)
 LIMITS = GrpcLimits(idle_s=1, max_messages=1000, max_call_s=2, connection_idle_s=1, handshake_s=1, max_calls=8)
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + empty SETTINGS
 

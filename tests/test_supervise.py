@@ -122,6 +122,7 @@ def _replaced(seen: dict) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.served  # _serve: bentoml serve testkit.edge_service:EdgeTiny
 def test_a_killed_worker_makes_livez_fail_in_a_container():
     server = _serve({})
     try:
@@ -137,6 +138,7 @@ def test_a_killed_worker_makes_livez_fail_in_a_container():
 
 
 @pytest.mark.slow
+@pytest.mark.served  # _serve: bentoml serve testkit.edge_service:EdgeTiny
 def test_a_killed_worker_is_replaced_in_a_container_with_respawn_in_containers():
     server = _serve({"EDGE_RESPAWN": "1"})
     try:
@@ -157,6 +159,7 @@ def _livez_or_timeout(port: int) -> int | str:
 
 
 @pytest.mark.slow
+@pytest.mark.served  # _serve: bentoml serve testkit.edge_service:EdgeTiny
 def test_a_worker_whose_event_loop_is_blocked_makes_livez_fail():
     """A stuck worker answers nothing and the kernel gives the probe to a sibling, which used to
     answer 200. With heartbeats, the sibling answers 503 within SOUND_WORKER_STALL_S (5 s here):

@@ -104,7 +104,7 @@ def tree_rss_mb(pid: int) -> float:
 
 
 def tree_memory(pid: int) -> dict:
-    """The served tree's memory, MiB: `rss` summed over the processes (the figure the targets use:
+    """The served tree's memory, MiB: `rss` summed over the processes (the figure the report uses:
     what `ps` shows a user), `pss` (shared pages split between the processes that map them, so
     libraries two workers share count once), and each process's RSS with its command."""
     rss = pss = 0
@@ -126,8 +126,8 @@ TORCH_LIBRARIES = ("libtorch", "libc10")
 
 
 def libtorch_maps(pid: int) -> dict:
-    """Which processes of the tree map PyTorch's native libraries (/proc/PID/maps): issue 21's
-    "no PyTorch in the served process", checked on the running server."""
+    """Which processes of the tree map PyTorch's native libraries (/proc/PID/maps): serving
+    needs no PyTorch, checked on the running server."""
     mapped, processes = [], 0
     for p in process_tree(pid):
         try:

@@ -6,8 +6,8 @@ budget and one over its work budget, a rate above 192 kHz, malformed text fields
 name) plus the largest uploads the limits allow: a
 valid clip near the samples budget, the same file as a timeline, and an upload over the size limit.
 Their sizes come from `Settings`, so they stay at the edge if the limits change. Every answer is
-checked against the status (and error kind) the service documents for it; the memory target is the
-point, the check keeps the burst honest.
+checked against the status (and error kind) the service documents for it; the memory it leaves is
+the point, the check keeps the burst honest.
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def run_burst(base_url: str, clients: int, seconds: float) -> dict:
     return result
 
 
-# --- memory that comes back (issue 32) -------------------------------------------------------------
+# --- memory that comes back ----------------------------------------------------------------------------
 
 RETURN_WITHIN_S = 30.0
 

@@ -128,7 +128,7 @@ def raw_model(model: LoadedModel, batch_sizes: list[int], seconds_per_point: flo
         # Back to back, the engine's threads never sleep between calls and its weights stay in
         # the caches; a lone request meets it after the cores idled, and after decoding and
         # features (and, on a shared machine, other tenants) went through the caches. Context for
-        # the latency target (defined on the back-to-back figure): what does a lone clip's engine
+        # the latency figure (the report compares with the back-to-back one): what does a lone clip's engine
         # call itself cost?
         x = inputs(model, batch_sizes[0])
         for key, before in (("latency_ms_p50_after_idle", idle), ("latency_ms_p50_cold", evict_caches)):

@@ -1,4 +1,4 @@
-"""Issue 20's figures: live WebSocket /listen streams at real speed against a served model.
+"""Live-listening figures: WebSocket /listen streams at real speed against a served model.
 
     streams(url, n, seconds, window_s)   -> lag from the frame that completes a window to that
                                             window's message (p50/p95/max), windows, failures

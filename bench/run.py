@@ -349,7 +349,7 @@ def stage_server(tag: str, name: str, entry: dict, out: Path) -> Iterator:
 
 
 def lean(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, results: dict) -> None:
-    """Issue 21 on one server with the defaults: cold start and start-up peak (bench/startup.py),
+    """Memory and start-up of one server with the defaults: cold start and start-up peak (bench/startup.py),
     RSS after warm-up, after a PEER_CLIENTS load and after a hostile burst (bench/hostile.py), and
     whether a served process maps libtorch."""
 
@@ -379,7 +379,7 @@ def lean(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, results: dict
 
 
 def listen_stage(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, results: dict) -> None:
-    """Issue 20 on one server with the defaults: the lag of 16 real-speed /listen streams, then 64
+    """Live listening on one server with the defaults: the lag of 16 real-speed /listen streams, then 64
     streams with a /classify every second beside them: RSS before and after, streams dropped,
     other requests answered."""
     import threading

@@ -1,14 +1,15 @@
 """Where a served request's CPU goes: the HTTP floor against the whole service, at 32 clients.
 
-    python -m bench.floor                       # 3 rounds of 15 s each (~4 min)
-    python -m bench.floor --rounds 5 --seconds 20
+    python -m experiments.floor                       # 3 rounds of 15 s each (~4 min)
+    python -m experiments.floor --rounds 5 --seconds 20
 
 Three servers up together (the default 2 workers each), each loaded in turn by wrk with the bench
-clip (a 5 s 44.1 kHz WAV) while the other two are paused: the HTTP floor (bench/floor_service.py:
+clip (a 5 s 44.1 kHz WAV) while the other two are paused: the HTTP floor (experiments/floor_service.py:
 the same front door, no decoding, features or model), the service on its automatic engine, and the
-service forced to bf16. For each: req/s and the served tree's CPU per answered request. The
-difference between the two services is the engine's; what the floor costs is paid by both, which
-is what bounds issue 21's INT8-over-bf16 ratio (docs/performance.md).
+service forced to bf16. For each: req/s and the served tree's CPU per answered request, printed per
+round and as medians to stdout (recorded in docs/performance.md). The difference between the two
+services is the engine's; what the floor costs is paid by both, which bounds how much a faster
+engine can raise the served throughput.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     bentoml = str(Path(sys.executable).with_name("bentoml"))
     with contextlib.ExitStack() as stack:
-        floor = Background([bentoml, "serve", "bench.floor_service:HttpFloor", "--host", "127.0.0.1", "--port",
+        floor = Background([bentoml, "serve", "experiments.floor_service:HttpFloor", "--host", "127.0.0.1", "--port",
                             str(port)], port, ready_path="/readyz", start_timeout_s=120)
         stack.callback(floor.stop)
         service = stack.enter_context(ServedService(a.model))

@@ -324,7 +324,7 @@ def test_the_listen_stage_measures_real_streams(served):
 def test_the_http_floor_is_wired_as_the_service_is():
     """Its configuration and middlewares are service.py's own objects, not a copy that can drift."""
     import service
-    from bench import floor_service
+    from experiments import floor_service
     from serving.edge import CancelOnDisconnect
     from serving.http_guard import UploadGuard
 
@@ -334,9 +334,9 @@ def test_the_http_floor_is_wired_as_the_service_is():
 
 
 @pytest.mark.slow
-@pytest.mark.served  # bentoml serve bench.floor_service:HttpFloor
+@pytest.mark.served  # bentoml serve experiments.floor_service:HttpFloor
 def test_the_http_floor_takes_the_service_s_requests_and_refuses_what_it_refuses():
-    """bench/floor_service.py must cost what the service's front door costs: same route, same
+    """experiments/floor_service.py must cost what the service's front door costs: same route, same
     guard, same parse; only the pipeline is left out."""
     from bench.common import clip_file, multipart
     from testkit.edge_probe import Background
@@ -344,7 +344,7 @@ def test_the_http_floor_takes_the_service_s_requests_and_refuses_what_it_refuses
 
     port = free_port()
     bentoml_cli = str(Path(sys.executable).with_name("bentoml"))
-    floor = Background([bentoml_cli, "serve", "bench.floor_service:HttpFloor", "--host", "127.0.0.1",
+    floor = Background([bentoml_cli, "serve", "experiments.floor_service:HttpFloor", "--host", "127.0.0.1",
                         "--port", str(port)], port, ready_path="/readyz", start_timeout_s=120,
                        env={"SOUND_WORKERS": "1", "BENTOML_DO_NOT_TRACK": "True"})
     try:

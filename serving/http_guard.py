@@ -13,12 +13,8 @@ turns each of those into a clear 4xx:
 The body passes through to BentoML unchanged as it arrives; the guard parses each piece before
 BentoML gets it (starlette's own multipart parser, the one BentoML runs next, so it refuses exactly
 what would make BentoML fail) and checks the whole form before handing over the last piece. It keeps
-only the form's shape, never the file contents: an upload is held once, by BentoML (issue 18:
-a long /timeline recording was on disk twice, the guard's copy and BentoML's spool).
-
-Until the previous round the guard also answered /classify itself from its own parse, beside
-BentoML's declared route: -0.9 and -0.1 ms p50 at one client in two A/Bs of 10 rounds, below what
-this machine can tell from noise, for a second copy of the route's arguments and answer. Removed.
+only the form's shape, never the file contents: an upload is held once, by BentoML (a copy of its
+own would put a long /timeline recording on disk twice). BentoML then answers as declared.
 """
 
 from __future__ import annotations
@@ -67,6 +63,9 @@ def upload_rules(settings: Settings) -> dict[str, UploadRule | NoArgumentsRule]:
     return {
         "/classify": UploadRule(clip, ClassifyOptions),
         "/spectrogram": UploadRule(clip),
+        # Each file is within SOUND_MAX_UPLOAD_MB (the pipeline checks it), the whole request within 8
+        # of them rather than SOUND_MAX_BATCH_FILES x: BentoML spools the whole body before a file is
+        # decoded, and 32 x 50 MB would be 1.6 GB held by one request. SOUND_MAX_UPLOAD_MB says so.
         "/classify_batch": UploadRule(int(8 * settings.max_upload_mb * _MB), ClassifyOptions),
         "/timeline": UploadRule(int(settings.max_timeline_upload_mb * _MB) + _MB, TimelineOptions),
         "/info": NoArgumentsRule(),

@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     max_latency_ms: int = Field(
         5000, ge=10, description="queueing budget: a request that would wait longer is refused with 503"
     )
-    max_upload_mb: float = Field(50.0, gt=0, description="largest upload /classify and /spectrogram accept")
+    max_upload_mb: float = Field(50.0, gt=0, description="largest upload /classify and /spectrogram accept, and each file of /classify_batch (whose whole request may carry 8 times this)")
     max_clip_seconds: float = Field(600.0, gt=0, description="longest audio /classify accepts")
     max_timeline_upload_mb: float = Field(1024.0, gt=0, description="largest upload /timeline accepts")
     max_timeline_seconds: float = Field(4 * 3600.0, gt=0, description="longest audio /timeline accepts, and a live stream (/listen, gRPC Listen)")

@@ -104,3 +104,15 @@ def test_the_machine_path_rule():
     assert MACHINE_PATH.search("/ro" + "ot/.cache/x") and MACHINE_PATH.search("/ho" + "me/alice/x")
     assert not MACHINE_PATH.search("/home/bentoml/bento/models")  # the image's own user
     assert not MACHINE_PATH.search("https://example.com/work/x") and not MACHINE_PATH.search("src/work/x")
+
+
+def test_the_readme_says_what_every_top_level_folder_is_for():
+    """Its "Where things are" table: a row for each folder git tracks at the top (hidden ones, such
+    as .ci/, may be named in another folder's row)."""
+    text = (ROOT / "README.md").read_text().split("## Where things are", 1)
+    assert len(text) == 2, "README.md has no 'Where things are' section"
+    rows = [line for line in text[1].split("\n## ", 1)[0].splitlines() if line.startswith("| `")]
+    described = {name for row in rows for name in re.findall(r"`([\w.-]+)/`", row.split(" | ")[0])}
+    folders = {top for top in _top_folders() if not top.startswith(".")}
+    assert folders <= described, f"README.md's folder table misses: {sorted(folders - described)}"
+    assert described <= folders, f"README.md's folder table names folders git does not track: {sorted(described - folders)}"

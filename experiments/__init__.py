@@ -1,9 +1,9 @@
 """Experiments: scripts that measured something once, kept beside the product so it can be measured again.
 
 Nothing here is imported by the service, training, `make bench` or the Bento (tests import a few
-to check they still run). Each script's
-docstring says what it measured and how to run it; every one prints its figures to stdout, and the
-docs record them with the command and the commit. Run from the repository root:
+to check they still run). Each script's docstring says what it measured and how to run it; every
+one prints its figures to stdout, and the docs record them with the command and the commit. Run
+from the repository root:
 
     python -m experiments.class_holdout [--refit]        # real sounds of no class: each class held out
     python -m experiments.crops_tta --cv --no-save --clip-seconds 2.5   # random crops + test-time averaging
@@ -11,8 +11,9 @@ docs record them with the command and the commit. Run from the repository root:
     python -m experiments.ensemble_cv a.npz b.npz         # seed ensembles from saved CV predictions
     python -m experiments.refit_check cv.npz              # the refit against the measured network
     python -m experiments.floor                           # a request's CPU: the HTTP floor vs the service
+    python -m experiments.memory_return MODEL_TAG         # RSS after a hostile burst: does it come back?
     python -m experiments.edge.race PORT 64 60            # and the rest of experiments/edge/
 
 The training ones are recorded in docs/training-recipe.md, the floor in docs/performance.md, the
-edge ones (experiments/edge/) in docs/edge.md. They may import bench's load generators and testkit.
+memory return in docs/design.md, the edge ones (experiments/edge/) in docs/edge.md. They may import bench's load generators and testkit.
 """

@@ -78,6 +78,32 @@ def test_every_path_a_doc_names_exists(doc):
     assert not missing, f"{doc.relative_to(ROOT)} names paths that do not exist: {sorted(set(missing))}"
 
 
+def _missing_modules(text: str) -> list[str]:
+    """Modules of `python -m MODULE` commands that are not in the tree; a command followed by
+    "at <commit>" names one that was there then (git show <commit>:path)."""
+    missing = []
+    for match in re.finditer(r"python -m ([a-z_]+(?:\.[a-z_0-9]+)+)[^`]*`(\s+at [0-9a-f]{7,40}\b)?", text):
+        module, then = match.group(1), match.group(2)
+        top = module.split(".")[0]
+        if then or not (ROOT / top).is_dir():  # another project's module (grpc_tools, timeit ...)
+            continue
+        path = ROOT / module.replace(".", "/")
+        if not (path.with_suffix(".py").exists() or (path / "__init__.py").exists()):
+            missing.append(module)
+    return missing
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_module_a_doc_runs_exists(doc):
+    missing = _missing_modules(doc.read_text())
+    assert not missing, f"{doc.relative_to(ROOT)} runs modules that do not exist: {sorted(set(missing))}"
+
+
+def test_the_module_check_sees_what_is_missing():
+    text = "`python -m bench.run`, `python -m bench.gone PORT`, `python -m bench.old PORT` at 5665c58"
+    assert _missing_modules(text) == ["bench.gone"]
+
+
 def test_the_path_check_sees_what_is_missing():
     text = "`serving/nowhere.py`, [gone](nowhere.md), `soundclassifier/*.py`, `bentos/x-<version>.bento`"
     assert _missing_paths(ROOT / "docs" / "x.md", text) == ["serving/nowhere.py", "nowhere.md"]

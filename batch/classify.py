@@ -187,12 +187,8 @@ def stored_window(tag: str) -> float | None:
 def job_options(args: argparse.Namespace, window_s: float | None = None):
     """The request options of every file or window, as HTTP would take them (InvalidArgumentError if
     one is out of bounds); `window_s`: the model's window, once known."""
-    from soundclassifier.options import (
-        ClassifyOptions,
-        InvalidArgumentError,
-        TimelineOptions,
-        validate_options,
-    )
+    from soundclassifier.errors import InvalidArgumentError
+    from soundclassifier.options import ClassifyOptions, TimelineOptions, validate_options
 
     values = {"top_k": args.top_k, "min_confidence": args.min_confidence}
     try:
@@ -411,7 +407,8 @@ def hadoop_path(uri: str) -> str:
 
 def empty_file_error() -> tuple[str, str]:
     """The core's own kind and message for a 0-byte file."""
-    from soundclassifier.audio import AudioError, decode
+    from soundclassifier.audio import decode
+    from soundclassifier.errors import AudioError
 
     try:
         decode(b"")

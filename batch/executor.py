@@ -8,7 +8,7 @@ ships to the executors in the job's code zip), which is what keeps that cache al
 a function defined in `__main__` would be pickled by value, with fresh globals every task.
 
 Decoding, features, the forward pass, the arguments' rules and the results all come from the core's
-`Classifier`, opened by `soundclassifier.pipeline.open_classifier` exactly as the service opens
+`Classifier`, opened by `soundclassifier.loading.open_classifier` exactly as the service opens
 it; this module only moves rows in and out.
 """
 
@@ -24,7 +24,7 @@ import pandas as pd
 
 log = logging.getLogger("batch")
 
-# Kinds of error this job adds to soundclassifier.audio.ErrorKind (empty, not_audio, corrupt, ...).
+# Kinds of error this job adds to soundclassifier.errors.ErrorKind (empty, not_audio, corrupt, ...).
 UNREADABLE = "unreadable"  # Spark listed the file but could not read it (gone, permissions, I/O)
 FAILED = "failed"  # anything else that went wrong for this one file (a bug: report it)
 
@@ -42,7 +42,7 @@ class JobSpec:
         the same version even if someone saves a new model during the job).
     archive (str | None): file name of a `bentoml models export` archive shipped with
         `SparkContext.addFile`; None reads `tag` from the executor's own $BENTOML_HOME.
-    engine (str): choice passed to `soundclassifier.engine.select_engine` (auto, openvino, ...).
+    engine (str): choice passed to `soundclassifier.loading.select_engine` (auto, openvino, ...).
     threads (int): engine threads per task (= spark.task.cpus).
     batch_size (int): clips per forward pass.
     options (dict): the request options (top_k, min_confidence, with --timeline hop_s), checked on
@@ -87,7 +87,7 @@ def classifier_for(spec: JobSpec):
     if key not in _LOADED:
         import bentoml
 
-        from soundclassifier.pipeline import open_classifier
+        from soundclassifier.loading import open_classifier
 
         if spec.archive is not None:
             from pyspark import SparkFiles
@@ -112,7 +112,7 @@ def _top(scores) -> list[dict]:
 
 
 def _file_error(exc: Exception) -> dict[str, str]:
-    from soundclassifier.audio import AudioError
+    from soundclassifier.errors import AudioError
 
     if isinstance(exc, AudioError):
         return _error(exc.kind.value, exc.message)

@@ -18,7 +18,7 @@ import numpy as np
 from fastapi import HTTPException
 
 from serving.errors import HTTP_STATUS
-from soundclassifier.audio import AudioError
+from soundclassifier.errors import AudioError
 
 BATCH_TIMEOUT_S = 0.01  # how long LitServe waits to fill a batch
 
@@ -32,7 +32,7 @@ class SoundAPI(ls.LitAPI):
 
     def setup(self, device) -> None:
         from soundclassifier.config import Settings
-        from soundclassifier.pipeline import open_classifier
+        from soundclassifier.loading import open_classifier
 
         settings = Settings()
         self.core, report = open_classifier(self.model_tag, settings.engine, precision=settings.precision)

@@ -19,8 +19,10 @@ import numpy as np
 from bench.common import CLIP_RATE, CLIP_SECONDS, FORMATS, clip_file
 from soundclassifier.audio import decode
 from soundclassifier.classifier import Classifier
-from soundclassifier.engine import Engine, OnnxRuntimeEngine, OpenVinoEngine, TorchEngine, accepted, agreement
+from soundclassifier.engine import Engine, OnnxRuntimeEngine, OpenVinoEngine, TorchEngine
+from soundclassifier.export import agreement
 from soundclassifier.hardware import cpu_has_bf16
+from soundclassifier.loading import accepted
 from soundclassifier.predictions import softmax
 from soundclassifier.store import LoadedModel
 

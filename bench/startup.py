@@ -25,7 +25,7 @@ import httpx
 import psutil
 
 from bench.common import RssSampler, process_tree
-from soundclassifier.engine import SpeedCache
+from soundclassifier.loading import SpeedCache
 from testkit.server import REPO_ROOT, ServedService
 
 PROBE_INTERVAL_S = 0.02

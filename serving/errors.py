@@ -20,10 +20,14 @@ from typing import TypeVar
 import grpc
 from starlette.responses import JSONResponse
 
-from soundclassifier.audio import AudioError, ErrorKind
-from soundclassifier.listen import IdleError
-from soundclassifier.options import InvalidArgumentError, LimitExceededError
-from soundclassifier.pipeline import OverloadedError
+from soundclassifier.errors import (
+    AudioError,
+    ErrorKind,
+    IdleError,
+    InvalidArgumentError,
+    LimitExceededError,
+    OverloadedError,
+)
 
 RETRY_AFTER_S = 1
 CLIENT_ERRORS = (AudioError, InvalidArgumentError, OverloadedError)

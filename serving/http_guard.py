@@ -31,7 +31,8 @@ from starlette.datastructures import FormData, Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from soundclassifier.config import Settings
-from soundclassifier.options import ClassifyOptions, InvalidArgumentError, TimelineOptions, validate_options
+from soundclassifier.errors import InvalidArgumentError
+from soundclassifier.options import ClassifyOptions, TimelineOptions, validate_options
 
 Scope = dict
 Receive = Callable[[], Awaitable[dict]]

@@ -23,7 +23,7 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from serving.errors import STREAM_ERRORS, error_body, ws_close
-from soundclassifier.audio import AudioError, ErrorKind
+from soundclassifier.errors import AudioError, ErrorKind
 from soundclassifier.pipeline import Pipeline
 
 END = "end"  # the text message that ends the audio

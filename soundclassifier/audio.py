@@ -10,7 +10,6 @@ because it needs FFmpeg.
 
 from __future__ import annotations
 
-import enum
 import io
 import re
 from collections.abc import Iterator
@@ -21,6 +20,8 @@ from typing import BinaryIO
 import numpy as np
 import soundfile as sf
 
+from soundclassifier.errors import AudioError, ErrorKind
+
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 192_000
 """Sample rates we decode; a header may claim anything (a 10 MHz WAV is 44 bytes). Every clip is
 resampled to the model's rate (22.05 kHz by default), so audio above 192 kHz (the highest rate
@@ -30,28 +31,6 @@ rate, rather than resampled at that cost."""
 
 SUPPORTED_FORMATS = ("WAV", "WAVEX", "RF64", "W64", "FLAC", "OGG", "MP3", "AIFF")
 """libsndfile container formats we accept. MP3 is reported by libsndfile as "MP3" or "MPEG"."""
-
-
-class ErrorKind(enum.StrEnum):
-    EMPTY = "empty"
-    NOT_AUDIO = "not_audio"
-    CORRUPT = "corrupt"
-    UNSUPPORTED = "unsupported"
-    TOO_LONG = "too_long"
-    TOO_LARGE = "too_large"
-    NON_FINITE = "non_finite"
-
-
-class AudioError(ValueError):
-    """An upload or file that cannot be classified, with a reason a user understands."""
-
-    def __init__(self, kind: ErrorKind, message: str):
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-
-    def to_dict(self) -> dict[str, str]:
-        return {"error": self.kind.value, "detail": self.message}
 
 
 Source = bytes | str | Path | BinaryIO

@@ -5,7 +5,9 @@
             send(message)                                             # TimelineWindow | ListenEvent
 
 Every front door (WebSocket /listen, gRPC Listen) adapts `run`: it turns its messages into PCM
-frames and the messages back into its own; the rules live here.
+frames and the messages back into its own; the rules live here. A session knows its pipeline only
+by the three steps it is handed (`prepare`, `forward`, `count`), so the pipeline builds sessions
+and this module never reaches back into it.
 
 Windows are /timeline's: window `i` covers [i * hop, i * hop + window) of the stream at the
 client's own rate and goes through the very feature path a timeline window takes (`Features` on
@@ -37,25 +39,23 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Literal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
-from soundclassifier.audio import Audio, AudioError, ErrorKind, pcm16_to_float32
+from soundclassifier.audio import Audio, pcm16_to_float32
 from soundclassifier.config import LISTEN_FREE_FRAMES as FREE_FRAMES
-from soundclassifier.options import LimitExceededError, ListenOptions
+from soundclassifier.errors import AudioError, ErrorKind, IdleError, LimitExceededError
+from soundclassifier.options import ListenOptions
 from soundclassifier.predictions import UNKNOWN, TimelineWindow, label_of, top_k
 
 if TYPE_CHECKING:
-    from soundclassifier.pipeline import Pipeline
+    from soundclassifier.classifier import Classifier
+    from soundclassifier.config import Settings
 
 Span = tuple[float, float]
-
-
-class IdleError(Exception):
-    """A live stream sent no audio for longer than the idle limit; it is closed."""
 
 
 class ListenEvent(BaseModel):
@@ -71,11 +71,31 @@ Message = TimelineWindow | ListenEvent
 class ListenSession:
     """One live stream of one pipeline (see the module docstring). Made by `Pipeline.listen`,
     which has already validated the options and admitted the stream; leaving the `with` block
-    frees its place."""
+    calls `release`, which frees its place.
 
-    def __init__(self, pipeline: Pipeline, opts: ListenOptions, release):
-        self.pipeline, self.opts, self._release = pipeline, opts, release
-        settings = pipeline.settings
+    Args:
+        classifier: the model: its features, its windows' results and labels.
+        settings: the limits of a stream (SOUND_LISTEN_*, SOUND_MAX_TIMELINE_SECONDS).
+        opts: the client's options, validated.
+        release: called once when the session closes.
+        prepare: `await prepare(fn, *args)` runs CPU work (cutting windows, features) off the event loop.
+        forward: `await forward(inputs)`: probabilities for model inputs, through the shared batcher.
+        count: `count(windows, audio_seconds)`: what the stream classified, for the metrics.
+    """
+
+    def __init__(
+        self,
+        classifier: Classifier,
+        settings: Settings,
+        opts: ListenOptions,
+        release: Callable[[], None],
+        *,
+        prepare: Callable[..., Awaitable[Any]],
+        forward: Callable[[np.ndarray], Awaitable[np.ndarray]],
+        count: Callable[[int, float], None],
+    ):
+        self.classifier, self.opts, self._release = classifier, opts, release
+        self._prepare, self._forward, self._count = prepare, forward, count
         self.max_frame_bytes = settings.listen_max_frame_kb * 1024
         self.idle_s = settings.listen_idle_s
         self.min_frame_s = settings.listen_min_frame_ms / 1000
@@ -84,14 +104,14 @@ class ListenSession:
         self.max_seconds = settings.max_timeline_seconds
         self.max_pending = settings.listen_max_pending_windows
         rate = self.rate = opts.sample_rate
-        self.window_s = pipeline.classifier.settings.clip_seconds
+        self.window_s = classifier.settings.clip_seconds
         self.win = max(1, round(self.window_s * rate))  # as the timeline rounds (timeline.stream_windows)
         self.hop = max(1, round(opts.hop_s * rate))
         self._buffer = np.empty(self.win + self.hop, dtype=np.float32)
         self._first = 0  # stream index of _buffer[0]
         self._held = 0  # samples held in _buffer
         self._windows = 0  # windows classified so far: the next starts at _windows * hop
-        self._events = _Events(pipeline.classifier, opts, self.window_s)
+        self._events = _Events(classifier, opts, self.window_s)
 
     def __enter__(self) -> ListenSession:
         return self
@@ -130,17 +150,17 @@ class ListenSession:
             if len(samples) == 0:  # keeps nothing alive: only audio resets the idle clock
                 continue
             while len(samples):
-                used, spans, inputs = await self.pipeline._decode(self._take, samples)
+                used, spans, inputs = await self._prepare(self._take, samples)
                 samples = samples[used:]
                 for message in await self._answer(spans, inputs):
                     yield message
             deadline = loop.time() + self.idle_s
-        spans, inputs = await self.pipeline._decode(self._tail)
+        spans, inputs = await self._prepare(self._tail)
         for message in await self._answer(spans, inputs):
             yield message
         for event in self._events.finish(self.received / self.rate):
             yield event
-        self.pipeline.hooks.clips("listen", 0, self.received / self.rate)
+        self._count(0, self.received / self.rate)
 
     # --- the steps ------------------------------------------------------------------------------
 
@@ -196,15 +216,15 @@ class ListenSession:
 
     def _features(self, start: int, end: int) -> np.ndarray:
         window = self._buffer[start - self._first : end - self._first]
-        return np.asarray(self.pipeline.classifier.features(Audio(window[None], self.rate, "PCM")))
+        return np.asarray(self.classifier.features(Audio(window[None], self.rate, "PCM")))
 
     async def _answer(self, spans: list[Span], inputs: np.ndarray | None) -> list[Message]:
         if inputs is None:
             return []
-        probs = await self.pipeline._forward(inputs)
-        self.pipeline.hooks.clips("listen", len(spans), 0.0)
+        probs = await self._forward(inputs)
+        self._count(len(spans), 0.0)
         messages: list[Message] = []
-        for window, p in zip(self.pipeline.classifier.windows(spans, probs, self.opts), probs, strict=True):
+        for window, p in zip(self.classifier.windows(spans, probs, self.opts), probs, strict=True):
             messages.append(window)
             messages.extend(self._events.add(window.start_s, p))
         return messages

@@ -12,6 +12,7 @@ from typing import Annotated, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from soundclassifier.errors import InvalidArgumentError
 from soundclassifier.timeline import MIN_HOP_S
 
 MAX_TOP_K = 50
@@ -31,14 +32,6 @@ HopS = Annotated[
     float,
     Field(ge=MIN_HOP_S, description="seconds between window starts, at most one window (default: half a window)"),
 ]
-
-
-class InvalidArgumentError(ValueError):
-    """A request argument out of its bounds; the message names the argument and the bounds."""
-
-
-class LimitExceededError(InvalidArgumentError):
-    """A request larger than a budget allows (files per batch); the message names the limit."""
 
 
 class ClassifyOptions(BaseModel):

@@ -34,19 +34,15 @@ from typing import Protocol, TypeVar
 import bentoml
 import numpy as np
 
-from soundclassifier.audio import AudioError, Source
+from soundclassifier.audio import Source
 from soundclassifier.classifier import Classifier
 from soundclassifier.config import Settings
-from soundclassifier.engine import select_engine
+from soundclassifier.errors import AudioError, LimitExceededError, OverloadedError
 from soundclassifier.listen import ListenSession
-from soundclassifier.options import ClassifyOptions, LimitExceededError
+from soundclassifier.loading import open_classifier
+from soundclassifier.options import ClassifyOptions
 from soundclassifier.predictions import BatchItem, Classification, ModelInfo, Timeline
 from soundclassifier.render import spectrogram_png
-from soundclassifier.store import LoadedModel, load_model
-
-
-class OverloadedError(Exception):
-    """The queue is longer than the latency budget allows; retry later."""
 
 
 class Batcher(Protocol):
@@ -197,7 +193,8 @@ class Pipeline:
         def release() -> None:
             self.streams -= 1
 
-        return ListenSession(self, opts, release)
+        return ListenSession(self.classifier, self.settings, opts, release, prepare=self._decode,
+                             forward=self._forward, count=functools.partial(self.hooks.clips, "listen"))
 
     def describe(self) -> ModelInfo:
         """Which model answers and how: what /info and gRPC Info return, and the page shows."""
@@ -261,17 +258,6 @@ class Pipeline:
         except OverloadedError:
             self.hooks.overloaded()
             raise
-
-
-def open_classifier(
-    model: str | bentoml.Model, engine: str = "auto", threads: int | None = None, streams: int | None = None,
-    precision: str | None = None,
-) -> tuple[Classifier, dict]:
-    """Load a stored model and choose its engine: the one place every front door does it.
-    Returns the classifier and the engine report (what was tried, the choice, its clips/s)."""
-    loaded: LoadedModel = load_model(model)
-    chosen, report = select_engine(loaded, engine, precision, threads=threads, streams=streams)
-    return Classifier(loaded, chosen), report
 
 
 def open_pipeline(

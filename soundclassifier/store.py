@@ -9,7 +9,7 @@ A model entry `sound-resnet:<version>` holds
     metrics.json          evaluation report on the held-out data (also summarised in metadata)
     confusion_matrix.png  the held-out confusion matrix
 and metadata (JSON): architecture, labels in order, feature settings, metrics, the engine report
-(`metadata["engines"]`, see `soundclassifier.engine.check_engines`), data set name and fingerprint,
+(`metadata["engines"]`, see `soundclassifier.export.check_engines`), data set name and fingerprint,
 training arguments, library versions.
 
 `load_model` needs neither PyTorch nor the weights: serving reads the graphs, the report and the
@@ -34,7 +34,8 @@ import numpy as np
 from safetensors.numpy import load_file as load_arrays
 from safetensors.numpy import save_file as save_arrays
 
-from soundclassifier.engine import ENGINES, check_engines, export_onnx
+from soundclassifier.engine import ENGINES
+from soundclassifier.export import check_engines, export_onnx
 from soundclassifier.features import Features, FeatureSettings
 
 if TYPE_CHECKING:

@@ -11,16 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from soundclassifier.audio import (
-    NO_LIMITS,
-    Audio,
-    AudioError,
-    ErrorKind,
-    Limits,
-    Source,
-    as_audio,
-    open_checked,
-)
+from soundclassifier.audio import NO_LIMITS, Audio, Limits, Source, as_audio, open_checked
+from soundclassifier.errors import AudioError, ErrorKind
 from soundclassifier.features import FeatureSettings
 
 MIN_HOP_S = 0.25

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from soundclassifier.audio import AudioError, ErrorKind, Limits, decode
+from soundclassifier.audio import Limits, decode
+from soundclassifier.errors import AudioError, ErrorKind
 from soundclassifier.features import Features, FeatureSettings
 from testkit import audiofiles as af
 

@@ -13,7 +13,8 @@ import pytest
 
 from serving.batching import AdaptiveBatcher as Batcher
 from soundclassifier.config import Settings
-from soundclassifier.pipeline import OverloadedError, Preparer
+from soundclassifier.errors import OverloadedError
+from soundclassifier.pipeline import Preparer
 
 
 class Recorder:

@@ -18,21 +18,10 @@ import numpy as np
 import pytest
 
 from soundclassifier.audio import decode
-from soundclassifier.engine import (
-    ENGINES,
-    INT8_ATTEMPTS,
-    MIN_TOP1_AGREEMENT,
-    PROB_TOLERANCE,
-    OnnxRuntimeEngine,
-    OpenVinoEngine,
-    SpeedCache,
-    TorchEngine,
-    agreement,
-    check_engine,
-    preference,
-    select_engine,
-)
+from soundclassifier.engine import ENGINES, OnnxRuntimeEngine, OpenVinoEngine, TorchEngine
+from soundclassifier.export import INT8_ATTEMPTS, MIN_TOP1_AGREEMENT, PROB_TOLERANCE, agreement, check_engine
 from soundclassifier.hardware import cpu_has_bf16
+from soundclassifier.loading import SpeedCache, preference, select_engine
 from soundclassifier.predictions import softmax
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,7 +207,7 @@ def test_workers_starting_together_measure_once(tmp_path):
     script = textwrap.dedent(f"""
         import os, time
         from pathlib import Path
-        from soundclassifier.engine import SpeedCache
+        from soundclassifier.loading import SpeedCache
         def measure():
             with open({str(tmp_path / "measured")!r}, "a") as f:
                 f.write(f"{{os.getpid()}}\\n")
@@ -277,7 +266,7 @@ def test_serving_on_openvino_never_loads_pytorch(tiny_model_tag, tmp_path):
         import sys
         import numpy as np
         from soundclassifier.audio import decode
-        from soundclassifier.engine import select_engine
+        from soundclassifier.loading import select_engine
         from soundclassifier.store import load_model
         from testkit import audiofiles as af
         model = load_model("{tiny_model_tag}")
@@ -302,7 +291,7 @@ def test_without_openvino_and_onnxruntime_serving_falls_back_to_pytorch(tiny_mod
         sys.modules["openvino"] = None      # import openvino -> ImportError, as if uninstalled
         sys.modules["onnxruntime"] = None
         from soundclassifier.audio import decode
-        from soundclassifier.engine import select_engine
+        from soundclassifier.loading import select_engine
         from soundclassifier.store import load_model
         from testkit import audiofiles as af
         model = load_model("{tiny_model_tag}")
@@ -321,7 +310,8 @@ def test_without_any_engine_the_error_names_what_to_install(tiny_model_tag, tmp_
         import sys
         for name in ("openvino", "onnxruntime", "torch"):
             sys.modules[name] = None
-        from soundclassifier.engine import NoEngineError, select_engine
+        from soundclassifier.errors import NoEngineError
+        from soundclassifier.loading import select_engine
         from soundclassifier.store import load_model
         try:
             select_engine(load_model("{tiny_model_tag}"), "auto")

@@ -8,9 +8,7 @@ import grpc
 import pytest
 
 from serving.errors import grpc_status, http_error
-from soundclassifier.audio import AudioError, ErrorKind
-from soundclassifier.options import InvalidArgumentError
-from soundclassifier.pipeline import OverloadedError
+from soundclassifier.errors import AudioError, ErrorKind, InvalidArgumentError, OverloadedError
 
 
 @pytest.mark.parametrize(

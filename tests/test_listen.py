@@ -21,11 +21,10 @@ from websockets.sync.client import connect
 
 from serving.grpc_stubs.soundclassifier.v1 import sound_classifier_pb2 as pb
 from serving.grpc_stubs.soundclassifier.v1 import sound_classifier_pb2_grpc as pb_grpc
-from soundclassifier.audio import AudioError, ErrorKind
 from soundclassifier.config import Settings
-from soundclassifier.listen import IdleError
-from soundclassifier.options import InvalidArgumentError
-from soundclassifier.pipeline import OverloadedError, Pipeline, open_classifier
+from soundclassifier.errors import AudioError, ErrorKind, IdleError, InvalidArgumentError, OverloadedError
+from soundclassifier.loading import open_classifier
+from soundclassifier.pipeline import Pipeline
 from testkit import audiofiles as af
 
 RATE = 22050  # the synthetic clips' rate
@@ -444,8 +443,8 @@ def test_a_stream_of_tiny_frames_is_refused_once_its_frames_average_under_the_mi
     """Every frame costs a hand-off to an engine thread: 2-byte frames would buy hours of a core.
     Past the first FREE_FRAMES, frames must average SOUND_LISTEN_MIN_FRAME_MS of audio."""
     from serving.errors import grpc_status, ws_close
+    from soundclassifier.errors import LimitExceededError
     from soundclassifier.listen import FREE_FRAMES
-    from soundclassifier.options import LimitExceededError
 
     p = pipeline(listen_min_frame_ms=10.0)
     ten_ms = pcm(np.zeros(160))

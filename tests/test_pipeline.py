@@ -11,8 +11,8 @@ import pytest
 from soundclassifier.classifier import Classifier
 from soundclassifier.config import Settings
 from soundclassifier.engine import TorchEngine
-from soundclassifier.options import InvalidArgumentError, LimitExceededError
-from soundclassifier.pipeline import OverloadedError, Pipeline
+from soundclassifier.errors import InvalidArgumentError, LimitExceededError, OverloadedError
+from soundclassifier.pipeline import Pipeline
 from soundclassifier.predictions import UNKNOWN, softmax
 from testkit import audiofiles as af
 

@@ -153,7 +153,7 @@ def test_classify_is_deterministic(http):
 @pytest.fixture(scope="module")
 def in_process(info, tiny_model_tag):
     """The same core in this process, on the engine (and precision) the server chose."""
-    from soundclassifier.pipeline import open_classifier
+    from soundclassifier.loading import open_classifier
 
     classifier, report = open_classifier(tiny_model_tag, info["engine"], precision=info["precision"])
     assert report["chosen"] == f"{info['engine']}/{info['precision']}", report

@@ -83,7 +83,7 @@ def test_it_names_a_clean_commit_of_this_repository(shipped):
 
 
 def test_imported_it_serves_the_data_sets_clips(shipped, esc10):
-    from soundclassifier.pipeline import open_classifier
+    from soundclassifier.loading import open_classifier
 
     ds, _ = esc10
     classifier, report = open_classifier(shipped)

@@ -70,7 +70,8 @@ from pathlib import Path
 
 import numpy as np
 
-from soundclassifier.audio import AudioError, decode
+from soundclassifier.audio import decode
+from soundclassifier.errors import AudioError
 from soundclassifier.features import Features
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")

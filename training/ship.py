@@ -27,7 +27,7 @@ from safetensors.numpy import load_file, save_file
 from soundclassifier.store import DEFAULT_TAG, SAMPLES_FILE, WEIGHTS_FILE
 
 SHIPPED = Path(__file__).resolve().parent.parent / "bentos" / "sound-resnet.bentomodel"
-SHIPPED_SAMPLES = 16  # soundclassifier.engine.select_engine times the engine on samples[:16]
+SHIPPED_SAMPLES = 16  # soundclassifier.loading.select_engine times the engine on samples[:16]
 
 log = logging.getLogger("training.ship")
 

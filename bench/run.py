@@ -13,8 +13,9 @@ Stages, in order, each measured in this one run so ratios compare like with like
               the served engine wide or as streams, alone and beside a busy feature thread
     lean      memory and start-up of one `bentoml serve` with the defaults, before anything else of the
               run is up: launch to every worker answering (bench/startup.py) with the tree's RSS sampled every
-              50 ms (the start-up peak); RSS after warm-up, after a 32-client load and after a hostile
-              burst (bench/hostile.py); whether any served process maps libtorch
+              50 ms (the start-up peak); RSS after warm-up, after a 32-client load, and around a hostile
+              burst (bench/hostile.py) mixed into a 32-client load: its peak, and 30 s after the last
+              request (the served tree must give back what they took); whether a served process maps libtorch
     bento     `bentoml build` + `export`, then `import` into an empty BentoML home and `bentoml serve`
               of the Bento to its first answer
     image     the image `make image` built last (skipped when there is none): 5 cold starts, container
@@ -369,13 +370,47 @@ def lean(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, results: dict
         entry["load"] = loads.measure_point(http, PEER_CLIENTS, plan.point_seconds, 0, base_url=url,
                                             server_pid=pid).as_dict()
         entry["memory_after_load"] = tree_memory(pid)
-        entry["hostile"] = hostile.run_burst(url, plan.hostile_clients, plan.hostile_seconds)
+        entry["hostile"], entry["hostile_load"], entry["hostile_peak_mb"] = mixed_burst(pid, url, http, plan)
         loads.wait_idle(url)
+        # What a client is promised: the tree gives back what the requests took within 30 s of the last.
+        time.sleep(max(0.0, RETURN_WITHIN_S - (time.monotonic() - entry["hostile"]["ended_at"])))
         entry["memory_after_hostile"] = tree_memory(pid)
         entry["libtorch"] = libtorch_maps(pid)
-        log.info("  RSS warm %.0f MiB, after load %.0f, after the hostile burst %.0f; libtorch mapped by %s",
-                 entry["memory_warm"]["rss_mb"], entry["memory_after_load"]["rss_mb"],
-                 entry["memory_after_hostile"]["rss_mb"], entry["libtorch"]["mapped"] or "no process")
+        log.info("  RSS warm %.0f MiB, after load %.0f, peak of the hostile burst beside %d clients %.0f, %g s after "
+                 "it %.0f; libtorch mapped by %s", entry["memory_warm"]["rss_mb"], entry["memory_after_load"]["rss_mb"],
+                 PEER_CLIENTS, entry["hostile_peak_mb"], RETURN_WITHIN_S, entry["memory_after_hostile"]["rss_mb"],
+                 entry["libtorch"]["mapped"] or "no process")
+
+
+RETURN_WITHIN_S = 30.0
+
+
+def mixed_burst(pid: int, url: str, http, plan: Plan) -> tuple[dict, dict, float]:
+    """The hostile burst beside a PEER_CLIENTS load of good clips, for as long: the burst's result
+    (with `ended_at`, time.monotonic() of its last answer), the load's, and the tree's peak RSS,
+    sampled every 0.2 s while they ran."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    peak, stop = tree_rss_mb(pid), threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.wait(0.2):
+            peak = max(peak, tree_rss_mb(pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            load = pool.submit(http, PEER_CLIENTS, plan.hostile_seconds)
+            burst = hostile.run_burst(url, plan.hostile_clients, plan.hostile_seconds)
+            good = load.result().as_dict()
+        burst["ended_at"] = time.monotonic()
+    finally:
+        stop.set()
+        sampler.join()
+    return burst, good, peak
 
 
 def listen_stage(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, results: dict) -> None:

@@ -175,6 +175,7 @@ def _lean(warm=700.0, loaded=800.0, after=900.0, peak=1200.0, every=10.0, mapped
                                                             "interval_s": 0.05}},
         "memory_warm": _memory(warm), "load": {"seconds": 15.0, "clients": 32}, "memory_after_load": _memory(loaded),
         "hostile": {"seconds": 30.0, "clients": 8, "requests": 120, "wrong": 0, "readyz_after": 200},
+        "hostile_load": {"clients": 32, "requests": 900, "ok": 899}, "hostile_peak_mb": 1000.0,
         "memory_after_hostile": _memory(after), "libtorch": {"processes": 3, "mapped": list(mapped)},
     }  # fmt: skip
 
@@ -182,7 +183,8 @@ def _lean(warm=700.0, loaded=800.0, after=900.0, peak=1200.0, every=10.0, mapped
 def test_memory_and_start_up_figures():
     rss, growth, peak, cold, torch = lean_figures(_lean(warm=700.0, loaded=800.0, after=900.0, peak=1200.0))
     assert "warm 700 MiB" in rss["measured"] and "32 clients 800 MiB" in rss["measured"]
-    assert growth["ratio"] == pytest.approx(900 / 800) and "900 MiB vs 800 MiB" in growth["measured"]
+    assert growth["ratio"] == pytest.approx(900 / 700) and "900 MiB vs 700 MiB warm, peak 1000 MiB" in growth["measured"]
+    assert "beside 32 clients (899 of 900 answered 200)" in growth["measured"]
     assert peak["measured"].startswith("1200 MiB at 5.0 s")
     assert cold["measured"].startswith("10.0 s for 2 workers")
     assert torch["measured"] == "0 of 3 processes"

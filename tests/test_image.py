@@ -32,7 +32,7 @@ from websockets.sync.client import connect
 from bench.container import IMAGE, ImageContainer, find_runtime, has_image, image_config
 from testkit.server import ServedService, free_port
 
-pytestmark = [pytest.mark.image, pytest.mark.slow]
+pytestmark = [pytest.mark.image, pytest.mark.served]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLIP = REPO_ROOT / "data" / "esc10" / "audio" / "2-100786-A.ogg"  # a 5-s ESC-10 recording: rooster

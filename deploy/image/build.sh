@@ -107,8 +107,9 @@ case $builder in
                                  --opt "build-arg=PIP_CERT=/etc/ssl/certs/host-ca-certificates.crt")
     ;;
 esac
-# buildah cannot start an OCI runtime inside every container; chroot isolation needs none.
-[ "$builder" = buildah ] && opts+=(--opt isolation=chroot)
+# buildah cannot start an OCI runtime inside every container; chroot isolation needs none. It also
+# keeps no layers unless asked: with them, a new Bento with the same requirements reuses the pip layer.
+[ "$builder" = buildah ] && opts+=(--opt isolation=chroot --opt layers)
 
 # BentoML copies the Bento into a temporary build context and refuses a dockerfile_template there
 # unless it lies below the directory it runs from ("Accessing file outside of current working

@@ -64,7 +64,7 @@ def figures(results: dict) -> list[dict]:
         throughput_figure(results), latency_figure(results, engine), batching_figure(results),
         soak_figure(results.get("soak")), *interleaved_figures(results.get("interleaved", {})),
         *[peer_figure(results, peer, engine) for peer in PEERS], *lean_figures(results.get("lean")),
-        bento_figure(results.get("bento")), *listen_figures(results.get("listen")),
+        bento_figure(results.get("bento")), image_figure(results.get("image")), *listen_figures(results.get("listen")),
     ]  # fmt: skip
 
 
@@ -237,6 +237,14 @@ def bento_figure(bento: dict | None) -> dict:
                          f"{bento['build_s']:.0f} s, {_mib(bento['bento_mb'])})")
 
 
+def image_figure(image: dict | None) -> dict:
+    name = "the image `make image` built: container start to the first /classify answer, median of the starts"
+    if not image or "median_s" not in image:
+        return _missing(name, (image or {}).get("failed") or (image or {}).get("skipped") or "image stage skipped")
+    return _figure(name, f"{image['median_s']:.1f} s ({', '.join(f'{s:.1f}' for s in image['first_classify_s'])}); "
+                         f"{image['image_mb']:.0f} MB; served tree {_mib(image['rss_mb_after_first'])} after the answer")
+
+
 def listen_figures(listen: dict | None) -> list[dict]:
     """Live listening figures of the `listen` stage (one server, defaults)."""
     names = ["live /listen: lag from a hop's last sample to its message, 16 real-speed streams",
@@ -271,7 +279,7 @@ def _f(x: float | None, digits: int = 1) -> str:
 
 def markdown(results: dict) -> str:
     """The report: the run's context, its headline figures, then one section per stage that ran."""
-    sections = (_header, _figures_section, _raw_section, _interleaved_section, _lean_section, _bento_section,
+    sections = (_header, _figures_section, _raw_section, _interleaved_section, _lean_section, _bento_section, _image_section,
                 _sharing_section, _spark_section, _features_section, _served_section, _soak_section, _footer)
     return "\n".join(line for section in sections for line in section(results))
 
@@ -377,6 +385,22 @@ def _bento_section(results: dict) -> list[str]:
             f"{bento['bento']}` to the first /readyz {bento['readyz_s']:.1f} s, to every worker "
             f"{_f(bento['every_worker_s'])} s, to the first /classify answer {bento['first_answer_s']:.1f} s "
             f"(engine speed {bento['speed_cache']}); start-up RSS peak {bento['startup_rss']['peak_mb']:.0f} MiB."]
+
+
+def _image_section(results: dict) -> list[str]:
+    image = results.get("image")
+    if not image:
+        return []
+    if "median_s" not in image:
+        return ["", "## The image", "", f"{image.get('failed') or image.get('skipped')}"]
+    lines = ["", f"## The image ({image['image']}, {image['image_mb']:.0f} MB, run with {image['runtime']})", "",
+             f"Container start to the first /classify answer: {', '.join(f'{s:.2f}' for s in image['first_classify_s'])} s "
+             f"(median {image['median_s']:.2f}); served tree {image['rss_mb_after_first']:.0f} MiB after it.", "",
+             "| clients | req/s | p50 ms | p99 ms | mean batch | errors |", "|---|---|---|---|---|---|"]
+    for clients, point in image.get("throughput", {}).items():
+        lines.append(f"| {clients} | {point['rps']:.1f} | {point['latency_ms']['p50']:.1f} | "
+                     f"{point['latency_ms']['p99']:.1f} | {_f(point['mean_batch'])} | {point['errors']} |")
+    return lines
 
 
 def _sharing_section(results: dict) -> list[str]:

@@ -53,9 +53,10 @@ serve: model
 	@SOUND_MODEL_TAG=$(MODEL) $(BENTOML) serve service:SoundClassifier --port $(PORT) & server=$$!; \
 	$(PY) -m serving.ready --port $(PORT) --pid $$server; wait $$server
 
+# Every tier but the image's, which needs an image built first (`make test-image` builds it, then runs it).
 test: $(VENV)/.installed
 	@tests/system-tools.sh $(VENV)/bin
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not image"
 
 # The fast tier, for the edit-test loop: tests that run in process (no server, browser, Spark job,
 # image or model training of their own; tests/conftest.py marks those); `make test` runs them all.

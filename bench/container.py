@@ -21,8 +21,11 @@ found (SOUND_IMAGE_RUNTIME picks one):
 
 `cold_start` times, per start, the container's start to its first 200 from POST /classify (a
 fresh connection every 20 ms, refused until the server listens), then samples the served tree's
-memory. With buildah the copy `buildah from` makes of the image (vfs storage copies every file; an
-overlay driver or a kubelet does not) happens before the clock starts.
+memory. With buildah the container is created (`buildah from`, 0.05 s with the overlay driver) and
+its root mounted before the clock starts, as a kubelet creates a container before starting it.
+`source_cold_start` times the source tree's `bentoml serve` the same way, `trace_start` follows one
+start's log, `throughput` loads one container at 1, 8 and 32 clients, and `measure` is the stage
+`make bench` runs (bench/run.py: `image`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
 The image is sound_classifier:latest (SOUND_IMAGE overrides), started with docker, podman or buildah
 (bench/container.py: docker and podman with a read-only root and a tmpfs on /tmp; buildah, where
 no OCI runtime can start, with its root's folders bind-mounted read-only over themselves and every
-file it wrote listed). Skipped only where no runtime can exist; where one does and no image was
+file it wrote listed). Skipped only where no runtime is installed; where one is and no image was
 built, the tests fail and say to run `make image`. The source tree's answers come from a real
 `bentoml serve service:SoundClassifier` on the model copied out of the image.
 """

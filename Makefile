@@ -85,8 +85,8 @@ image: bento
 
 containerize: image
 
-# The tests that run the image (tests/test_image.py), on a freshly built one; `make test` runs them
-# too, against whatever image `make image` built last.
+# The tests that run the image (tests/test_image.py), on a freshly built one (`make test` leaves
+# them out: they need an image).
 test-image: image $(VENV)/.installed
 	$(PY) -m pytest -m image tests/test_image.py
 

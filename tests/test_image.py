@@ -71,17 +71,17 @@ def container(runtime, image):
 
 
 @pytest.fixture(scope="module")
-def source(container, bentoml_home, tmp_path_factory):
-    """The source tree's server on the very model the image holds (copied out of it into the test store)."""
+def source(container, tmp_path_factory):
+    """The source tree's server on the very model the image holds, copied out of it into a store of
+    its own (the suite's store may import the same tag from bentos/: tests/test_shipped_model.py)."""
     tag = httpx.post(f"{container.base_url}/info", timeout=30).json()["model"]
     name, version = tag.split(":")
-    dest = bentoml_home / "models" / name / version
-    if not dest.exists():
-        copied = tmp_path_factory.mktemp("image-model") / version
-        container.copy_out(f"{BENTO_MODELS}/{name}/{version}", copied)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(copied), dest)
-    with ServedService(tag, grpc_port=free_port()) as server:
+    home = tmp_path_factory.mktemp("image-home")
+    copied = tmp_path_factory.mktemp("image-model") / version
+    container.copy_out(f"{BENTO_MODELS}/{name}/{version}", copied)
+    (home / "models" / name).mkdir(parents=True)
+    shutil.move(str(copied), home / "models" / name / version)
+    with ServedService(tag, grpc_port=free_port(), bentoml_home=home) as server:
         yield server
 
 

@@ -28,6 +28,7 @@ built image itself.
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 import sys
@@ -50,10 +51,17 @@ KUSTOMIZE = Path(sys.executable).parent / "kustomize"  # installed by tests/syst
 QUANTITY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "": 1}
 
 
-def render(folder: Path) -> list[dict]:
+@functools.cache
+def kustomize_build(folder: Path) -> str:
+    # Once per folder and session: a build takes 1-2 s, and a dozen tests read the same three folders.
     done = subprocess.run([str(KUSTOMIZE), "build", str(folder)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    return done.stdout
+
+
+def render(folder: Path) -> list[dict]:
+    # Parsed on every call: each test gets its own objects, so none sees another's edits.
+    return [doc for doc in yaml.safe_load_all(kustomize_build(folder)) if doc]
 
 
 @pytest.fixture(scope="module", params=list(LAYOUTS))

@@ -25,9 +25,11 @@ every second by a loop callback), and `healthy()` fails while a sibling's is old
 `respawn_in_containers()` is the other half, for a container with no orchestrator watching it
 (plain `docker run`): it makes BentoML's watcher respawn there too. It must run in the arbiter
 process before the watchers are created; BentoML imports the service module there first
-(bentoml_cli/serve.py: `load(bento_identifier=bento, ...)` before `serve_http`), so the service
-module calls it at import. It replaces a BentoML internal: tests/test_supervise.py fails if that
-internal moves.
+(bentoml_cli/serve.py: `load(bento_identifier=bento, ...)` before `serve_http`), so a service
+module that wants it calls it at import. service.py does not call it, so in its image a dead
+worker stays dead and /livez fails until whatever watches /livez restarts the container. Only
+testkit/edge_service.py calls it (with EDGE_RESPAWN=1), for tests/test_supervise.py, which shows a
+killed worker replaced with it and fails if the BentoML internal it replaces moves.
 """
 
 from __future__ import annotations

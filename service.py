@@ -87,7 +87,7 @@ class SoundClassifier:
         # What is loaded by now (the engine, BentoML: hundreds of thousands of objects) lives as
         # long as the process. Left to the collector, every full collection walked all of it with
         # the GIL held: 280 ms, every few seconds under load, and the slowest request at one client
-        # took 339 ms instead of 45-87 (python -m bench.ab, 8 rounds). Frozen objects are never
+        # took 339 ms instead of 45-87 (python -m experiments.ab, 8 rounds). Frozen objects are never
         # scanned again.
         gc.collect()
         gc.freeze()

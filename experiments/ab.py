@@ -1,7 +1,7 @@
 """A/B of served variants: all up at once, loaded in turn in a random order, round after round.
 
-    python -m bench.ab --clients 1 --rounds 10 before@HEAD~1 after
-    python -m bench.ab --clients 1 on "off:BENTOML_CONFIG_OPTIONS=services.logging.access.enabled=false"
+    python -m experiments.ab --clients 1 --rounds 10 before@HEAD~1 after
+    python -m experiments.ab --clients 1 on "off:BENTOML_CONFIG_OPTIONS=services.logging.access.enabled=false"
 
 A variant is NAME[@REV][:ENV=VALUE ...]: REV is a git revision served from a temporary worktree
 (default: this checkout as it is), the ENV assignments are added to the server's environment. This
@@ -9,7 +9,8 @@ machine's speed drifts by more than most changes are worth within minutes, so a 
 means little; this compares the variants under the same conditions in every round (the ones not under
 load paused, as in `make bench`'s interleaved stage) and prints, per variant, the medians over rounds
 and, against the first variant, the median paired difference of p50 and how many rounds it was lower.
-The README and the commit messages quote figures from it as "A/B".
+docs/performance.md and docs/design.md record its figures as "A/B", each with its command.
+`make bench` does not run it.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """The Bento's image, run: a container of what `make image` built, and its cold start.
 
-    python -m bench.container                                   # 5 cold starts of sound_classifier:latest
+    python -m bench.container                               # 5 cold starts of sound_classifier:latest
     python -m bench.container --image sound_classifier:abc --starts 5 --runtime buildah
-    python -m bench.container --source --load-seconds 10   # paired with the source tree's starts; then load
-    python -m bench.container --trace                      # one start: its log lines as they arrive
+    python -m bench.container --starts 1 --load-seconds 10  # then one container at 1, 8 and 32 clients
 
 `ImageContainer` starts the image's own entry point, user and environment with the first runtime
 found (SOUND_IMAGE_RUNTIME picks one):
@@ -23,9 +22,9 @@ found (SOUND_IMAGE_RUNTIME picks one):
 fresh connection every 20 ms, refused until the server listens), then samples the served tree's
 memory. With buildah the container is created (`buildah from`, 0.05 s with the overlay driver) and
 its root mounted before the clock starts, as a kubelet creates a container before starting it.
-`source_cold_start` times the source tree's `bentoml serve` the same way, `trace_start` follows one
-start's log, `throughput` loads one container at 1, 8 and 32 clients, and `measure` is the stage
-`make bench` runs (bench/run.py: `image`).
+`throughput` loads one container at 1, 8 and 32 clients, and `measure` is the stage `make bench`
+runs (bench/run.py: `image`). experiments/image_start.py pairs the starts with the source tree's
+and traces one start's log.
 """
 
 from __future__ import annotations
@@ -39,16 +38,16 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import psutil
 
+from bench import load as loads
 from bench.common import clip_file, multipart, tree_memory
+from testkit.server import free_port
 
 IMAGE = "sound_classifier:latest"  # what `make image` tags last (deploy/image/build.sh)
 RUNTIMES = ("docker", "podman", "buildah")
@@ -280,18 +279,12 @@ class ImageContainer:
         return Path(self._log.name).read_text(errors="replace")
 
 
-def cold_start(image: str = IMAGE, starts: int = 5, runtime: str | None = None, with_source: bool = False) -> dict:
+def cold_start(image: str = IMAGE, starts: int = 5, runtime: str | None = None) -> dict:
     """`starts` cold starts of `image`, one after another: seconds from starting the container to
-    its first /classify 200 (a 5-s WAV), and the served tree's memory right after that answer.
-    `with_source`: before each, one start of the source tree (`source_cold_start`), so the two are
-    measured in pairs under the same load."""
-    from testkit.server import free_port
-
+    its first /classify 200 (a 5-s WAV), and the served tree's memory right after that answer."""
     body, content_type = multipart(clip_file("WAV"))
-    runs, source = [], []
+    runs = []
     for _ in range(starts):
-        if with_source:
-            source += source_cold_start(1)["first_classify_s"]
         with ImageContainer(image, runtime=runtime, http_port=free_port(), grpc_port=free_port()) as c:
             t0 = time.perf_counter()
             c.start()
@@ -303,87 +296,16 @@ def cold_start(image: str = IMAGE, starts: int = 5, runtime: str | None = None, 
                      f"{runs[-1]['memory']['rss_mb']:.0f}" if pid else "-")
     firsts = [r["first_classify_s"] for r in runs]
     rss = [r["memory"]["rss_mb"] for r in runs if r["memory"]]
-    result = {"image": image, "runtime": runtime or find_runtime(), "image_mb": image_size_mb(runtime or find_runtime(), image),
-              "starts": starts, "first_classify_s": firsts, "median_s": statistics.median(firsts),
-              "rss_mb_after_first": statistics.median(rss) if rss else None, "runs": runs}
-    if source:
-        result["source_tree"] = {"first_classify_s": source, "median_s": statistics.median(source)}
-    return result
-
-
-def trace_start(image: str = IMAGE, runtime: str | None = None) -> list[tuple[float, str]]:
-    """One cold start of `image`, with each line of its log and when it arrived (seconds after the
-    start, read every 10 ms), up to the first /classify answer: where the start's time goes."""
-    from testkit.server import free_port
-
-    body, content_type = multipart(clip_file("WAV"))
-    lines: list[tuple[float, str]] = []
-    with ImageContainer(image, runtime=runtime, http_port=free_port(), grpc_port=free_port()) as c:
-        answered = threading.Event()
-        t0 = time.perf_counter()
-
-        def follow() -> None:
-            seen = 0
-            while not answered.wait(0.01):
-                text = c.log()
-                lines.extend((time.perf_counter() - t0, line) for line in text[seen:].splitlines())
-                seen = len(text)
-
-        c.start()
-        follower = threading.Thread(target=follow)
-        follower.start()
-        try:
-            c.wait_for("/classify", method="POST", content=body, headers={"content-type": content_type})
-            lines.append((time.perf_counter() - t0, "(the first /classify answer)"))
-        finally:
-            answered.set()
-            follower.join()
-    return sorted(lines, key=lambda line: line[0])
-
-
-def source_cold_start(starts: int = 5) -> dict:
-    """The same clock on the source tree: `bentoml serve service:SoundClassifier` from this checkout
-    (its BENTOML_HOME's model, an empty HOME so the engine's speed cache is empty as in the image),
-    from launch to its first /classify 200. What the image's figure compares with."""
-    from testkit.server import REPO_ROOT, free_port
-
-    body, content_type = multipart(clip_file("WAV"))
-    firsts = []
-    for _ in range(starts):
-        port = free_port()
-        with tempfile.TemporaryDirectory(prefix="sound-image-home-") as home:
-            env = {**os.environ, "HOME": home, "SOUND_GRPC_PORT": str(free_port())}
-            t0 = time.perf_counter()
-            server = subprocess.Popen([str(Path(sys.executable).with_name("bentoml")), "serve", "service:SoundClassifier",
-                                       "--host", "127.0.0.1", "--port", str(port)], cwd=REPO_ROOT, env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-            try:
-                deadline = time.monotonic() + 300
-                while True:
-                    assert server.poll() is None and time.monotonic() < deadline, "the source tree's server did not answer"
-                    try:
-                        r = httpx.post(f"http://127.0.0.1:{port}/classify", content=body,
-                                       headers={"content-type": content_type}, timeout=30)
-                        if r.status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    time.sleep(POLL_S)
-                firsts.append(time.perf_counter() - t0)
-                log.info("  source tree: launch to first /classify: %.2f s", firsts[-1])
-            finally:
-                os.killpg(server.pid, signal.SIGTERM)
-                server.wait(timeout=60)
-    return {"starts": starts, "first_classify_s": firsts, "median_s": statistics.median(firsts)}
+    runtime = runtime or find_runtime()
+    return {"image": image, "runtime": runtime, "image_mb": image_size_mb(runtime, image), "starts": starts,
+            "first_classify_s": firsts, "median_s": statistics.median(firsts),
+            "rss_mb_after_first": statistics.median(rss) if rss else None, "runs": runs}
 
 
 def throughput(image: str = IMAGE, clients: tuple[int, ...] = (1, 8, 32), seconds: float = 15.0,
                warmup_s: float = 3.0, runtime: str | None = None) -> dict:
     """One container of `image` loaded at each of `clients` concurrent clients on POST /classify
     (bench/load.py: wrk where installed), `seconds` each after `warmup_s`: what one pod serves."""
-    from bench import load as loads
-    from testkit.server import free_port
-
     body = multipart(clip_file("WAV"))
     points = {}
     with ImageContainer(image, runtime=runtime, http_port=free_port(), grpc_port=free_port()) as c:
@@ -411,19 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", default=IMAGE, help="image to start (default %(default)s)")
     parser.add_argument("--starts", type=int, default=5, help="cold starts, one after another (default %(default)s)")
     parser.add_argument("--runtime", choices=RUNTIMES, help="default: the first that can run here")
-    parser.add_argument("--source", action="store_true",
-                        help="before each start, one of the source tree's `bentoml serve` (BENTOML_HOME's model)")
     parser.add_argument("--load-seconds", type=float, default=0.0,
                         help="then load one container at 1, 8 and 32 clients this long each (default: no load)")
-    parser.add_argument("--trace", action="store_true", help="one start, its log lines with their arrival times")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    if args.trace:
-        for at, line in trace_start(args.image, args.runtime):
-            print(f"{at:6.2f}  {line[:160]}")
-        return 0
-    result = cold_start(args.image, args.starts, args.runtime, with_source=args.source)
+    result = cold_start(args.image, args.starts, args.runtime)
     if args.load_seconds:
         result["throughput"] = throughput(args.image, seconds=args.load_seconds, runtime=args.runtime)
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))

@@ -1,0 +1,118 @@
+"""Where a served /classify request's CPU goes, at 32 clients: py-spy over the served workers.
+
+    python -m experiments.profile_request MODEL_TAG [--seconds 30] [--svg docs/profile-classify-32.svg]
+
+Starts `bentoml serve` with the defaults on a free port, loads it with wrk (32 connections, the
+5-s 44.1 kHz WAV clip `make bench` posts), and records the workers with py-spy (`--subprocesses`,
+100 samples a second): once as raw stacks, which it sorts into the parts of a request, and once
+as a flame graph (the SVG). A stack counts for the part of its innermost frame that names one
+(the engine's infer call, the STFT, the resampler, the decoder, the multipart parser, BentoML's
+app, the HTTP server and asyncio...); stacks of threads that wait (an idle thread pool, a sleeping
+event loop, the heap trimmer) are left out. It prints each part's share of the active samples
+and the load's requests per second.
+
+What it cannot see: threads that are not Python's (OpenVINO runs a lone clip's forward pass on
+its own threads), so the engine's share is a floor; and py-spy's own sampling costs the workers
+a little. docs/performance.md records a run with its command and commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+from bench.common import clip_file, multipart
+from testkit.server import ServedService
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIENTS = 32
+
+# A request's parts, each named by the frames that belong to it (file or function names).
+PARTS = [
+    ("engine (OpenVINO / ONNX Runtime infer)", ("InferRequest.infer", "openvino", "onnxruntime", "InferenceSession")),
+    ("resample (soxr)", ("ResampleStream", "soxr", "resample")),
+    ("features (STFT, mel, log)", ("features.py", "pocketfft", "_raw_fft", "numpy/fft")),
+    ("decode (libsndfile)", ("soundfile", "audio.py")),
+    ("upload guard", ("http_guard.py",)),
+    ("multipart parse", ("formparsers", "python_multipart", "multipart")),
+    ("answer (pydantic, JSON)", ("pydantic", "predictions.py", "json")),
+    ("metrics (prometheus)", ("prometheus", "serving/metrics.py", "instruments.py")),
+    ("batcher", ("serving/batching.py", "dispatcher.py")),
+    ("pipeline and classifier", ("pipeline.py", "classifier.py")),
+    ("garbage collection", ("gc_collect", "gc.collect")),
+    ("logging", ("logging/", "access.py")),
+    ("BentoML's app", ("bentoml/", "_bentoml_impl", "_bentoml_sdk")),
+    ("HTTP server (uvicorn, starlette, the edge)", ("uvicorn", "h11", "httptools", "starlette", "serving/edge.py")),
+    ("asyncio event loop", ("asyncio", "uvloop")),
+]
+WAITING = ("_worker", "Condition.wait", "Event.wait", "Queue.get", "select", "epoll", "sleep", "HeapTrimmer")
+
+
+def part_of(frames: list[str]) -> str | None:
+    """The part a stack's CPU belongs to (its innermost frame that names one), None if it waits."""
+    inner = frames[-1]
+    if any(w in inner for w in WAITING):
+        return None
+    for frame in reversed(frames):
+        for name, keys in PARTS:
+            if any(k in frame for k in keys):
+                return name
+    return "other"
+
+
+def shares(raw: Path) -> tuple[dict[str, float], int, int]:
+    counts: collections.Counter = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, n = line.rsplit(" ", 1)
+        total += int(n)
+        if (part := part_of(stack.split(";"))) is not None:
+            counts[part] += int(n)
+    active = sum(counts.values())
+    return {k: v / active for k, v in counts.most_common()}, active, total
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("model", help="model tag in the BentoML store (BENTOML_HOME)")
+    p.add_argument("--seconds", type=float, default=30.0, help="each recording's length")
+    p.add_argument("--svg", type=Path, default=None, help="write the flame graph here")
+    args = p.parse_args()
+    py_spy = shutil.which("py-spy") or str(Path(os.sys.executable).parent / "py-spy")
+    body, content_type = multipart(clip_file())
+    with tempfile.TemporaryDirectory() as tmp, ServedService(args.model, grpc_port="0") as server:
+        body_file = Path(tmp) / "body"
+        body_file.write_bytes(body)
+        duration = int(2 * args.seconds + 15)
+        wrk = ["wrk", "-t2", f"-c{CLIENTS}", f"-d{duration}s", "--timeout", "30s", "-s", str(ROOT / "bench" / "post.lua"),
+               f"{server.base_url}/classify", "--", str(body_file), content_type]
+        subprocess.run([*wrk[:3], "-d5s", *wrk[4:]], check=True, capture_output=True)  # warm-up
+        load = subprocess.Popen(wrk, stdout=subprocess.PIPE, text=True)
+        threading.Event().wait(5)  # past the load's ramp-up
+        record = [py_spy, "record", "--pid", str(server.process.pid), "--subprocesses", "-r", "100",
+                  "-d", str(int(args.seconds))]
+        raw = Path(tmp) / "raw.txt"
+        subprocess.run([*record, "-f", "raw", "-o", str(raw)], check=True, capture_output=True)
+        if args.svg:
+            subprocess.run([*record, "-f", "flamegraph", "-o", str(args.svg)], check=True, capture_output=True)
+            # Paths relative to the project, as the docs write them (the SVG names every command line).
+            args.svg.write_text(args.svg.read_text().replace(f"{ROOT}/", "").replace(str(ROOT), "."))
+        out, _ = load.communicate()
+        parts, active, total = shares(raw)
+    totals = json.loads(re.search(r"WRK_JSON (.*)", out).group(1))
+    print(f"{CLIENTS} clients: {totals['requests'] / (totals['duration_us'] / 1e6):.1f} req/s, statuses "
+          f"{totals['statuses']}; {active} of {total} samples active")
+    for name, share in parts.items():
+        print(f"{share:6.1%}  {name}")
+
+
+if __name__ == "__main__":
+    main()

@@ -92,15 +92,18 @@ def process_tree(pid: int) -> list[psutil.Process]:
     return [root, *root.children(recursive=True)]
 
 
+def tree_sum(pid: int, value: Callable[[psutil.Process], float]) -> float:
+    """`value` summed over a process and its descendants, skipping any that exit meanwhile."""
+    total = 0.0
+    for p in process_tree(pid):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += value(p)
+    return total
+
+
 def tree_rss_mb(pid: int) -> float:
     """Resident memory of a process and all its descendants (the arbiter and its workers), MB."""
-    total = 0
-    for p in process_tree(pid):
-        try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total / 2**20
+    return tree_sum(pid, lambda p: p.memory_info().rss) / 2**20
 
 
 def tree_memory(pid: int) -> dict:
@@ -174,14 +177,7 @@ class RssSampler:
 
 def tree_cpu_s(pid: int) -> float:
     """CPU seconds (user + system) used so far by a process and its live descendants."""
-    total = 0.0
-    for p in process_tree(pid):
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
+    return tree_sum(pid, lambda p: sum(p.cpu_times()[:2]))  # user, system
 
 
 def settle(pid: int, *, busy_cores: float = 0.05, window_s: float = 1.0, timeout_s: float = 120.0) -> float:

@@ -156,15 +156,13 @@ def served_sweep(tag: str, name: str, env: dict[str, str], plan: Plan, body: tup
                  clients: tuple[int, ...], *, with_http: bool = True, with_grpc: bool = False, with_soak: bool = False,
                  out: Path, results: dict) -> None:
     """Start one server, sweep it over HTTP (and gRPC), soak it if asked, stop it; results in place."""
-    from testkit.server import ServedService, free_port
+    from testkit.server import free_port
 
     log.info("served: %s %s", name, env or "(defaults)")
     entry: dict = {"env": env}
     results["served"][name] = entry
-    server = ServedService(tag, grpc_port=free_port() if with_grpc else "0", env=env,
-                           start_timeout_s=SERVER_START_TIMEOUT_S)
-    started = time.perf_counter()
-    try:
+    with stage_server(tag, name, entry, out, env=env, grpc_port=free_port() if with_grpc else "0") as server:
+        started = time.perf_counter()
         server.start()
         entry["start_s"] = time.perf_counter() - started
         entry["settle_s"] = settle(server.process.pid)
@@ -189,12 +187,9 @@ def served_sweep(tag: str, name: str, env: dict[str, str], plan: Plan, body: tup
         if with_soak:
             results["soak"] = run_soak(url, plan.soak_clients, plan.soak_seconds, server_pid=pid)
         entry["rss_mb_end"] = tree_rss_mb(pid)
-    except Exception as e:  # noqa: BLE001 - one failed server must not lose the other stages
-        entry["failed"] = f"{type(e).__name__}: {e}"
-        log.exception("  %s failed", name)
-    finally:
-        server.stop()
-        (out / f"server-{name}.log").write_text(server.log())
+
+
+NO_LITSERVE = "litserve not installed (pip install litserve==0.2.19 python-multipart)"
 
 
 def have_litserve() -> bool:
@@ -241,7 +236,7 @@ def litserve_peer(tag: str, out: Path, name: str = "litserve", env: dict[str, st
 
 def litserve_sweep(tag: str, plan: Plan, body: tuple[bytes, str], results: dict) -> None:
     if not have_litserve():
-        results["served"]["litserve"] = {"skipped": "litserve not installed (pip install litserve==0.2.19 python-multipart)"}
+        results["served"]["litserve"] = {"skipped": NO_LITSERVE}
         log.info("litserve: not installed, skipped")
         return
     log.info("served: litserve peer")
@@ -305,8 +300,7 @@ def interleaved(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, result
         for name, (kind, env) in INTERLEAVED.items():
             if kind == "litserve":
                 if not have_litserve():
-                    entry["servers"][name] = {"skipped": "litserve not installed (pip install litserve==0.2.19 "
-                                                         "python-multipart)"}
+                    entry["servers"][name] = {"skipped": NO_LITSERVE}
                     continue
                 url, pid, engine = stack.enter_context(litserve_peer(tag, out, f"interleaved-{name}", env))
                 targets[name] = (url, pid, None)
@@ -332,13 +326,14 @@ def interleaved(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, result
 
 
 @contextlib.contextmanager
-def stage_server(tag: str, name: str, entry: dict, out: Path) -> Iterator:
-    """A stage's own server with the defaults (not started: the stage starts it, and may time
-    that): stopped and its log kept however the stage ends; a failure is recorded in `entry`
-    (one failed stage must not lose the others)."""
+def stage_server(tag: str, name: str, entry: dict, out: Path, env: dict[str, str] | None = None,
+                 grpc_port: int | str = "0") -> Iterator:
+    """A stage's own server, with `env` added to the defaults (not started: the stage starts it,
+    and may time that): stopped and its log kept however the stage ends; a failure is recorded in
+    `entry` (one failed stage must not lose the others)."""
     from testkit.server import ServedService
 
-    server = ServedService(tag, grpc_port="0", start_timeout_s=SERVER_START_TIMEOUT_S)
+    server = ServedService(tag, grpc_port=grpc_port, env=env, start_timeout_s=SERVER_START_TIMEOUT_S)
     try:
         yield server
     except Exception as e:  # noqa: BLE001

@@ -59,7 +59,7 @@ class ServedService:
             (default: the inherited BENTOML_HOME); the server runs in a home of its own (`_own_home`).
         port (int | None): HTTP port; default: a free one.
         start_timeout_s (float): how long to wait for GET /readyz to answer 200.
-        source_root (Path): the checkout served from source (bench/ab.py serves other revisions).
+        source_root (Path): the checkout served from source (experiments/ab.py serves other revisions).
     """
 
     def __init__(

@@ -131,17 +131,25 @@ class OnnxRuntimeEngine:
 
 
 class OpenVinoEngine:
-    """OpenVINO on the CPU. `graph`: the ONNX file for fp32 / bf16, the quantized IR (.xml) for int8."""
+    """OpenVINO on the CPU. `graph`: the ONNX file for fp32 / bf16, the quantized IR (.xml) for int8.
+
+    `cache_dir`: OpenVINO's compiled-model cache (CACHE_DIR): a compile whose graph, settings and
+    OpenVINO version match a blob there loads the blob instead of compiling (docs/container.md, Cold
+    start, has the time it saves); a miss compiles as without it. A read-only folder is read and
+    never written (the image's, made at build time: deploy/Dockerfile.template)."""
 
     name = "openvino"
 
-    def __init__(self, graph: Path, precision: str = "fp32", threads: int | None = None, streams: int | None = None):
+    def __init__(self, graph: Path, precision: str = "fp32", threads: int | None = None, streams: int | None = None,
+                 cache_dir: Path | None = None):
         import openvino as ov
 
         self.precision = precision
         self.threads = threads or default_threads()
         self.streams = streams or self.threads
         core = ov.Core()
+        if cache_dir is not None:
+            core.set_property({"CACHE_DIR": str(cache_dir)})
         model = core.read_model(str(graph))
         # int8: the layers NNCF left unquantized run in f32, as they did when the INT8 graph's
         # agreement with PyTorch was checked at save time (the model's engine report).

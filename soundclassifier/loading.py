@@ -6,6 +6,13 @@ with the model (soundclassifier/export.py made it at save time) and compiles onl
 chooses: no PyTorch, no agreement check, no timing of every engine in every worker. Its measured
 clips/s are cached on disk so other workers and later starts reuse them (`SpeedCache`).
 
+An engine cache made ahead of time (`warm_engine_cache`, run by the image's build:
+deploy/Dockerfile.template) spares a new container both costs of its start that do not depend on
+the request: the folder named by SOUND_ENGINE_CACHE holds OpenVINO's compiled blobs (`openvino/`)
+and the clips/s measured there (`engine-speed.json`), each used only when it matches (the same
+graph and settings; the same model, engine, layout, CPU model and cores), else compiled or measured
+as without it.
+
 Choice: `auto` takes the first accepted engine in `preference()` order that is installed; a
 `choice` (openvino, onnxruntime, torch) and a `precision` (int8, bf16, fp32) narrow the list. PyTorch
 serves only when asked, or when neither OpenVINO nor ONNX Runtime can be imported (then it must be
@@ -14,10 +21,12 @@ installed: the PyTorch extra, requirements/torch.txt).
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +52,15 @@ if TYPE_CHECKING:
     import bentoml
 
 log = logging.getLogger(__name__)
+
+ENGINE_CACHE_ENV = "SOUND_ENGINE_CACHE"  # a folder made by `warm_engine_cache` (read-only is fine)
+SPEED_FILE = "engine-speed.json"
+
+
+def engine_cache_dir() -> Path | None:
+    """The engine cache SOUND_ENGINE_CACHE names, if that folder exists."""
+    folder = os.environ.get(ENGINE_CACHE_ENV)
+    return Path(folder) if folder and Path(folder).is_dir() else None
 
 
 def open_classifier(
@@ -80,7 +98,8 @@ def accepted(model: LoadedModel, label: str) -> tuple[bool, str]:
     return bool(entry["accepted"]), entry["reason"]
 
 
-def _build(model: LoadedModel, label: str, threads: int, streams: int | None) -> Engine:
+def _build(model: LoadedModel, label: str, threads: int, streams: int | None,
+           engine_cache: Path | None = None) -> Engine:
     name, precision = label.split("/")
     if name == "torch":
         return TorchEngine(model.network, threads, streams)
@@ -89,7 +108,8 @@ def _build(model: LoadedModel, label: str, threads: int, streams: int | None) ->
     graph = model.int8_path if precision == "int8" else model.onnx_path
     if graph is None:
         raise FileNotFoundError("the model has no INT8 graph")
-    return OpenVinoEngine(graph, precision, threads, streams)
+    return OpenVinoEngine(graph, precision, threads, streams,
+                          cache_dir=engine_cache / "openvino" if engine_cache is not None else None)
 
 
 def select_engine(
@@ -99,6 +119,7 @@ def select_engine(
     threads: int | None = None,
     streams: int | None = None,
     speed_cache: SpeedCache | None = None,
+    engine_cache: Path | None = None,
 ) -> tuple[Engine, dict]:
     """The engine to serve `model` with, and a report for /info and the log.
 
@@ -109,8 +130,11 @@ def select_engine(
     (not installed, or refused by the report) falls back to the automatic choice with a warning.
     `threads`: the engine's threads for a wide call (default: every core); `streams`: its
     single-threaded streams for shared calls (default: as many as threads). The clips/s come from
-    `speed_cache` (measured once per model, engine, layout and CPU; default `SpeedCache.default()`)."""
+    `speed_cache` (measured once per model, engine, layout and CPU; default `SpeedCache.default()`).
+    `engine_cache`: a folder made by `warm_engine_cache` whose OpenVINO blobs the compile may load
+    (default: `engine_cache_dir()`, none outside the image)."""
     threads = threads or default_threads()
+    engine_cache = engine_cache or engine_cache_dir()
     cpu = machine()
     wanted = [label for label in preference(cpu)
               if choice in ("auto", label.split("/")[0]) and precision in (None, label.split("/")[1])]  # fmt: skip
@@ -125,7 +149,7 @@ def select_engine(
             tried[label] = f"not used: {reason}"
             continue
         try:
-            engine = _build(model, label, threads, streams)
+            engine = _build(model, label, threads, streams, engine_cache)
         except ImportError as e:
             tried[label] = f"not installed ({e.name})"
             continue
@@ -142,7 +166,7 @@ def select_engine(
     if choice != "auto" or precision is not None:
         log.warning("engine %s/%s cannot serve %s (%s); choosing automatically", choice, precision or "any",
                     model.tag, tried)  # fmt: skip
-        engine, report = select_engine(model, "auto", None, threads, streams, speed_cache)
+        engine, report = select_engine(model, "auto", None, threads, streams, speed_cache, engine_cache)
         report["tried"] = {**tried, **report["tried"]}
         report["forced"] = f"{choice}/{precision or 'any'} could not serve"
         return engine, report
@@ -164,13 +188,19 @@ def cache_key(model: LoadedModel, label: str, engine: Engine) -> str:
 class SpeedCache:
     """Measured clips/s per (model, engine, layout, CPU), in one small JSON file shared by every
     worker on the machine. A file lock makes the first worker measure while the others wait for
-    its figure, so they neither measure at once (each would see half the machine) nor twice."""
+    its figure, so they neither measure at once (each would see half the machine) nor twice.
+    `seed`: a read-only file of the same form (an engine cache's, `warm_engine_cache`), consulted
+    when `path` has no figure for a key: a figure found there is neither measured nor copied."""
 
     path: Path
+    seed: Path | None = None
 
     @classmethod
     def default(cls) -> SpeedCache:
-        return cls(Path.home() / ".cache" / "soundclassifier" / "engine-speed.json")
+        """This user's cache, seeded by the engine cache SOUND_ENGINE_CACHE names (if any)."""
+        cache = engine_cache_dir()
+        return cls(Path.home() / ".cache" / "soundclassifier" / SPEED_FILE,
+                   seed=cache / SPEED_FILE if cache is not None else None)
 
     def read(self) -> dict[str, float]:
         try:
@@ -178,11 +208,17 @@ class SpeedCache:
         except (OSError, ValueError):
             return {}
 
+    def _seeded(self, key: str) -> float | None:
+        known = SpeedCache(self.seed).read() if self.seed is not None else {}
+        return float(known[key]) if key in known else None
+
     def get_or_measure(self, key: str, measure: Callable[[], float]) -> float:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             lock = open(self.path.with_suffix(".lock"), "a")  # noqa: SIM115 - held for the block below
-        except OSError as e:  # a read-only home: measure, keep nothing
+        except OSError as e:  # a read-only home: the seed's figure, else measure and keep nothing
+            if (seeded := self._seeded(key)) is not None:
+                return seeded
             log.warning("engine speed cache %s unusable (%s): measuring", self.path, e)
             return measure()
         with lock:
@@ -190,6 +226,8 @@ class SpeedCache:
             known = self.read()
             if key in known:
                 return float(known[key])
+            if (seeded := self._seeded(key)) is not None:
+                return seeded
             speed = measure()
             known[key] = round(speed, 1)
             tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
@@ -199,3 +237,45 @@ class SpeedCache:
             except OSError as e:
                 log.warning("engine speed cache %s not written (%s)", self.path, e)
             return speed
+
+
+def warm_engine_cache(model: str | bentoml.Model, folder: Path, engine: str = "auto",
+                      precision: str | None = None, threads: int | None = None, streams: int | None = None) -> dict:
+    """Make (or add to) an engine cache in `folder`: choose and compile the engine `open_classifier`
+    would with these arguments, OpenVINO's blobs written to `folder`/openvino, and measure its
+    clips/s into `folder`/engine-speed.json. Starts with the same model, engine, layout, CPU model
+    and cores then load the blobs and take the figure (SOUND_ENGINE_CACHE=`folder`). Returns the
+    engine report."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _, report = select_engine(load_model(model), engine, precision, threads=threads, streams=streams,
+                              speed_cache=SpeedCache(folder / SPEED_FILE), engine_cache=folder)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m soundclassifier.loading",
+                                description="Make an engine cache for SOUND_ENGINE_CACHE (warm_engine_cache).")
+    p.add_argument("folder", type=Path, help="the engine cache to make")
+    p.add_argument("--model-store", type=Path,
+                   help="a BentoML model store folder to open the model from (a Bento's models/; default: BENTOML_HOME's)")
+    p.add_argument("--model", default=None, help="model tag (default: the service's, SOUND_MODEL_TAG)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from soundclassifier.config import Settings
+
+    settings = Settings()  # the service's own engine, precision and layout (SOUND_* variables)
+    tag = args.model or settings.model_tag
+    _, threads, streams = settings.layout()
+    if args.model_store is not None:
+        from bentoml._internal.models import ModelStore
+
+        model = ModelStore(str(args.model_store)).get(tag)
+    else:
+        model = tag
+    report = warm_engine_cache(model, args.folder, settings.engine, settings.precision, threads, streams)
+    print(json.dumps({k: report[k] for k in ("chosen", "clips_per_second", "threads", "streams")}), file=sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -201,6 +201,38 @@ def test_speed_is_measured_once_and_reused(loaded_model, speed_cache):
     assert second["clips_per_second"] == stored[key]
 
 
+def test_an_engine_cache_serves_a_start_without_compiling_or_measuring(tiny_model_tag, loaded_model, tmp_path,
+                                                                       monkeypatch):
+    """What the image does (deploy/Dockerfile.template): `warm_engine_cache` at build time, then
+    every start with SOUND_ENGINE_CACHE takes the stored speed instead of measuring it, loads
+    OpenVINO's compiled blob, writes nothing there, and answers as an uncached engine does."""
+    import shutil
+
+    from soundclassifier.loading import SPEED_FILE, warm_engine_cache
+
+    inputs = loaded_model.samples[:4]
+    uncached, _ = select_engine(loaded_model, "openvino", "fp32", threads=1,
+                                speed_cache=SpeedCache(tmp_path / "uncached.json"))
+    made = warm_engine_cache(tiny_model_tag, tmp_path / "made", "openvino", "fp32", threads=1)
+    assert made["chosen"] == "openvino/fp32"
+    assert any((tmp_path / "made" / "openvino").iterdir()), "no compiled blob was written"
+    stored = json.loads((tmp_path / "made" / SPEED_FILE).read_text())
+    cache = tmp_path / "image-cache"
+    shutil.copytree(tmp_path / "made", cache)
+    before = {p: p.stat().st_mtime_ns for p in cache.rglob("*")}
+    monkeypatch.setenv("SOUND_ENGINE_CACHE", str(cache))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # this user's own speed cache starts empty
+
+    def never(*_):
+        raise AssertionError("measured the engine's speed although the engine cache holds it")
+
+    monkeypatch.setattr("soundclassifier.loading.clips_per_second", never)
+    engine, report = select_engine(loaded_model, "openvino", "fp32", threads=1)
+    assert report["clips_per_second"] == list(stored.values())[0]
+    np.testing.assert_allclose(engine(inputs), uncached(inputs), atol=1e-5)
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*")} == before  # read, never written
+
+
 def test_workers_starting_together_measure_once(tmp_path):
     """Two processes ask the shared cache for the same figure at once: one measures (while the
     other waits for it), both get its value."""

@@ -34,6 +34,11 @@ class Settings(BaseSettings):
         None, description="force the engine's precision (default: the fastest one the model's stored "
         "agreement report accepts)"
     )
+    engine_cache: str | None = Field(
+        None, description="folder of an engine cache (`python -m soundclassifier.loading FOLDER`; the image has "
+        "one): OpenVINO's compiled graph and the engine's measured speed, used at start instead of compiling and "
+        "measuring when the model, settings, CPU and cores match; read only"
+    )
     engine_threads: int = Field(
         0, ge=0, description="cores the server uses: the engine's threads for a lone clip, and the "
         "streams its workers share out (0 = every core it may run on)"

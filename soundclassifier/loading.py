@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from soundclassifier.classifier import Classifier
+from soundclassifier.config import Settings
 from soundclassifier.engine import (
     ENGINES,
     REFERENCE,
@@ -53,13 +54,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ENGINE_CACHE_ENV = "SOUND_ENGINE_CACHE"  # a folder made by `warm_engine_cache` (read-only is fine)
 SPEED_FILE = "engine-speed.json"
 
 
 def engine_cache_dir() -> Path | None:
-    """The engine cache SOUND_ENGINE_CACHE names, if that folder exists."""
-    folder = os.environ.get(ENGINE_CACHE_ENV)
+    """The engine cache SOUND_ENGINE_CACHE names (a folder made by `warm_engine_cache`), if it exists."""
+    folder = Settings().engine_cache
     return Path(folder) if folder and Path(folder).is_dir() else None
 
 
@@ -261,8 +261,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="model tag (default: the service's, SOUND_MODEL_TAG)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from soundclassifier.config import Settings
-
     settings = Settings()  # the service's own engine, precision and layout (SOUND_* variables)
     tag = args.model or settings.model_tag
     _, threads, streams = settings.layout()

@@ -65,6 +65,7 @@ from bench import load as loads
 from bench.common import (
     CLIP_RATE,
     CLIP_SECONDS,
+    RssSampler,
     clip_file,
     cores,
     in_turn,
@@ -384,18 +385,10 @@ def mixed_burst(pid: int, url: str, http, plan: Plan) -> tuple[dict, dict, float
     """The hostile burst beside a PEER_CLIENTS load of good clips, for as long: the burst's result
     (with `ended_at`, time.monotonic() of its last answer), the load's, and the tree's peak RSS,
     sampled every 0.2 s while they ran."""
-    import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    peak, stop = tree_rss_mb(pid), threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not stop.wait(0.2):
-            peak = max(peak, tree_rss_mb(pid))
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    before = tree_rss_mb(pid)
+    sampler = RssSampler(lambda: pid, interval_s=0.2).start()
     try:
         with ThreadPoolExecutor(1) as pool:
             load = pool.submit(http, PEER_CLIENTS, plan.hostile_seconds)
@@ -403,9 +396,8 @@ def mixed_burst(pid: int, url: str, http, plan: Plan) -> tuple[dict, dict, float
             good = load.result().as_dict()
         burst["ended_at"] = time.monotonic()
     finally:
-        stop.set()
-        sampler.join()
-    return burst, good, peak
+        sampler.stop()
+    return burst, good, max([before, *(mb for _, mb in sampler.samples)])
 
 
 def listen_stage(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, results: dict) -> None:

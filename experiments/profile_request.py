@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
-import os
-import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bench import load as loads
 from bench.common import clip_file, multipart
 from testkit.server import ServedService
 
@@ -86,16 +86,13 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=30.0, help="each recording's length")
     p.add_argument("--svg", type=Path, default=None, help="write the flame graph here")
     args = p.parse_args()
-    py_spy = shutil.which("py-spy") or str(Path(os.sys.executable).parent / "py-spy")
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     body, content_type = multipart(clip_file())
-    with tempfile.TemporaryDirectory() as tmp, ServedService(args.model, grpc_port="0") as server:
-        body_file = Path(tmp) / "body"
-        body_file.write_bytes(body)
-        duration = int(2 * args.seconds + 15)
-        wrk = ["wrk", "-t2", f"-c{CLIENTS}", f"-d{duration}s", "--timeout", "30s", "-s", str(ROOT / "bench" / "post.lua"),
-               f"{server.base_url}/classify", "--", str(body_file), content_type]
-        subprocess.run([*wrk[:3], "-d5s", *wrk[4:]], check=True, capture_output=True)  # warm-up
-        load = subprocess.Popen(wrk, stdout=subprocess.PIPE, text=True)
+    with tempfile.TemporaryDirectory() as tmp, ServedService(args.model, grpc_port="0") as server, \
+            ThreadPoolExecutor(1) as pool:
+        url = f"{server.base_url}/classify"
+        loads.wrk(url, body, content_type, CLIENTS, 5)  # warm-up
+        load = pool.submit(loads.wrk, url, body, content_type, CLIENTS, 2 * args.seconds + 15)
         threading.Event().wait(5)  # past the load's ramp-up
         record = [py_spy, "record", "--pid", str(server.process.pid), "--subprocesses", "-r", "100",
                   "-d", str(int(args.seconds))]
@@ -105,11 +102,9 @@ def main() -> None:
             subprocess.run([*record, "-f", "flamegraph", "-o", str(args.svg)], check=True, capture_output=True)
             # Paths relative to the project, as the docs write them (the SVG names every command line).
             args.svg.write_text(args.svg.read_text().replace(f"{ROOT}/", "").replace(str(ROOT), "."))
-        out, _ = load.communicate()
+        done = load.result()
         parts, active, total = shares(raw)
-    totals = json.loads(re.search(r"WRK_JSON (.*)", out).group(1))
-    print(f"{CLIENTS} clients: {totals['requests'] / (totals['duration_us'] / 1e6):.1f} req/s, statuses "
-          f"{totals['statuses']}; {active} of {total} samples active")
+    print(f"{CLIENTS} clients: {done.rps:.1f} req/s, statuses {done.statuses}; {active} of {total} samples active")
     for name, share in parts.items():
         print(f"{share:6.1%}  {name}")
 

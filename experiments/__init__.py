@@ -14,7 +14,6 @@ from the repository root:
     python -m experiments.ab before@HEAD~1 after          # paired A/B of served revisions or settings
     python -m experiments.memory_return MODEL_TAG         # RSS after a hostile burst: does it come back?
     python -m experiments.profile_request MODEL_TAG       # where a request's CPU goes at 32 clients (py-spy)
-    python -m experiments.channels_last                   # training steps: NCHW against channels_last
     python -m experiments.image_start --starts 5          # the image's cold start paired with the source tree's
     python -m experiments.edge.race PORT 64 60            # and the rest of experiments/edge/
 

@@ -2,13 +2,12 @@
 
     streams(url, n, seconds, window_s)   -> lag from the frame that completes a window to that
                                             window's message (p50/p95/max), windows, failures
-    python -m bench.listen MODEL_TAG [N]  # N real-speed streams for 20 s against a fresh server
-    python -m bench.listen MODEL_TAG 64 --rounds 14   # and each worker's RSS after every round
 
 Each stream sends 100 ms frames of 16 kHz PCM on the wall clock, then `end`, and reads every
 message on its own thread; a stream counts as dropped when it does not get every window the
 contract promises (one per hop, as /timeline counts them) and a normal close. `bench.run`'s
-`listen` stage runs 16 streams for the latency and 64 for 60 s for memory and drops.
+`listen` stage runs 16 streams for the latency and 64 for 60 s for memory and drops;
+experiments/listen_memory.py runs them round after round.
 """
 
 from __future__ import annotations
@@ -100,34 +99,3 @@ def streams(url: str, n: int, seconds: float, window_s: float) -> dict:
         **({"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
             "max_ms": float(ms.max())} if len(ms) else {}),
     }  # fmt: skip
-
-
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    import httpx
-
-    from bench.common import process_tree
-    from testkit.server import ServedService
-
-    p = argparse.ArgumentParser(description="Real-speed /listen streams against a fresh `bentoml serve`.")
-    p.add_argument("model")
-    p.add_argument("streams", type=int, nargs="?", default=16)
-    p.add_argument("--seconds", type=float, default=20.0, help="audio per stream and round")
-    p.add_argument("--rounds", type=int, default=1, help="rounds of streams; the workers' RSS is printed after each")
-    a = p.parse_args(argv)
-    with ServedService(a.model) as server:
-        window_s = httpx.post(f"{server.base_url}/info").json()["feature_settings"]["clip_seconds"]
-        ws_url = server.base_url.replace("http://", "ws://")
-        for r in range(a.rounds):
-            result = streams(ws_url, a.streams, a.seconds, window_s)
-            if a.rounds == 1:
-                print(json.dumps(result, indent=1))
-                break
-            rss = [round(w.memory_info().rss / 2**20) for w in process_tree(server.process.pid)[1:]]
-            print(f"round {r + 1}: {result['dropped']} dropped, p95 lag {result.get('p95_ms', float('nan')):.1f} ms, "
-                  f"worker RSS MiB {rss}", flush=True)
-
-
-if __name__ == "__main__":
-    main()

@@ -6,6 +6,7 @@ import contextlib
 import os
 import random
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -222,6 +223,16 @@ def in_turn(pids: dict[str, int | None], rounds: int, shuffle: bool = False) -> 
         for name in names:
             with paused({pid for pid in pids.values() if pid is not None and pid != pids[name]}):
                 yield r, name
+
+
+def http_floor(port: int, env: dict[str, str] | None = None):
+    """The HTTP floor (bench/floor_service.py) served on 127.0.0.1:`port` in its own session and
+    BentoML home, up once /readyz answers: a testkit.edge_probe.Background (`stop()` ends it)."""
+    from testkit.edge_probe import Background
+
+    bentoml = str(Path(sys.executable).with_name("bentoml"))
+    return Background([bentoml, "serve", "bench.floor_service:HttpFloor", "--host", "127.0.0.1", "--port", str(port)],
+                      port, env=env, ready_path="/readyz", start_timeout_s=120)
 
 
 def cores() -> int:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from bench.common import CLIP_RATE, CLIP_SECONDS, FORMATS, clip_file
+from bench.common import CLIP_RATE, CLIP_SECONDS, FORMATS, clip_file, cores
 from soundclassifier.audio import decode
 from soundclassifier.classifier import Classifier
 from soundclassifier.engine import Engine, OnnxRuntimeEngine, OpenVinoEngine, TorchEngine
@@ -174,6 +174,29 @@ def features(model: LoadedModel, repeats: int) -> dict:
                  fmt, len(data), d, results[fmt]["features_ms"], p)
     results["clip"] = {"seconds": CLIP_SECONDS, "sample_rate": CLIP_RATE, "channels": 1}
     return results
+
+
+PIPELINE_BATCH = 16  # clips per engine call in process: what each of 2 workers gets at 32 clients
+
+
+def pipeline_cpu(core: Classifier, data: bytes, seconds: float, batch: int = PIPELINE_BATCH) -> dict:
+    """The request path without a server for `seconds`, after a warm-up batch: each upload decoded into
+    features (Classifier.prepare), `batch` of them in one engine call, each answer made. `cpu_ms`: this
+    process's CPU time (every thread's) per clip; `rps`: the clips/s it allows on every core."""
+    opts = core.classify_options()
+
+    def one_batch() -> int:
+        prepared = [core.prepare(data) for _ in range(batch)]
+        probs = core.forward(np.stack([x for _, x in prepared]))
+        return len([core.classification(a, p, opts) for (a, _), p in zip(prepared, probs, strict=True)])
+
+    one_batch()
+    clips, cpu, start = 0, time.process_time(), time.perf_counter()
+    while clips == 0 or time.perf_counter() - start < seconds:
+        clips += one_batch()
+    cpu_ms = 1000 * (time.process_time() - cpu) / clips
+    return {"clips": clips, "batch": batch, "cpu_ms": cpu_ms, "rps": cores() * 1000 / cpu_ms,
+            "clips_per_s": clips / (time.perf_counter() - start), "errors": 0}
 
 
 def sharing(model: LoadedModel, engine_label: str, seconds: float, batch: int = 16,

@@ -33,6 +33,7 @@ RATIOS = (
     Ratio("served throughput / LitServe on the service's own engine", "service", "litserve-engine", "rps"),
     Ratio("p50 at 1 client / LitServe eager's p50 at 1 client", "service, 1 client", "litserve-eager, 1 client",
           "p50_ms"),
+    Ratio("served throughput / the in-process pipeline on the same cores", "service", "in-process", "rps"),
 )  # fmt: skip
 PEERS = {"torch": ("the same service on PyTorch", "torch server skipped"),
          "litserve": ("the LitServe peer", "LitServe peer skipped or not installed")}
@@ -121,14 +122,17 @@ def peer_figure(results: dict, peer: str, engine: str | None) -> dict:
 
 
 def summarize_interleaved(rounds: list[dict[str, dict]]) -> dict:
-    """Medians over the interleaved rounds (each round: name -> {"rps", "p50_ms", ...}) and, for
-    every RATIOS pair measured in every round, the median of the rounds' own ratios."""
+    """Medians over the interleaved rounds (each round: name -> {"rps", "p50_ms", "cpu_ms", ...}; a
+    figure a name lacks is left out) and, for every RATIOS pair measured in every round, the median
+    of the rounds' own ratios."""
     names = [n for n in rounds[0] if all(n in row for row in rounds)] if rounds else []
-    summary: dict = {
-        "median_rps": {n: statistics.median(row[n]["rps"] for row in rounds) for n in names},
-        "median_p50_ms": {n: statistics.median(row[n]["p50_ms"] for row in rounds) for n in names},
-        "ratios": {},
-    }
+
+    def medians(key: str) -> dict[str, float]:
+        values = {n: [row[n][key] for row in rounds if row[n].get(key) is not None] for n in names}
+        return {n: statistics.median(v) for n, v in values.items() if v}
+
+    summary: dict = {"median_rps": medians("rps"), "median_p50_ms": medians("p50_ms"),
+                     "median_cpu_ms": medians("cpu_ms"), "ratios": {}}
     for r in RATIOS:
         if r.numerator in names and r.denominator in names:
             per_round = [row[r.numerator][r.metric] / row[r.denominator][r.metric] if row[r.denominator][r.metric]
@@ -344,9 +348,21 @@ def _interleaved_section(results: dict) -> list[str]:
         cells = [_f(row[n]["p50_ms" if one_client[n] else "rps"])
                  + (f" ({row[n]['errors']} errors)" if row[n].get("errors") else "") for n in names]
         lines.append(f"| {i} | " + " | ".join(cells) + " |")
-    medians = [_f(both["median_p50_ms"][n] if one_client[n] else both["median_rps"][n])
+    medians = [_f(both["median_p50_ms"].get(n) if one_client[n] else both["median_rps"][n])
                for n in names if n in both.get("median_rps", {})]
-    return [*lines, "| median | " + " | ".join(medians) + " |"]
+    return [*lines, "| median | " + " | ".join(medians) + " |", *_cpu_table(both, [n for n in names if not one_client[n]])]
+
+
+def _cpu_table(both: dict, names: list[str]) -> list[str]:
+    cpu, servers, served = both.get("median_cpu_ms", {}), both["servers"], both["ratios"].get("service / in-process")
+    rows = [f"| {n} | {servers.get(n, {}).get('engine', '?')} | {_f(cpu[n], 2)} | {_f(both['median_rps'][n])} |"
+            for n in names if n in cpu]
+    return rows and [
+        "", f"### CPU per request ({both['clients']} clients)", "", "Medians of the rounds: a server's tree CPU over "
+        "its turn / requests answered 200; in-process: the bench process's CPU time (time.process_time) per clip for "
+        f"decode + features + engine + answer, batches of {servers.get('in-process', {}).get('batch', '?')}, no server; "
+        "its req/s = cores x 1000 / CPU ms.", "", "| | engine | CPU ms/req | req/s |", "|---|---|---|---|", *rows,
+        *([f"\nserved / in-process throughput: {served['median']:.2f} (median of the rounds' own ratios)."] if served else [])]
 
 
 def _lean_section(results: dict) -> list[str]:
@@ -443,9 +459,6 @@ def _features_section(results: dict) -> list[str]:
         if fmt != "clip":
             lines.append(f"| {fmt} | {r['bytes']} | {_f(r['decode_ms'])} | {_f(r['features_ms'])} | "
                          f"{_f(r['prepare_ms'])} ({_f(r['prepare_ms_p90'])}) | {_f(r.get('prepare_ms_cold'))} |")
-    if c := results.get("ceiling_with_features"):
-        lines.append(f"\nCPU-bound ceiling of a served WAV clip on {results['meta']['cores']} cores (network + "
-                     f"features): {c:.1f} clips/s.")
     return lines
 
 

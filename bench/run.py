@@ -28,10 +28,11 @@ Stages, in order, each measured in this one run so ratios compare like with like
     litserve  the same model and features under LitServe's batching (only if litserve is installed)
     interleaved  the peer ratios at 32 clients: the service (its automatic engine: INT8 where the
               model's report accepts it), the same service forced to bf16 (SOUND_PRECISION=bf16),
-              LitServe as users deploy it (eager PyTorch fp32, SOUND_ENGINE=torch) and LitServe on the
-              service's own engine, all up together and loaded in turn (the others paused) for several
-              rounds, plus the service and LitServe-eager at one client; ratios are the medians of the
-              rounds' own ratios, so the machine's drift cannot bias them
+              LitServe as users deploy it (eager PyTorch fp32, SOUND_ENGINE=torch), LitServe on the
+              service's own engine and the HTTP floor (bench/floor_service.py), all up together and
+              loaded in turn (the others paused) for several rounds, plus the service and LitServe-eager
+              at one client and the request path in process (every server paused), with CPU per request;
+              ratios are the medians of the rounds' own ratios, so the machine's drift cannot bias them
 Mean batch sizes come from the server's /metrics around each measured window. Results go to
 OUT/bench-<time>.{json,md,png} and OUT/latest.{json,md,png}; the Markdown is also printed.
 The report's headline figures and ratios come first (bench/report.py); what they should reach is
@@ -68,6 +69,7 @@ from bench.common import (
     RssSampler,
     clip_file,
     cores,
+    http_floor,
     in_turn,
     libtorch_maps,
     multipart,
@@ -123,7 +125,9 @@ INTERLEAVED = {
     "service-bf16": ("service", {"SOUND_PRECISION": "bf16"}),
     "litserve-eager": ("litserve", {"SOUND_ENGINE": "torch"}),
     "litserve-engine": ("litserve", {}),
+    "http-floor": ("floor", {}),  # the service's front door, guard and upload parse, no pipeline
 }
+IN_PROCESS = "in-process"  # measured in this process with every server paused (raw.pipeline_cpu)
 ONE_CLIENT = ("service", "litserve-eager")  # also measured at one client, as "<name>, 1 client"
 
 
@@ -285,12 +289,15 @@ def started_service(tag: str, name: str, env: dict[str, str], out: Path, stack: 
     return server
 
 
-def interleaved(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, results: dict) -> None:
+def interleaved(tag: str, plan: Plan, body: tuple[bytes, str], audio: bytes, out: Path, results: dict) -> None:
     """The peer ratios (report.RATIOS) at PEER_CLIENTS clients (and one client), with every
     INTERLEAVED server up at once and loaded in turn, round after round. Sequential stages let the machine's drift into
     the ratios (here its speed moved by 15% within minutes); in turn, each round compares them under
     the same conditions, and the report takes the median of the rounds' own ratios. The servers not
     under load are paused (`in_turn`), so none pays for another's idle work."""
+    from soundclassifier.pipeline import open_pipeline
+    from testkit.server import free_port
+
     entry: dict = {"clients": PEER_CLIENTS, "seconds": plan.point_seconds, "servers": {},
                    "rounds": [{} for _ in range(plan.rounds)]}
     results["interleaved"] = entry
@@ -306,6 +313,12 @@ def interleaved(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, result
                 url, pid, engine = stack.enter_context(litserve_peer(tag, out, f"interleaved-{name}", env))
                 targets[name] = (url, pid, None)
                 entry["servers"][name] = {"env": env, "engine": engine}
+            elif kind == "floor":
+                floor = http_floor(free_port())
+                stack.callback(floor.stop)
+                settle(floor.proc.pid)
+                targets[name] = (f"http://127.0.0.1:{floor.port}/classify", floor.proc.pid, None)
+                entry["servers"][name] = {"env": env, "engine": "none (bench/floor_service.py)"}
             else:
                 server = started_service(tag, f"interleaved-{name}", env, out, stack)
                 info = httpx.post(f"{server.base_url}/info", timeout=30).json()
@@ -313,16 +326,23 @@ def interleaved(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, result
                 entry["servers"][name] = {"env": env, "engine": f"{info['engine']}/{info['precision']}",
                                           "engines_tried": info["engines_tried"]}
             log.info("  %s: %s", name, entry["servers"][name]["engine"])
+        core = open_pipeline(Settings(), tag).classifier  # the engine and layout a service worker gets
+        entry["servers"][IN_PROCESS] = {"engine": f"{core.engine.name}/{core.engine.precision}",
+                                        "batch": raw.PIPELINE_BATCH}
         points = {name: (*t, PEER_CLIENTS) for name, t in targets.items()}
         points |= {f"{name}, 1 client": (*targets[name], 1) for name in ONE_CLIENT if name in targets}
-        for r, name in in_turn({name: p[1] for name, p in points.items()}, plan.rounds):
-            url, pid, base, clients = points[name]
+        for r, name in in_turn({name: p[1] for name, p in points.items()} | {IN_PROCESS: None}, plan.rounds):
             log.info("  round %d: %s", r + 1, name)
+            if name == IN_PROCESS:
+                entry["rounds"][r][name] = raw.pipeline_cpu(core, audio, plan.point_seconds)
+                continue
+            url, pid, base, clients = points[name]
             load = loads.measure_point(partial(loads.http_load, url, *body), clients,
                                        plan.point_seconds, plan.warmup_seconds, base_url=base, server_pid=pid)
             entry["rounds"][r][name] = {"clients": clients, "rps": load.rps, "errors": load.errors,
                                         "p50_ms": load.latency_ms["p50"], "p99_ms": load.latency_ms["p99"],
-                                        "mean_batch": load.mean_batch}
+                                        "mean_batch": load.mean_batch,
+                                        "cpu_ms": 1000 * load.server_cpu_s / load.ok if load.ok else None}
     entry.update(report.summarize_interleaved(entry["rounds"]))
 
 
@@ -421,13 +441,9 @@ def listen_stage(tag: str, plan: Plan, body: tuple[bytes, str], out: Path, resul
         entry["latency"] = listen.streams(ws_url, LISTEN_STREAMS[0], plan.listen_seconds, window_s)
         loads.wait_idle(url)
         entry["memory_after_latency"] = tree_memory(pid)
-        # Warm-up at the soak's own concurrency, as the lean stage judges memory after its warm-up.
-        # The workers' RSS rises for the first minutes of 64 streams and then stays: 14 rounds of
-        # 20 s on one server (2026-11-26) took the workers from 187 MiB each to 356/323 after the
-        # first round, 373/381 after the third, 396/389 after the seventh and 397/398 from the
-        # twelfth on: native memory filling once (not Python objects, whose count stays flat;
-        # most likely glibc's per-thread arenas, which MALLOC_ARENA_MAX=2 slowed, and the engine's
-        # buffers for larger batches). An 8-s warm-up measured that rise as growth (1.12-1.13x).
+        # Warm-up at the soak's own concurrency, as the lean stage judges memory after its warm-up: the
+        # workers' RSS rises for the first minutes of 64 streams, then stays (native memory filling once;
+        # docs/performance.md, "Live streams and memory"). An 8-s warm-up measured that rise as growth.
         entry["warmup"] = listen.streams(ws_url, LISTEN_STREAMS[1], plan.listen_warmup_seconds, window_s)
         loads.wait_idle(url)
         entry["memory_before"] = tree_memory(pid)
@@ -556,8 +572,6 @@ def main(argv: list[str] | None = None) -> int:
         log.info("features per clip (%d repeats per format)", plan.feature_repeats)
         results["features"] = raw.features(model, plan.feature_repeats)
         if "raw_best" in results:
-            per_clip_s = 1 / results["raw_best"]["clips_per_s"] + results["features"]["WAV"]["prepare_ms"] / 1000 / cores()
-            results["ceiling_with_features"] = 1 / per_clip_s
             log.info("sharing the cores: %s wide and as streams, alone and beside a feature thread",
                      results["raw_best"]["engine"])
             threads = Settings().engine_threads or None
@@ -590,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if "interleaved" not in skip:
         try:
-            interleaved(tag, plan, body, args.out, results)
+            interleaved(tag, plan, body, audio, args.out, results)
         except Exception as e:  # noqa: BLE001 - a failed stage is reported, the others are kept
             results["interleaved"] = {"failed": f"{type(e).__name__}: {e}"}
             log.exception("  interleaved failed")

@@ -4,12 +4,13 @@
     python -m experiments.floor --rounds 5 --seconds 20
 
 Three servers up together (the default 2 workers each), each loaded in turn by wrk with the bench
-clip (a 5 s 44.1 kHz WAV) while the other two are paused: the HTTP floor (experiments/floor_service.py:
+clip (a 5 s 44.1 kHz WAV) while the other two are paused: the HTTP floor (bench/floor_service.py:
 the same front door, no decoding, features or model), the service on its automatic engine, and the
 service forced to bf16. For each: req/s and the served tree's CPU per answered request, printed per
 round and as medians to stdout (recorded in docs/performance.md). The difference between the two
 services is the engine's; what the floor costs is paid by both, which bounds how much a faster
-engine can raise the served throughput.
+engine can raise the served throughput. make bench now takes these figures in its interleaved
+stage (the report's CPU per request table), beside the peers and the in-process pipeline.
 """
 
 from __future__ import annotations
@@ -18,11 +19,9 @@ import argparse
 import contextlib
 import statistics
 import sys
-from pathlib import Path
 
 from bench import common, load
 from soundclassifier.config import Settings
-from testkit.edge_probe import Background
 from testkit.server import ServedService, free_port
 
 CLIENTS = 32
@@ -36,10 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     body = common.multipart(common.clip_file())
     port = free_port()
-    bentoml = str(Path(sys.executable).with_name("bentoml"))
     with contextlib.ExitStack() as stack:
-        floor = Background([bentoml, "serve", "experiments.floor_service:HttpFloor", "--host", "127.0.0.1", "--port",
-                            str(port)], port, ready_path="/readyz", start_timeout_s=120)
+        floor = common.http_floor(port)
         stack.callback(floor.stop)
         service = stack.enter_context(ServedService(a.model))
         bf16 = stack.enter_context(ServedService(a.model, env={"SOUND_PRECISION": "bf16"}))

@@ -12,15 +12,15 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import httpx
+import numpy as np
 import psutil
 import pytest
 import soundfile as sf
 
-from bench import hostile
-from bench.common import in_turn, libtorch_maps
+from bench import hostile, raw
+from bench.common import clip_file, cores, in_turn, libtorch_maps
 from bench.report import (
     figures,
     interleaved_figures,
@@ -158,6 +158,72 @@ def test_every_stage_that_ran_has_its_section():
         assert heading in text
     assert "| median | 145.0 | 100.0 | 45.0 | 100.0 | 11.0 | 20.0 |" in text
     assert "| 64 live streams: RSS after / before, streams dropped, other routes answered | 800 MiB -> 800 MiB" in text
+
+
+def _cpu_rounds() -> list[dict]:
+    """Two rounds with CPU per request, the HTTP floor and the in-process pipeline (whose req/s is
+    cores x 1000 / CPU ms: 2 cores, 8 ms -> 250)."""
+    rounds = [_round(140, 100, 40, 100, 10, 20), _round(150, 100, 50, 100, 12, 20)]
+    for row, (service, floor, in_process) in zip(rounds, [(9.0, 3.0, 8.0), (11.0, 3.4, 12.5)], strict=True):
+        for name, ms in (("service", service), ("litserve-eager", 40.0), ("litserve-engine", 12.0)):
+            row[name]["cpu_ms"] = ms
+        row["http-floor"] = {"rps": 400.0, "p50_ms": 70.0, "cpu_ms": floor}
+        row["in-process"] = {"rps": 2000 / in_process, "cpu_ms": in_process, "batch": 16}
+    return rounds
+
+
+def test_cpu_per_request_is_reported_beside_the_peers_with_the_served_to_in_process_ratio():
+    rounds = _cpu_rounds()
+    servers = {**SERVERS, "http-floor": {"engine": "none (bench/floor_service.py)"},
+               "in-process": {"engine": "openvino/int8", "batch": 16}}
+    summary = summarize_interleaved(rounds)
+    assert summary["median_cpu_ms"] == pytest.approx({"service": 10.0, "litserve-eager": 40.0, "litserve-engine": 12.0,
+                                                      "http-floor": 3.2, "in-process": 10.25})
+    assert "in-process" not in summary["median_p50_ms"] and "service-bf16" not in summary["median_cpu_ms"]
+    # service 140 req/s against 2000 / 8 = 250, then 150 against 160: the median of 0.56 and 0.9375
+    served = summary["ratios"]["service / in-process"]
+    assert served["per_round"] == pytest.approx([0.56, 0.9375]) and served["median"] == pytest.approx(0.74875)
+    meta = {"model": "m", "quick": True, "started": "now", "commit": "abc", "cpu": "cpu", "cores": 2, "bf16": True,
+            "loadavg_start": 0.1, "http_client": "wrk", "clip": "clip", "command": "make bench"}
+    results = {"meta": meta, "interleaved": {"clients": 32, "seconds": 2.0, "servers": servers, "rounds": rounds,
+                                             **summary}}
+    results["figures"] = figures(results)
+    text = markdown(results)
+    table = text.split("### CPU per request (32 clients)")[1]
+    for row in ("| service | openvino/int8 | 10.00 | 145.0 |", "| http-floor | none (bench/floor_service.py) | 3.20 | 400.0 |",
+                "| litserve-eager | torch/fp32 | 40.00 | 45.0 |", "| litserve-engine | openvino/int8 | 12.00 | 100.0 |",
+                "| in-process | openvino/int8 | 10.25 | 205.0 |", "batches of 16", "served / in-process throughput: 0.75"):
+        assert row in table
+    assert "1 client |" not in table and "service-bf16" not in table  # no CPU measured for it here
+    row = next(r for r in results["figures"] if r["figure"].startswith("served throughput / the in-process pipeline"))
+    assert row["ratio"] == pytest.approx(0.74875) and "in-process 205.0 req/s on openvino/int8" in row["measured"]
+
+
+class _Core:
+    """What pipeline_cpu calls of a Classifier, counting the clips it was given."""
+
+    def __init__(self):
+        self.prepared = self.answered = 0
+
+    def classify_options(self):
+        return None
+
+    def prepare(self, data):
+        self.prepared += 1
+        return "audio", np.sort(np.frombuffer(data, np.int16)).astype(np.float32)[None]
+
+    def forward(self, batch):
+        return batch.mean(axis=(1, 2))[:, None]
+
+    def classification(self, audio, probs, opts):
+        self.answered += 1
+
+
+def test_the_in_process_pipeline_counts_every_clip_it_answered_and_its_cpu_per_clip():
+    core = _Core()
+    point = raw.pipeline_cpu(core, clip_file(seconds=0.5), seconds=0.0, batch=4)
+    assert point["clips"] == 4 and core.prepared == core.answered == 8  # a warm-up batch, then one measured
+    assert point["cpu_ms"] > 0 and point["rps"] == pytest.approx(cores() * 1000 / point["cpu_ms"])
 
 
 # --- memory, start-up -----------------------------------------------------------------------------
@@ -326,7 +392,7 @@ def test_the_listen_stage_measures_real_streams(served):
 def test_the_http_floor_is_wired_as_the_service_is():
     """Its configuration and middlewares are service.py's own objects, not a copy that can drift."""
     import service
-    from experiments import floor_service
+    from bench import floor_service
     from serving.edge import CancelOnDisconnect
     from serving.http_guard import UploadGuard
 
@@ -336,19 +402,15 @@ def test_the_http_floor_is_wired_as_the_service_is():
 
 
 @pytest.mark.slow
-@pytest.mark.served  # bentoml serve experiments.floor_service:HttpFloor
+@pytest.mark.served  # bentoml serve bench.floor_service:HttpFloor
 def test_the_http_floor_takes_the_service_s_requests_and_refuses_what_it_refuses():
-    """experiments/floor_service.py must cost what the service's front door costs: same route, same
+    """bench/floor_service.py must cost what the service's front door costs: same route, same
     guard, same parse; only the pipeline is left out."""
-    from bench.common import clip_file, multipart
-    from testkit.edge_probe import Background
+    from bench.common import clip_file, http_floor, multipart
     from testkit.server import free_port
 
     port = free_port()
-    bentoml_cli = str(Path(sys.executable).with_name("bentoml"))
-    floor = Background([bentoml_cli, "serve", "experiments.floor_service:HttpFloor", "--host", "127.0.0.1",
-                        "--port", str(port)], port, ready_path="/readyz", start_timeout_s=120,
-                       env={"SOUND_WORKERS": "1", "BENTOML_DO_NOT_TRACK": "True"})
+    floor = http_floor(port, env={"SOUND_WORKERS": "1", "BENTOML_DO_NOT_TRACK": "True"})
     try:
         body, content_type = multipart(clip_file())
         url = f"http://127.0.0.1:{port}/classify"

@@ -1,6 +1,6 @@
 """The HTTP floor: service.py's own front door, with a /classify that answers without the pipeline.
 
-    bentoml serve experiments.floor_service:HttpFloor        # python -m experiments.floor runs it for you
+    bentoml serve bench.floor_service:HttpFloor      # make bench (bench.common.http_floor) starts it for you
 
 Everything a /classify request costs before decoding, taken from service.py rather than copied:
 importing it installs the edge (uvicorn's guarded protocol, the request deadline) as the service

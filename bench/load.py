@@ -65,13 +65,9 @@ class Load:
         return {**asdict(self), "rps": self.rps, "errors": self.errors}
 
 
-def _children_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
-def _self_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
+def _cpu(who: int = resource.RUSAGE_SELF) -> float:
+    """CPU seconds (user + system) of this process, or of its waited-for children (RUSAGE_CHILDREN)."""
+    r = resource.getrusage(who)
     return r.ru_utime + r.ru_stime
 
 
@@ -90,11 +86,9 @@ def wrk(url: str, body: bytes, content_type: str, clients: int, seconds: float) 
             "wrk", f"-t{min(2, clients)}", f"-c{clients}", f"-d{max(1, round(seconds))}s",
             f"--timeout={int(REQUEST_TIMEOUT_S)}s", "-s", str(LUA_SCRIPT), url, "--", f.name, content_type,
         ]  # fmt: skip
-        cpu = _children_cpu()
-        run = subprocess.run(
-            command, capture_output=True, text=True, timeout=seconds + REQUEST_TIMEOUT_S + 30
-        )
-        cpu = _children_cpu() - cpu
+        cpu = _cpu(resource.RUSAGE_CHILDREN)
+        run = subprocess.run(command, capture_output=True, text=True, timeout=seconds + REQUEST_TIMEOUT_S + 30)
+        cpu = _cpu(resource.RUSAGE_CHILDREN) - cpu
     line = next((ln for ln in run.stdout.splitlines() if ln.startswith("WRK_JSON ")), None)
     if run.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({run.returncode}): {run.stdout}\n{run.stderr}")
@@ -104,16 +98,9 @@ def wrk(url: str, body: bytes, content_type: str, clients: int, seconds: float) 
         if out["errors"][kind]:
             statuses[f"socket-{kind}"] = out["errors"][kind]
     lat = out["latency_us"]
-    return Load(
-        client="wrk",
-        clients=clients,
-        seconds=out["duration_us"] / 1e6,
-        requests=sum(out["statuses"].values()),
-        ok=out["statuses"].get("200", 0),
-        statuses=statuses,
-        latency_ms={k: v / 1000.0 for k, v in lat.items()},
-        client_cpu_s=cpu,
-    )
+    return Load(client="wrk", clients=clients, seconds=out["duration_us"] / 1e6, requests=sum(out["statuses"].values()),
+                ok=out["statuses"].get("200", 0), statuses=statuses, latency_ms={k: v / 1000.0 for k, v in lat.items()},
+                client_cpu_s=cpu)
 
 
 # --- HTTP: asyncio httpx (when wrk is missing) ---------------------------------------------------
@@ -192,19 +179,11 @@ def _closed_loop(name: str, ok: str, clients: int, seconds: float, session, call
             await asyncio.gather(*(worker() for _ in range(clients)))
         return latencies, statuses
 
-    cpu, wall = _self_cpu(), time.perf_counter()
+    cpu, wall = _cpu(), time.perf_counter()
     latencies, statuses = asyncio.run(main())
-    wall, cpu = time.perf_counter() - wall, _self_cpu() - cpu
-    return Load(
-        name,
-        clients,
-        wall,
-        len(latencies),
-        statuses.get(ok, 0),
-        dict(statuses),
-        percentiles_ms(latencies),
-        cpu,
-    )
+    wall, cpu = time.perf_counter() - wall, _cpu() - cpu
+    return Load(client=name, clients=clients, seconds=wall, requests=len(latencies), ok=statuses.get(ok, 0),
+                statuses=dict(statuses), latency_ms=percentiles_ms(latencies), client_cpu_s=cpu)
 
 
 # --- one measured point against a served process -------------------------------------------------

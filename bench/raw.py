@@ -8,6 +8,7 @@ of `soundclassifier.engine` (the network), and `Classifier.prepare` (decode + re
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import statistics
 import threading
@@ -24,7 +25,7 @@ from soundclassifier.export import agreement
 from soundclassifier.hardware import cpu_has_bf16
 from soundclassifier.loading import accepted
 from soundclassifier.predictions import softmax
-from soundclassifier.store import LoadedModel
+from soundclassifier.store import WEIGHTS_FILE, LoadedModel
 
 log = logging.getLogger("bench")
 
@@ -44,8 +45,19 @@ def engines(model: LoadedModel, threads: int | None = None) -> dict[str, Callabl
         found["openvino/bf16"] = "skipped: the CPU has no native bf16 (avx512_bf16 / amx_bf16)"
     found["openvino/fp32"] = lambda: OpenVinoEngine(model.onnx_path, "fp32", threads)
     found["onnxruntime/fp32"] = lambda: OnnxRuntimeEngine(model.onnx_path, threads)
-    found["torch/fp32"] = lambda: TorchEngine(model.network, threads)
+    why = no_pytorch(model)
+    found["torch/fp32"] = f"skipped: {why}" if why else lambda: TorchEngine(model.network, threads)
     return found
+
+
+def no_pytorch(model: LoadedModel) -> str | None:
+    """Why the PyTorch engine cannot run `model` (asked for, a server would serve another engine), or None."""
+    if importlib.util.find_spec("torch") is None:
+        return "PyTorch is not installed (pip install -r requirements/torch.txt)"
+    if not (model.path / WEIGHTS_FILE).exists():
+        return ("the model has no PyTorch weights (the shipped model carries graphs only): train one with `make "
+                "train` and run `make bench MODEL=sound-resnet:<that tag>`")
+    return None
 
 
 def stored_verdict(model: LoadedModel, label: str) -> str:
@@ -98,9 +110,11 @@ def time_calls(fn: Callable[[], object], seconds: float, min_calls: int = 3, war
 
 
 def raw_model(model: LoadedModel, batch_sizes: list[int], seconds_per_point: float, threads: int | None = None) -> dict:
-    """Throughput (clips/s) and latency per batch size for each engine, plus agreement with PyTorch.
-    `threads`: the engines' threads, as the service gives them (None: one per core)."""
-    reference = softmax(TorchEngine(model.network)(model.samples))
+    """Throughput (clips/s) and latency per batch size for each engine, plus agreement with PyTorch (without
+    PyTorch weights: with the fp32 graph, checked against them at save time). `threads`: the engines'
+    threads, as the service gives them (None: one per core)."""
+    ref = OnnxRuntimeEngine(model.onnx_path) if no_pytorch(model) else TorchEngine(model.network)
+    reference = softmax(ref(model.samples))
     results: dict[str, dict] = {}
     for label, make in engines(model, threads).items():
         if isinstance(make, str):
@@ -139,7 +153,8 @@ def raw_model(model: LoadedModel, batch_sizes: list[int], seconds_per_point: flo
         best_b = max(points, key=lambda b: points[b]["clips_per_s"])
         results[label] = {
             "load_s": load_s,
-            "agreement": {"top1": check.top1, "max_prob_diff": check.max_prob_diff, "ok": check.ok},
+            "agreement": {"top1": check.top1, "max_prob_diff": check.max_prob_diff, "ok": check.ok,
+                          "reference": f"{ref.name}/{ref.precision}"},
             "stored_report": stored_verdict(model, label),
             "batches": points,
             "best": {"batch": best_b, **points[best_b]},
@@ -154,7 +169,7 @@ def raw_model(model: LoadedModel, batch_sizes: list[int], seconds_per_point: flo
 
 def features(model: LoadedModel, repeats: int) -> dict:
     """Per-format cost of one CLIP_SECONDS clip at CLIP_RATE: decode, then resample + log-mel."""
-    core = Classifier(model, TorchEngine(model.network))
+    core = Classifier(model, OnnxRuntimeEngine(model.onnx_path))  # (its engine is not timed)
     results = {}
     for fmt in FORMATS:
         data = clip_file(fmt)

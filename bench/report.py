@@ -35,8 +35,18 @@ RATIOS = (
           "p50_ms"),
     Ratio("served throughput / the in-process pipeline on the same cores", "service", "in-process", "rps"),
 )  # fmt: skip
-PEERS = {"torch": ("the same service on PyTorch", "torch server skipped"),
+PEERS = {"no-batching": ("the same service without batching", "no-batching server skipped"),
+         "torch": ("the same service on PyTorch", "torch server skipped"),
          "litserve": ("the LitServe peer", "LitServe peer skipped or not installed")}
+
+
+def not_as_asked(server: dict) -> str | None:
+    """Why a server's figures are not reported: it was skipped or failed, or it served another engine
+    than the one it asked for (SOUND_ENGINE=torch without PyTorch weights falls back to the automatic one)."""
+    if why := server.get("skipped") or server.get("failed"):
+        return why
+    asked, engine = server.get("env", {}).get("SOUND_ENGINE"), server.get("engine", "?")
+    return f"asked for SOUND_ENGINE={asked}, served {engine}" if asked and not engine.startswith(f"{asked}/") else None
 
 
 def point(results: dict, config: str, transport: str, clients: int) -> dict | None:
@@ -62,9 +72,9 @@ def figures(results: dict) -> list[dict]:
     """The run's headline figures, each with the ratio it is read as where there is one."""
     engine = results.get("served", {}).get("batching", {}).get("engine")
     return [
-        throughput_figure(results), latency_figure(results, engine), batching_figure(results),
-        soak_figure(results.get("soak")), *interleaved_figures(results.get("interleaved", {})),
-        *[peer_figure(results, peer, engine) for peer in PEERS], *lean_figures(results.get("lean")),
+        throughput_figure(results), latency_figure(results, engine), soak_figure(results.get("soak")),
+        *interleaved_figures(results.get("interleaved", {})), *[peer_figure(results, peer, engine) for peer in PEERS],
+        *lean_figures(results.get("lean")),
         bento_figure(results.get("bento")), image_figure(results.get("image")), *listen_figures(results.get("listen")),
     ]  # fmt: skip
 
@@ -94,14 +104,6 @@ def latency_figure(results: dict, engine: str | None) -> dict:
                          f"{p50 - raw:+.1f} ms", p50 / raw if raw else None)
 
 
-def batching_figure(results: dict) -> dict:
-    name = "batching / no batching at 32 clients (HTTP)"
-    http32, naive = point(results, "batching", "http", 32), point(results, "no-batching", "http", 32)
-    if not (http32 and naive and naive["rps"] > 0):
-        return _missing(name, "no-batching server skipped")
-    return _figure(name, f"{http32['rps']:.1f} vs {naive['rps']:.1f} req/s", http32["rps"] / naive["rps"])
-
-
 def soak_figure(soak: dict | None) -> dict:
     name = "errors at 64 clients, good and bad files (soak)"
     if not soak:
@@ -116,6 +118,8 @@ def peer_figure(results: dict, peer: str, engine: str | None) -> dict:
     label, why_missing = PEERS[peer]
     name = f"served throughput / {label} at 32 clients (HTTP, sequential stages)"
     ours, theirs = point(results, "batching", "http", 32), point(results, peer, "http", 32)
+    if why := not_as_asked(results.get("served", {}).get(peer, {})):
+        return _missing(name, why)
     if not (ours and theirs and theirs["rps"] > 0):
         return _missing(name, why_missing)
     return _figure(name, f"{ours['rps']:.1f} ({engine}) vs {theirs['rps']:.1f} req/s", ours["rps"] / theirs["rps"])
@@ -151,12 +155,10 @@ def _interleaved_figure(r: Ratio, both: dict) -> dict:
     name = f"{r.title} (HTTP, interleaved)"
     servers = both.get("servers", {})
     ratio = both.get("ratios", {}).get(f"{r.numerator} / {r.denominator}")
-    if ratio is None:
-        skipped = [n.removesuffix(", 1 client") for n in (r.numerator, r.denominator)]
-        why = both.get("failed") or "; ".join(
-            f"{n}: {servers[n]['skipped']}" for n in skipped if "skipped" in servers.get(n, {})
-        ) or "interleaved stage skipped"
-        return _missing(name, why)
+    names = [n.removesuffix(", 1 client") for n in (r.numerator, r.denominator)]
+    unlike = "; ".join(f"{n}: {why}" for n in names if (why := not_as_asked(servers.get(n, {}))))
+    if ratio is None or unlike:
+        return _missing(name, unlike or both.get("failed") or "interleaved stage skipped")
     medians = both["median_rps" if r.metric == "rps" else "median_p50_ms"]
     unit = "req/s" if r.metric == "rps" else "ms p50"
     a, b = (f"{n} {medians[n]:.1f} {unit} on {servers.get(n.removesuffix(', 1 client'), {}).get('engine', '?')}"
@@ -315,8 +317,9 @@ def _raw_section(results: dict) -> list[str]:
     if not raw:
         return []
     sizes = sorted({int(b) for r in raw.values() for b in r.get("batches", {})})
+    ref = next((r["agreement"].get("reference", "torch/fp32") for r in raw.values() if "agreement" in r), "?")
     lines = ["", "## Raw model in process (clips/s; latency of one call, ms)", "",
-             "| engine | agrees now (max prob diff) | stored report | " + " | ".join(f"b={b}" for b in sizes) + " |",
+             f"| engine | agrees now with {ref} (max prob diff) | stored report | " + " | ".join(f"b={b}" for b in sizes) + " |",
              "|---|---|---|" + "---|" * len(sizes)]
     for label, r in raw.items():
         if "skipped" in r:
@@ -336,7 +339,7 @@ def _interleaved_section(results: dict) -> list[str]:
         return ["", "## Interleaved", "", f"failed: {both['failed']}"] if both.get("failed") else []
     names = list(both["rounds"][0])
     one_client = {n: n.endswith(", 1 client") for n in names}
-    servers = "; ".join(f"{n} = {s.get('engine', s.get('skipped', '?'))}"
+    servers = "; ".join(f"{n} = {s.get('engine') or 'skipped: ' + s.get('skipped', '?')}"
                         + (f" ({' '.join(f'{k}={v}' for k, v in s['env'].items())})" if s.get("env") else "")
                         for n, s in both.get("servers", {}).items())
     lines = ["", f"## Interleaved at {both['clients']} clients (servers up together, each loaded in turn while the "

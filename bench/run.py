@@ -24,7 +24,8 @@ Stages, in order, each measured in this one run so ratios compare like with like
     grpc      the same server over gRPC (grpc.aio clients, Classify)
     soak      64 clients mixing good and bad files on that server (bench/soak.py), every answer checked
     nobatch   a second server with SOUND_MAX_BATCH_SIZE=1: the naive baseline
-    torch     a third server with SOUND_ENGINE=torch: the PyTorch eager peer
+    torch     a third server with SOUND_ENGINE=torch: the PyTorch eager peer (skipped, as LitServe-eager is,
+              when the model has no PyTorch weights: the shipped model has graphs only)
     litserve  the same model and features under LitServe's batching (only if litserve is installed)
     interleaved  the peer ratios at 32 clients: the service (its automatic engine: INT8 where the
               model's report accepts it), the same service forced to bf16 (SOUND_PRECISION=bf16),
@@ -289,12 +290,14 @@ def started_service(tag: str, name: str, env: dict[str, str], out: Path, stack: 
     return server
 
 
-def interleaved(tag: str, plan: Plan, body: tuple[bytes, str], audio: bytes, out: Path, results: dict) -> None:
+def interleaved(tag: str, plan: Plan, body: tuple[bytes, str], audio: bytes, out: Path, results: dict,
+                no_torch: str | None = None) -> None:
     """The peer ratios (report.RATIOS) at PEER_CLIENTS clients (and one client), with every
-    INTERLEAVED server up at once and loaded in turn, round after round. Sequential stages let the machine's drift into
-    the ratios (here its speed moved by 15% within minutes); in turn, each round compares them under
-    the same conditions, and the report takes the median of the rounds' own ratios. The servers not
-    under load are paused (`in_turn`), so none pays for another's idle work."""
+    INTERLEAVED server up at once and loaded in turn, round after round (those asking for PyTorch skipped
+    when `no_torch` says why it cannot run). Sequential stages let the machine's drift into the ratios
+    (here its speed moved by 15% within minutes); in turn, each round compares them under the same
+    conditions, and the report takes the median of the rounds' own ratios. The servers not under load
+    are paused (`in_turn`), so none pays for another's idle work."""
     from soundclassifier.pipeline import open_pipeline
     from testkit.server import free_port
 
@@ -306,6 +309,9 @@ def interleaved(tag: str, plan: Plan, body: tuple[bytes, str], audio: bytes, out
     with contextlib.ExitStack() as stack:
         targets: dict[str, tuple[str, int, str | None]] = {}  # name -> (URL, pid, base URL of a service)
         for name, (kind, env) in INTERLEAVED.items():
+            if env.get("SOUND_ENGINE") == "torch" and no_torch:
+                entry["servers"][name] = {"env": env, "skipped": no_torch}
+                continue
             if kind == "litserve":
                 if not have_litserve():
                     entry["servers"][name] = {"skipped": NO_LITSERVE}
@@ -559,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("model %s, %s, %d cores, load %.2f", tag, results["meta"]["cpu"], results["meta"]["cores"],
              results["meta"]["loadavg_start"])
     model = load_model(tag)
+    no_torch = raw.no_pytorch(model)  # SOUND_ENGINE=torch would serve another engine: its servers are skipped
 
     if "raw" not in skip:
         log.info("raw model, in process (%s s per point)", plan.raw_seconds)
@@ -594,7 +601,9 @@ def main(argv: list[str] | None = None) -> int:
     if "nobatch" not in skip:
         served_sweep(tag, "no-batching", {"SOUND_MAX_BATCH_SIZE": "1"}, plan, body, audio, plan.peer_clients,
                      out=args.out, results=results)
-    if "torch" not in skip:
+    if "torch" not in skip and no_torch:
+        results["served"]["torch"] = {"env": {"SOUND_ENGINE": "torch"}, "skipped": no_torch}
+    elif "torch" not in skip:
         served_sweep(tag, "torch", {"SOUND_ENGINE": "torch"}, plan, body, audio, plan.peer_clients,
                      out=args.out, results=results)
     if "litserve" not in skip and plan.litserve:
@@ -604,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if "interleaved" not in skip:
         try:
-            interleaved(tag, plan, body, audio, args.out, results)
+            interleaved(tag, plan, body, audio, args.out, results, no_torch)
         except Exception as e:  # noqa: BLE001 - a failed stage is reported, the others are kept
             results["interleaved"] = {"failed": f"{type(e).__name__}: {e}"}
             log.exception("  interleaved failed")

@@ -12,6 +12,8 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -79,7 +81,10 @@ def _round(service: float, bf16: float, eager: float, engine: float, p50: float,
 
 
 SERVERS = {"service": {"engine": "openvino/int8"}, "service-bf16": {"engine": "openvino/bf16"},
-           "litserve-eager": {"engine": "torch/fp32"}, "litserve-engine": {"engine": "openvino/int8"}}
+           "litserve-eager": {"env": {"SOUND_ENGINE": "torch"}, "engine": "torch/fp32"},
+           "litserve-engine": {"engine": "openvino/int8"}}
+EAGER = ("served throughput / LitServe as users deploy it, on eager PyTorch fp32",
+         "p50 at 1 client / LitServe eager's p50 at 1 client")
 
 
 def _rows(rounds: list[dict], servers: dict = SERVERS) -> dict[str, dict]:
@@ -120,6 +125,39 @@ def test_a_service_that_served_bf16_itself_is_called_out_and_a_missing_peer_says
     assert "no accepted INT8 graph" in rows["served throughput / the same service forced to bf16"]["measured"]
     eager = rows["p50 at 1 client / LitServe eager's p50 at 1 client"]
     assert eager["ratio"] is None and "litserve not installed" in eager["measured"]
+
+
+def test_a_peer_that_asked_for_pytorch_and_served_another_engine_is_not_reported_as_pytorch():
+    # Skipped before it started (the model has no PyTorch weights), or up on the engine the service
+    # fell back to (its log: openvino/int8): either way no figure is labelled eager PyTorch.
+    no_weights = raw.no_pytorch(SimpleNamespace(path=Path("/nonexistent-model")))
+    asked, fallback = {"SOUND_ENGINE": "torch"}, "asked for SOUND_ENGINE=torch, served openvino/int8"
+    skipped = {**SERVERS, "litserve-eager": {"env": asked, "skipped": no_weights}}
+    fell_back = {**SERVERS, "litserve-eager": {"env": asked, "engine": "openvino/int8"}}
+    without_eager = [{k: v for k, v in _round(100, 80, 40, 90, 10, 20).items() if not k.startswith("litserve-eager")}]
+    for rows, why in ((_rows(without_eager, skipped), no_weights), (_rows([_round(100, 80, 90, 90, 10, 11)], fell_back),
+                                                                   fallback)):
+        for title in EAGER:
+            assert rows[title]["ratio"] is None and rows[title]["measured"] == f"not measured: litserve-eager: {why}"
+        assert rows["served throughput / LitServe on the service's own engine"]["ratio"] == pytest.approx(100 / 90)
+    # The sequential torch stage likewise.
+    batching = {"http": [{"clients": 32, "rps": 100.0}]}
+    for torch, why in (({"env": asked, "skipped": no_weights}, no_weights),
+                       ({"env": asked, "engine": "openvino/int8", "http": [{"clients": 32, "rps": 90.0}]}, fallback)):
+        rows = {r["figure"]: r for r in figures({"served": {"batching": batching, "torch": torch}})}
+        row = rows["served throughput / the same service on PyTorch at 32 clients (HTTP, sequential stages)"]
+        assert row["ratio"] is None and row["measured"] == f"not measured: {why}"
+
+
+def test_a_model_without_pytorch_weights_is_found_before_any_server_starts(tmp_path):
+    from soundclassifier.store import WEIGHTS_FILE
+
+    model = SimpleNamespace(path=tmp_path, int8_path=None, engine_report=None)
+    why = raw.no_pytorch(model)
+    assert "no PyTorch weights" in why and "make bench MODEL=" in why
+    assert raw.engines(model)["torch/fp32"] == f"skipped: {why}"  # the raw table says so too
+    (tmp_path / WEIGHTS_FILE).write_bytes(b"")
+    assert raw.no_pytorch(model) is None  # (PyTorch is installed in this venv)
 
 
 def test_the_report_states_figures_and_judges_none():

@@ -6,6 +6,7 @@ one prints its figures to stdout, and the docs record them with the command and 
 from the repository root:
 
     python -m experiments.class_holdout [--refit]        # real sounds of no class: each class held out
+    python -m experiments.kind_holdout                    # kinds data/other-sounds lacks: each kind held out
     python -m experiments.crops_tta --cv --no-save --clip-seconds 2.5   # random crops + test-time averaging
     python -m experiments.narrow --cv --no-save           # ResNet-14 at half width (WIDTH=32)
     python -m experiments.ensemble_cv a.npz b.npz         # seed ensembles from saved CV predictions

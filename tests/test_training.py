@@ -364,9 +364,6 @@ def test_defaults_train_on_the_shipped_real_recordings():
     assert args.dataset == "esc10" and args.data_dir == SHIPPED_ESC10
     assert args.refit is True and args.valid_fold is None and args.clip_seconds is None and not args.cv
     assert args.outliers == 0.25 and args.mixup == 0.4 and args.epochs == 40 and args.speed == 0.0
-    # beside real recordings of none of the classes, fewer generated ones; an explicit --outliers still wins
-    assert parse_args(["--outlier-dir", "data/other-sounds"]).outliers == 0.1
-    assert parse_args(["--outlier-dir", "data/other-sounds", "--outliers", "0.25"]).outliers == 0.25
     assert args.arch == "resnet14"
     assert parse_args(["--dataset", "synthetic"]).data_dir == Path("data/synthetic")
 

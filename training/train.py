@@ -103,7 +103,7 @@ DEFAULTS = dict(
     mixup=0.4,  # mixup alpha (0 disables); strong regulariser for small audio sets
     specaugment=True,  # time/frequency masking + time shift + noise
     speed=0.0,  # speed perturbation: resample by up to +-this fraction (0 = off)
-    outliers=None,  # outlier exposure: generated non-class clips per training clip; None = GENERATED_OUTLIERS
+    outliers=0.25,  # outlier exposure: generated non-class clips, this share of the training set (0 = off)
     outlier_dir=None,  # outlier exposure with real recordings of none of the classes, when the user has them
     valid_fold=None,  # held-out fold; None = the data set's first (ESC-50: 1, shipped ESC-10: 2)
     refit=True,  # ship a network trained on every fold, with the score of one measured without valid_fold
@@ -111,11 +111,6 @@ DEFAULTS = dict(
     seed=0,
     group_pattern=None,  # folder: a regex whose first group names a file's recording; None = the built-in rules
 )
-
-
-# Generated outliers per training clip, without / with real recordings of none of the classes
-# (--outlier-dir); docs/training-recipe.md has the cross-validation runs behind both.
-GENERATED_OUTLIERS = {False: 0.25, True: 0.1}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -135,7 +130,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mixup", type=float, default=d["mixup"], help="mixup alpha; 0 turns mixup off (default %(default)s)")
     p.add_argument("--no-specaugment", dest="specaugment", action="store_false", help="turn off masking, shift and noise augmentation")
     p.add_argument("--speed", type=float, default=d["speed"], help="speed perturbation: play each training clip up to this fraction faster or slower, pitch with tempo (default %(default)s = off)")
-    p.add_argument("--outliers", type=float, default=d["outliers"], help="outlier exposure: add generated sounds of none of the classes (noise, tones, silence, synthetic) to training with a uniform target, this many per training clip; 0 turns it off (default: 0.25, or 0.1 beside the real recordings of --outlier-dir: fewer cross-validated better and train faster, none left noise and silence to chance)")
+    p.add_argument("--outliers", type=float, default=d["outliers"], help="outlier exposure: add generated sounds of none of the classes (noise, tones, silence, synthetic) to training with a uniform target, this many per training clip; 0 turns it off (default %(default)s)")
     p.add_argument("--outlier-dir", type=Path, default=d["outlier_dir"], help="outlier exposure with your own recordings of none of the classes (any audio files under this directory, any length): trained on with a uniform target beside the generated ones; those dealt to the held-out fold are kept out of training and measure how often the model says unknown to them")
     p.add_argument("--group-pattern", metavar="REGEX", default=d["group_pattern"], help="folder only: which files are cut from one recording; searched in each file's path below its class folder without the suffix (take3/kettle_01), the first capture group (else the whole match) names the recording, e.g. '^(.+?)_[0-9]+$'; files it does not match fall to the built-in rules: a subfolder of the class folder, ESC-50 names <fold>-<source id>-<take>[-<class id>], UrbanSound8K names <fsID>-<class id>-<occurrence>-<slice>, numbered names <stem>_NN, -NN, ' NN', .NN, ' (N)', _partN (when a class has two such stems or more besides its own name: dog_01 .. dog_40 are separate recordings), else a recording of its own. No recording is split between training and held-out clips")
     p.add_argument("--valid-fold", type=int, default=d["valid_fold"], help="fold held out for evaluation and calibration (default: the data set's first fold)")
@@ -160,8 +155,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--init-from and --pretrained both choose the starting weights: give one")
     if a.cv and a.valid_fold is not None:
         p.error("--cv holds out every fold in turn: drop --valid-fold")
-    if a.outliers is None:
-        a.outliers = GENERATED_OUTLIERS[a.outlier_dir is not None]
     return a
 
 

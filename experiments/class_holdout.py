@@ -102,12 +102,17 @@ def main(argv: list[str]) -> int:
             row["unknown_rate_ensemble"] = float(unknown_mask(zu, cal["temperature"], cal["threshold"]).mean())
         rows.append(row)
         print("HOLDOUT", row, flush=True)
+    print_means("HOLDOUT", rows)
+    return 0
+
+
+def print_means(tag: str, rows: list[dict]) -> None:
+    """The mean, min and max over the runs of every rate in `rows` (the threshold aside), one line each."""
     for key in rows[0]:
         if not isinstance(rows[0][key], float) or key == "threshold":
             continue
         v = np.array([r[key] for r in rows])
-        print(f"HOLDOUT mean {key}: {v.mean():.4f} (min {v.min():.4f}, max {v.max():.4f})")
-    return 0
+        print(f"{tag} mean {key}: {v.mean():.4f} (min {v.min():.4f}, max {v.max():.4f})")
 
 
 if __name__ == "__main__":

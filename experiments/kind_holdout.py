@@ -21,9 +21,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 from scipy.special import softmax
 
+from experiments.class_holdout import print_means
 from soundclassifier.features import Features, FeatureSettings
 from training.augment import ClipDataset
 from training.calibrate import accuracy_with_unknown, calibrate, unknown_mask
@@ -73,11 +73,7 @@ def main(argv: list[str]) -> int:
         }
         rows.append(row)
         print("KINDS", row, flush=True)
-    for key in rows[0]:
-        if not isinstance(rows[0][key], float) or key == "threshold":
-            continue
-        v = np.array([r[key] for r in rows])
-        print(f"KINDS mean {key}: {v.mean():.4f} (min {v.min():.4f}, max {v.max():.4f})")
+    print_means("KINDS", rows)
     return 0
 
 

@@ -223,14 +223,17 @@ def test_callers_beyond_the_call_cap_get_only_resource_exhausted(served, channel
     _only_clean_refusals(_call_loop(served.grpc_port, 3 * CALL_CAP, 640, channel_per_caller))
 
 
-def test_the_call_past_the_cap_is_refused_with_a_message_and_the_cap_frees(served, stub):
+def test_the_call_past_the_cap_is_refused_with_a_message_and_the_cap_frees(served):
     """64 streams held open on one channel (one worker) fill its cap: the next call is refused at
     once, RESOURCE_EXHAUSTED naming the limit; once they end, calls are answered again."""
     data = af.wav_sine(seconds=0.5)
 
     async def run():
         release = asyncio.Event()
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.grpc_port}") as channel:
+        # Its own connection (not one shared through grpc's subchannel pool), so every call here
+        # reaches the same worker.
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.grpc_port}", options=options) as channel:
             s = pb_grpc.SoundClassifierStub(channel)
 
             async def held():  # a call in progress until released: its client stream stays open
@@ -240,35 +243,37 @@ def test_the_call_past_the_cap_is_refused_with_a_message_and_the_cap_frees(serve
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(release.wait(), 5)
 
-            # A holder whose handler has not started yet can lose its slot to a probe, or to a call
-            # of an earlier test that the server is still finishing: then all of them try again.
-            for _ in range(5):
-                release.clear()
-                holders = [s.ClassifyStream(held()) for _ in range(CALL_CAP)]
-                # Every holder's stream is open (grpc starts a call's stream lazily, and a stream
-                # of calls made meanwhile can keep them waiting); then their handlers start.
-                await asyncio.gather(*(h.wait_for_connection() for h in holders))
-                for _ in range(200):
-                    try:
-                        await s.Classify(pb.ClassifyRequest(audio=data), timeout=30)
-                    except grpc.aio.AioRpcError as e:
-                        refused = e
-                        break
-                    await asyncio.sleep(0.05)
-                else:
-                    refused = None
-                release.set()
-                answers = await asyncio.gather(*holders, return_exceptions=True)
-                if not any(isinstance(a, grpc.aio.AioRpcError) and a.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-                           for a in answers):
-                    break
-            after = await s.Classify(pb.ClassifyRequest(audio=data), timeout=30)
-            return refused, answers, after
+            async def hold():
+                call = s.ClassifyStream(held())
+                await call.wait_for_connection()  # grpc starts a call's stream lazily
+                return call
 
-    refused, answers, after = asyncio.run(run())
-    assert refused is not None, "the call cap never refused a call"
+            holders = list(await asyncio.gather(*(hold() for _ in range(CALL_CAP))))
+            refused, answered, replaced = None, 0, []
+            # A probe can reach the server before the last holder's handler has started, or a call
+            # of an earlier test can still hold a slot: then a holder is the one refused. It is
+            # replaced and the probe tried again, so what decides is the server's count, not timing.
+            while refused is None and answered < 200:
+                try:
+                    await s.Classify(pb.ClassifyRequest(audio=data), timeout=30)
+                    answered += 1
+                except grpc.aio.AioRpcError as e:
+                    refused = e
+                    break
+                for i, h in enumerate(holders):
+                    if h.done():
+                        replaced.append((await h.code(), await h.details()))
+                        holders[i] = await hold()
+            release.set()
+            answers = await asyncio.gather(*holders, return_exceptions=True)
+            after = await s.Classify(pb.ClassifyRequest(audio=data), timeout=30)
+            return refused, answered, replaced, answers, after
+
+    refused, answered, replaced, answers, after = asyncio.run(run())
+    assert refused is not None, f"the call cap never refused a call: {answered} probes answered, holders ended: {replaced}"
     assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "SOUND_GRPC_MAX_CALLS=64" in refused.details(), refused.details()
+    assert len(replaced) < 10, f"holders kept ending before release: {replaced}"
     assert len(answers) == CALL_CAP and all(not isinstance(a, Exception) and a.top for a in answers), answers
     assert after.top
 

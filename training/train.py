@@ -64,6 +64,7 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.torch_core import set_seed
 from fastcore.basics import noop
 from scipy.special import softmax
+from torch.utils.data import ConcatDataset, Subset
 
 from soundclassifier.audio import as_audio
 from soundclassifier.features import Features, FeatureSettings
@@ -105,6 +106,7 @@ DEFAULTS = dict(
     speed=0.0,  # speed perturbation: resample by up to +-this fraction (0 = off)
     outliers=0.25,  # outlier exposure: generated non-class clips, this share of the training set (0 = off)
     outlier_dir=None,  # outlier exposure with real recordings of none of the classes, when the user has them
+    outlier_dir_share=0.25,  # of those, this many per training clip in each epoch, drawn afresh (an epoch's cost does not grow with the folder)
     valid_fold=None,  # held-out fold; None = the data set's first (ESC-50: 1, shipped ESC-10: 2)
     refit=True,  # ship a network trained on every fold, with the score of one measured without valid_fold
     clip_seconds=None,  # model window; None = chosen from the clip durations (choose_clip_seconds)
@@ -132,6 +134,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--speed", type=float, default=d["speed"], help="speed perturbation: play each training clip up to this fraction faster or slower, pitch with tempo (default %(default)s = off)")
     p.add_argument("--outliers", type=float, default=d["outliers"], help="outlier exposure: add generated sounds of none of the classes (noise, tones, silence, synthetic) to training with a uniform target, this many per training clip; 0 turns it off (default %(default)s)")
     p.add_argument("--outlier-dir", type=Path, default=d["outlier_dir"], help="outlier exposure with your own recordings of none of the classes (any audio files under this directory, any length): trained on with a uniform target beside the generated ones; those dealt to the held-out fold are kept out of training and measure how often the model says unknown to them")
+    p.add_argument("--outlier-dir-share", type=float, default=d["outlier_dir_share"], help="with --outlier-dir: each epoch trains on at most this many of its recordings per training clip, drawn afresh every epoch, so a large folder costs no more per epoch than a small one (default %(default)s; all of them when the folder holds fewer)")
     p.add_argument("--group-pattern", metavar="REGEX", default=d["group_pattern"], help="folder only: which files are cut from one recording; searched in each file's path below its class folder without the suffix (take3/kettle_01), the first capture group (else the whole match) names the recording, e.g. '^(.+?)_[0-9]+$'; files it does not match fall to the built-in rules: a subfolder of the class folder, ESC-50 names <fold>-<source id>-<take>[-<class id>], UrbanSound8K names <fsID>-<class id>-<occurrence>-<slice>, numbered names <stem>_NN, -NN, ' NN', .NN, ' (N)', _partN (when a class has two such stems or more besides its own name: dog_01 .. dog_40 are separate recordings), else a recording of its own. No recording is split between training and held-out clips")
     p.add_argument("--valid-fold", type=int, default=d["valid_fold"], help="fold held out for evaluation and calibration (default: the data set's first fold)")
     p.add_argument("--cv", action="store_true", help="cross-validate: hold out every fold in turn, report mean and spread, calibrate on all held-out predictions")
@@ -153,6 +156,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         a.data_dir = defaults[a.dataset]
     if a.init_from and a.pretrained:
         p.error("--init-from and --pretrained both choose the starting weights: give one")
+    if a.outlier_dir_share < 0:
+        p.error("--outlier-dir-share is a number of recordings per training clip: 0 or more")
     if a.cv and a.valid_fold is not None:
         p.error("--cv holds out every fold in turn: drop --valid-fold")
     return a
@@ -234,6 +239,18 @@ class EpochLog(Callback):
                  float(self.recorder.smooth_loss.value), now - self.epoch_start, now - self.fit_start)
 
 
+class DrawRecordings(Callback):
+    """Before each epoch, a fresh draw (without replacement, seeded by the epoch) of which of the
+    `--outlier-dir` recordings it trains on: `drawn` keeps its size, so fastai's epoch length holds."""
+
+    def __init__(self, drawn: Subset, pool: int, seed: int):
+        self.drawn, self.pool, self.seed = drawn, pool, seed
+
+    def before_epoch(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.drawn.indices = rng.choice(self.pool, len(self.drawn), replace=False).tolist()
+
+
 class CPUBFloat16(Callback):
     """bf16 autocast + channels_last on the CPU (fastai's MixedPrecision callback is CUDA only).
 
@@ -263,8 +280,16 @@ def fit(args: argparse.Namespace, start: Start, features: Features, data: Decode
     recipe in `args`; returns it on the CPU in eval mode."""
     set_seed(args.seed, reproducible=True)
     augment = replace(AugmentSettings() if args.specaugment else AugmentSettings.off(), speed=args.speed)
-    outliers = outlier_waves(args, features, labels, len(data.waves)) + (others.waves if others else [])
-    train_ds = ClipDataset(data.waves + outliers, data.targets + [OUTLIER] * len(outliers), features, augment)
+    generated = outlier_waves(args, features, labels, len(data.waves))
+    train_ds = ClipDataset(data.waves + generated, data.targets + [OUTLIER] * len(generated), features, augment)
+    cbs = [NoValidation()] + ([MixUp(args.mixup)] if args.mixup > 0 else [])
+    if others and others.waves:
+        recordings = ClipDataset(others.waves, [OUTLIER] * len(others.waves), features, augment)
+        per_epoch = min(len(recordings), math.ceil(args.outlier_dir_share * len(data.waves)))
+        drawn = Subset(recordings, range(per_epoch))
+        if per_epoch < len(recordings):
+            cbs.append(DrawRecordings(drawn, len(recordings), args.seed))
+        train_ds = ConcatDataset([train_ds, drawn])
     device = torch.device("cuda" if args.gpu and torch.cuda.is_available() else "cpu")
     dls = DataLoaders.from_dsets(train_ds, train_ds, bs=args.batch_size, device=device, num_workers=0)
 
@@ -274,10 +299,9 @@ def fit(args: argparse.Namespace, start: Start, features: Features, data: Decode
     if args.pretrained:
         fresh = load_pretrained(net, start.arch, args.pretrained)
         log.info("loaded %s; fresh parameters: %s", args.pretrained, ", ".join(fresh))
-    cbs = [NoValidation()] + ([MixUp(args.mixup)] if args.mixup > 0 else [])
     if use_bf16(args, device, features.settings.frames):
         cbs.append(CPUBFloat16())
-    loss = OutlierExposureLoss() if outliers else CrossEntropyLossFlat()
+    loss = OutlierExposureLoss() if len(train_ds) > len(data.waves) else CrossEntropyLossFlat()
     learn = Learner(dls, net, loss_func=loss, metrics=[], wd=args.weight_decay, cbs=cbs)
     if not sys.stdout.isatty():  # fastai's bar (on stdout) on a terminal; one line per epoch in a log
         learn.remove_cb(ProgressCallback)

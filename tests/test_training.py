@@ -268,6 +268,53 @@ def test_outlier_recordings_teach_the_network_to_doubt_their_kind(tmp_path, layo
     assert confidence["with"] < confidence["without"] - 0.2, confidence
 
 
+
+def test_each_epoch_draws_its_share_of_the_outlier_recordings_afresh(tmp_path, layouts, monkeypatch):
+    """--outlier-dir-share 0.25 with 16 training clips: every epoch trains on all 16 and on 4
+    recordings of the folder's 20, a different 4 each epoch, none twice in one epoch."""
+    from training import train
+    from training.augment import ClipDataset
+    from training.datasets import OUTLIER, decode_clips, outliers
+    from training.transfer import start_from
+
+    root = layouts["folder"](tmp_path / "sounds", {"beep": 8, "hum": 8})
+    other = tmp_path / "other" / "kitchen"
+    other.mkdir(parents=True)
+    for k in range(20):
+        (other / f"kitchen_{k:02d}.wav").write_bytes(af.wav_noise(0.5, seed=700 + k))
+    ds = load_dataset("folder", root)
+    args = train.parse_args(["--dataset", "folder", "--data-dir", str(root), "--outliers", "0", "--epochs", "3",
+                             "--batch-size", "8", "--outlier-dir-share", "0.25"])  # fmt: skip
+    features = Features(FeatureSettings(clip_seconds=0.75))
+    data = decode_clips(ds.clips, ds.labels, features)
+    others = decode_clips(outliers(other.parent, ds.folds), ds.labels, features)
+    epochs: list[dict] = []
+    draw, item = train.DrawRecordings.before_epoch, ClipDataset.__getitem__
+
+    def before_epoch(self):
+        epochs.append({"clips": 0, "recordings": []})
+        draw(self)
+
+    def getitem(self, i):
+        if epochs:
+            epoch = epochs[-1]
+            if self.targets[i] == OUTLIER:
+                epoch["recordings"].append(next(k for k, w in enumerate(others.waves) if w is self.waves[i]))
+            else:
+                epoch["clips"] += 1
+        return item(self, i)
+
+    monkeypatch.setattr(train.DrawRecordings, "before_epoch", before_epoch)
+    monkeypatch.setattr(ClipDataset, "__getitem__", getitem)
+    train.fit(args, start_from(None, ds.labels, args.arch), features, data, ds.labels, others)
+    assert len(data.waves) == 16 and len(others.waves) == 20
+    # fastai reads the first item once more on its first batch, to learn the batch's types (TfmdDL._one_pass)
+    assert [e["clips"] for e in epochs] == [17, 16, 16]
+    for epoch in epochs:
+        assert len(epoch["recordings"]) == len(set(epoch["recordings"])) == 4
+    assert len({tuple(sorted(e["recordings"])) for e in epochs}) == 3  # drawn afresh
+
+
 # --- failure paths ------------------------------------------------------------------------------
 
 

@@ -268,7 +268,6 @@ def test_outlier_recordings_teach_the_network_to_doubt_their_kind(tmp_path, layo
     assert confidence["with"] < confidence["without"] - 0.2, confidence
 
 
-
 def test_each_epoch_draws_its_share_of_the_outlier_recordings_afresh(tmp_path, layouts, monkeypatch):
     """--outlier-dir-share 0.25 with 16 training clips: every epoch trains on all 16 and on 4
     recordings of the folder's 20, a different 4 each epoch, none twice in one epoch."""

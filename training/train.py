@@ -243,12 +243,12 @@ class DrawRecordings(Callback):
     """Before each epoch, a fresh draw (without replacement, seeded by the epoch) of which of the
     `--outlier-dir` recordings it trains on: `drawn` keeps its size, so fastai's epoch length holds."""
 
-    def __init__(self, drawn: Subset, pool: int, seed: int):
-        self.drawn, self.pool, self.seed = drawn, pool, seed
+    def __init__(self, drawn: Subset, seed: int):
+        self.drawn, self.seed = drawn, seed
 
     def before_epoch(self):
         rng = np.random.default_rng([self.seed, self.epoch])
-        self.drawn.indices = rng.choice(self.pool, len(self.drawn), replace=False).tolist()
+        self.drawn.indices = rng.choice(len(self.drawn.dataset), len(self.drawn), replace=False).tolist()
 
 
 class CPUBFloat16(Callback):
@@ -288,7 +288,7 @@ def fit(args: argparse.Namespace, start: Start, features: Features, data: Decode
         per_epoch = min(len(recordings), math.ceil(args.outlier_dir_share * len(data.waves)))
         drawn = Subset(recordings, range(per_epoch))
         if per_epoch < len(recordings):
-            cbs.append(DrawRecordings(drawn, len(recordings), args.seed))
+            cbs.append(DrawRecordings(drawn, args.seed))
         train_ds = ConcatDataset([train_ds, drawn])
     device = torch.device("cuda" if args.gpu and torch.cuda.is_available() else "cpu")
     dls = DataLoaders.from_dsets(train_ds, train_ds, bs=args.batch_size, device=device, num_workers=0)

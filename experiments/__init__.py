@@ -16,10 +16,11 @@ from the repository root:
     python -m experiments.memory_return MODEL_TAG         # RSS after a hostile burst: does it come back?
     python -m experiments.listen_memory MODEL_TAG 64 --rounds 14   # live streams: does RSS stop growing?
     python -m experiments.profile_request MODEL_TAG       # where a request's CPU goes at 32 clients (py-spy)
+    python -m experiments.worker_memory MODEL_TAG         # each worker's memory over repeated loads
     python -m experiments.image_start --starts 5          # the image's cold start paired with the source tree's
     python -m experiments.edge.race PORT 64 60            # and the rest of experiments/edge/
 
-The training ones are recorded in docs/training-recipe.md, the floor, the A/Bs and the live streams' memory in
+The training ones are recorded in docs/training-recipe.md, the floor, the A/Bs, the live streams' and the workers' memory in
 docs/performance.md, the memory return in docs/design.md, the image's starts in docs/container.md,
 the edge ones (experiments/edge/) in docs/edge.md. They may import bench's load generators,
 bench/container.py's ImageContainer and testkit.

@@ -20,6 +20,7 @@ import contextlib
 import functools
 import logging
 import platform
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +51,11 @@ class Engine(Protocol):
     workers: ThreadPoolExecutor  # one thread per stream: where shared calls run
 
     def __call__(self, batch: np.ndarray, wide: bool = True) -> np.ndarray: ...
+
+    def warm(self, sample: np.ndarray, max_batch: int) -> int:
+        """Prepare every batch shape up to `max_batch` clips that a server can hand the engine;
+        returns the calls it made."""
+        ...
 
 
 class _Streams:
@@ -98,6 +104,9 @@ class TorchEngine:
     def __call__(self, batch: np.ndarray, wide: bool = True) -> np.ndarray:
         return self._run(batch, self.threads) if wide else self._shared(batch)
 
+    def warm(self, sample: np.ndarray, max_batch: int) -> int:
+        return 0  # nothing is compiled or sized per input shape ahead of the first call
+
 
 class OnnxRuntimeEngine:
     name = "onnxruntime"
@@ -128,6 +137,9 @@ class OnnxRuntimeEngine:
 
     def __call__(self, batch: np.ndarray, wide: bool = True) -> np.ndarray:
         return self._run(self.wide, batch) if wide else self._shared(batch)
+
+    def warm(self, sample: np.ndarray, max_batch: int) -> int:
+        return 0  # nothing is compiled or sized per input shape ahead of the first call
 
 
 class OpenVinoEngine:
@@ -169,6 +181,7 @@ class OpenVinoEngine:
         requests = [shared.create_infer_request() for _ in range(self.streams)]
         self._shared = _Streams([functools.partial(self._run, r) for r in requests], self.name)
         self.workers = self._shared.pool
+        self._lock = threading.Lock()  # an infer request runs one call at a time: `warm` runs beside serving
 
     @staticmethod
     def _run(request, batch: np.ndarray) -> np.ndarray:
@@ -176,7 +189,25 @@ class OpenVinoEngine:
         return np.asarray(next(iter(out.values())), dtype=np.float32)
 
     def __call__(self, batch: np.ndarray, wide: bool = True) -> np.ndarray:
-        return self._run(self._wide_request, batch) if wide else self._shared(batch)
+        with self._lock:
+            return self._run(self._wide_request, batch) if wide else self._shared(batch)
+
+    def warm(self, sample: np.ndarray, max_batch: int) -> int:
+        """Run once every batch shape a server can hand this engine: wide batches of 1..`max_batch`
+        clips, and shared batches whose parts are 1..ceil(`max_batch` / streams) clips.
+
+        OpenVINO compiles kernels and sizes its buffers for an input shape the first time it meets
+        it: 20-30 ms and 1.5-4 MiB a shape, about 60 MiB a process for batches up to 16
+        (docs/performance.md, "The memory a worker needs"). Met under load, that is a stall in the
+        first seconds of traffic and memory that grows with whatever traffic comes first; met
+        here, it is part of the size a worker starts at. Safe beside serving calls: each call
+        holds the engine's lock, so a request waits for at most one of these."""
+        one = np.ascontiguousarray(sample[:1], dtype=np.float32)
+        shapes = [(n, True) for n in range(1, max_batch + 1)]
+        shapes += [(part * self.streams, False) for part in range(1, -(-max_batch // self.streams) + 1)]
+        for n, wide in shapes:
+            self(np.repeat(one, n, axis=0), wide=wide)
+        return len(shapes)
 
 
 # --- what both the save-time checks and the serve-time choice measure -----------------------------

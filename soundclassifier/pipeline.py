@@ -27,6 +27,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
@@ -43,6 +46,8 @@ from soundclassifier.loading import open_classifier
 from soundclassifier.options import ClassifyOptions
 from soundclassifier.predictions import BatchItem, Classification, ModelInfo, Timeline
 from soundclassifier.render import spectrogram_png
+
+log = logging.getLogger(__name__)
 
 
 class Batcher(Protocol):
@@ -121,6 +126,10 @@ class Pipeline:
         self.hooks = hooks or Hooks()
         engine = classifier.engine
         self.hooks.serving(engine.name, engine.precision, classifier.tag)
+        # The engine meets every batch shape once, beside the first requests rather than before
+        # the worker is ready: at start it cost 2 s of readiness on 2 workers (3.4 -> 5.6 s).
+        self._warming = threading.Thread(target=self._warm, name="engine-warm", daemon=True)
+        self._warming.start()
         self.prepare = Preparer(engine.workers, engine.streams)
         self.in_flight = 0  # requests admitted and not yet answered (one event loop: no lock)
         self.streams = 0  # live streams open
@@ -222,6 +231,17 @@ class Pipeline:
 
     def close(self) -> None:
         self.batcher.close()
+
+    def warmed(self, timeout_s: float | None = None) -> bool:
+        """Has the engine met every batch shape it can be handed (waiting up to `timeout_s`)?"""
+        self._warming.join(timeout_s)
+        return not self._warming.is_alive()
+
+    def _warm(self) -> None:
+        # The batcher hands the engine at most max_batch_size clips a pass (a timeline chunk is split).
+        started = time.perf_counter()
+        if shapes := self.classifier.engine.warm(self.classifier.model.samples, self.settings.max_batch_size):
+            log.info("engine warmed for %d batch shapes in %.2f s", shapes, time.perf_counter() - started)
 
     # --- the steps ------------------------------------------------------------------------------
 

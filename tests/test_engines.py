@@ -352,3 +352,28 @@ def test_without_any_engine_the_error_names_what_to_install(tiny_model_tag, tmp_
     """, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "requirements/serve.txt" in done.stdout and "requirements/torch.txt" in done.stdout
+
+
+def test_a_warmed_engine_needs_no_more_memory_for_any_batch_it_is_handed(loaded_model):
+    """OpenVINO compiles kernels and sizes buffers for an input shape the first time it meets it
+    (about 60 MiB a process for the batches a server makes). `warm` meets every batch shape a
+    server can hand the engine, so serving any of them later takes no more memory; a fresh engine
+    handed the same batches grows (the check can see the difference)."""
+    import psutil
+
+    graph, precision = (loaded_model.int8_path, "int8") if loaded_model.int8_path else (loaded_model.onnx_path, "fp32")
+    max_batch, process = 16, psutil.Process()
+    one = loaded_model.samples[:1]
+
+    def growth_mib(engine) -> float:
+        before = process.memory_full_info().uss
+        for n in np.random.default_rng(0).permutation(np.arange(1, max_batch + 1)):
+            for wide in (True, False):
+                engine(np.repeat(one, n, axis=0), wide=wide)
+        return (process.memory_full_info().uss - before) / 2**20
+
+    warmed = OpenVinoEngine(graph, precision, threads=2, streams=2)
+    assert warmed.warm(one, max_batch) == max_batch + max_batch // 2
+    after_warm = growth_mib(warmed)
+    fresh = growth_mib(OpenVinoEngine(graph, precision, threads=2, streams=2))
+    assert fresh >= 16 and after_warm <= fresh / 4, (after_warm, fresh)

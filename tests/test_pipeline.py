@@ -100,3 +100,24 @@ def test_the_stored_calibration_sets_the_temperature_and_the_default_threshold(l
     assert max(s.probability for s in answer.top) < 0.99 and answer.label == UNKNOWN  # the stored threshold
     assert calibrated.describe().min_confidence == 0.99 and plain.describe().min_confidence == 0.0
     assert asyncio.run(calibrated.classify(clip, min_confidence=0.0)).label == answer.top[0].label
+
+
+def test_a_pipeline_warms_its_engine_for_the_largest_batch_beside_serving(loaded_model):
+    """The engine meets every batch shape up to SOUND_MAX_BATCH_SIZE on a thread of its own, so the
+    pipeline answers before the warm-up ends (tests/test_engines.py checks what warming does)."""
+    import threading
+
+    release, asked = threading.Event(), []
+
+    class Engine(TorchEngine):
+        def warm(self, sample, max_batch):
+            asked.append((sample.shape, max_batch))
+            release.wait(60)
+            return 0
+
+    p = Pipeline(Classifier(loaded_model, Engine(loaded_model.network)), Settings(max_batch_size=12), REPORT)
+    answer = asyncio.run(p.classify(af.wav_sine(seconds=1.0)))  # while the warm-up is held
+    assert answer.model == loaded_model.tag and not p.warmed(timeout_s=0)
+    release.set()
+    assert p.warmed(timeout_s=60)
+    assert asked == [((len(loaded_model.samples), *loaded_model.samples.shape[1:]), 12)]

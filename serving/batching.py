@@ -87,18 +87,24 @@ class _ClipDispatcher(CorkDispatcher):
         self._checked = 0  # queue length at the last shedding pass
         self._unlogged, self._logged_at = 0, 0.0  # refusals not yet logged, time of the last log line
 
+    def _has_news(self) -> bool:
+        """Something to do: a request queued while the engine is free, or one more (or fewer)
+        queued than at the last shedding pass while it is busy."""
+        return bool(self._queue) and (not self._sema.is_locked() or len(self._queue) != self._checked)
+
     async def controller(self) -> None:
+        # Woken by events, not a clock: an arrival (BentoML's `inbound_call` notifies) or the end
+        # of a forward pass (`outbound_call` below). BentoML's controller polls every millisecond
+        # while a batch runs, which under load is most of the time.
         while True:
             try:
                 async with self._wake_event:
-                    await self._wake_event.wait_for(self._queue.__len__)
+                    await self._wake_event.wait_for(self._has_news)
                 running = self._sema.is_locked()
                 # A request's expected wait changes when one arrives (the newest) or when a batch
                 # leaves (all of them): check then, not every tick.
-                if not running or len(self._queue) != self._checked:
-                    self._shed(time.time(), running)
+                self._shed(time.time(), running)
                 if running or not self._queue:
-                    await asyncio.sleep(self.TICKET_INTERVAL)
                     continue
                 self._sema.acquire()
                 jobs = tuple(self._get_inputs())
@@ -108,6 +114,13 @@ class _ClipDispatcher(CorkDispatcher):
                 self._loop.create_task(self.outbound_call(jobs))
             except Exception:
                 log.exception("batching: error dispatching a batch")
+
+    async def outbound_call(self, inputs_info: tuple[Job, ...], training: bool = False) -> None:
+        try:
+            await super().outbound_call(inputs_info, training)
+        finally:  # the engine is free (BentoML released it): the queue's next batch may leave
+            async with self._wake_event:
+                self._wake_event.notify_all()
 
     def _shed(self, now: float, running: bool) -> None:
         """Refuse every queued request that would not be answered within the budget, counting what

@@ -83,6 +83,43 @@ def test_queued_requests_merge_and_run_narrow_while_others_wait():
     assert [o.tolist() for o in outs] == [[[8.0 * i]] for i in range(6)]  # each its own answer
 
 
+def test_the_dispatcher_sleeps_while_a_pass_runs_and_wakes_when_it_ends():
+    """The controller waits on events (an arrival, the end of a pass), never on a clock: while a
+    held pass runs with a request queued behind it, it does not run at all (BentoML's polled every
+    millisecond, most of the time under load), and the queued request still leaves when the pass
+    ends."""
+
+    async def main():
+        forward = Recorder()
+        forward.release.clear()
+        batcher = Batcher(forward, max_batch_size=8, max_latency_ms=5000)
+        dispatcher = batcher._dispatcher
+        first = asyncio.ensure_future(batcher(item(1.0)))
+        await until(forward.entered.is_set)
+        second = asyncio.ensure_future(batcher(item(2.0)))
+        await until(lambda: len(dispatcher._queue) == 1 and dispatcher._checked == 1)
+        looked = 0
+        has_news = dispatcher._has_news
+
+        def counted() -> bool:
+            nonlocal looked
+            looked += 1
+            return has_news()
+
+        dispatcher._has_news = counted
+        await asyncio.sleep(0.2)  # BentoML's controller would have looked ~200 times by now
+        quiet = looked
+        forward.release.set()
+        outs = await asyncio.gather(first, second)
+        batcher.close()
+        return quiet, looked, forward.calls, outs
+
+    quiet, looked, calls, outs = run(main())
+    assert quiet == 0, f"the controller looked at the queue {quiet} times while nothing changed"
+    assert looked >= 1 and [n for n, _ in calls] == [1, 1]
+    assert [o.tolist() for o in outs] == [[[8.0]], [[16.0]]]
+
+
 def test_idle_means_nothing_queued_and_nothing_running():
     async def main():
         forward = Recorder()
@@ -235,13 +272,13 @@ def test_bentoml_dispatcher_is_what_the_adapter_expects():
     assert callable(getattr(Optimizer, "trigger_refresh", None)), "Optimizer.trigger_refresh is gone"
 
     assert list(inspect.signature(Optimizer.log_outbound).parameters) == ["self", "n", "wait", "duration"]
-    assert list(inspect.signature(CorkDispatcher.outbound_call).parameters)[:2] == ["self", "inputs_info"]
+    assert list(inspect.signature(CorkDispatcher.outbound_call).parameters)[:3] == ["self", "inputs_info", "training"]
     assert {"enqueue_time", "data", "future"} <= {f.name for f in attr.fields(Job)}
     dispatcher = CorkDispatcher(max_latency_in_ms=100, max_batch_size=4, fallback=lambda: None,
                                 get_batch_size=len, batch_dim=(0, 0))
     # What _ClipDispatcher.controller uses in place of BentoML's own controller.
     for name in ("optimizer", "_queue", "shutdown", "controller", "_wake_event", "_sema", "_get_inputs",
-                 "_loop", "TICKET_INTERVAL", "max_latency", "max_batch_size", "get_batch_size"):
+                 "_loop", "max_latency", "max_batch_size", "get_batch_size"):
         assert hasattr(CorkDispatcher, name) or name in vars(dispatcher), f"CorkDispatcher has no '{name}' any more"
     assert callable(dispatcher._sema.is_locked) and callable(dispatcher._sema.acquire)
     for name in ("o_a", "o_b", "o_stat"):

@@ -476,21 +476,25 @@ class RefitBeside:
     safetensors, which `result` loads into a fresh network: nothing is pickled on the way. Its log
     lines say "refit"."""
 
-    def __init__(self, argv: list[str], threads: int):
+    def __init__(self, argv: list[str]):
         import tempfile
 
         self._dir = tempfile.TemporaryDirectory(prefix="refit-")
         self.weights = Path(self._dir.name) / "refit.safetensors"
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        self._threads = torch.get_num_threads()  # this process's, given back once the refit is in
+        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, self._threads - self._threads // 2))}
         # stdout not a terminal: the child logs one line per epoch instead of drawing progress bars.
         self.process = subprocess.Popen([sys.executable, "-m", "training.train", *argv, "--fit-all-to", str(self.weights)],
                                         env=env, stdout=subprocess.DEVNULL)  # fmt: skip
+        torch.set_num_threads(max(1, self._threads // 2))
 
     def result(self, arch: str, n_classes: int) -> torch.nn.Module:
         """The refit network (waits for it); raises if the child failed."""
         from safetensors.torch import load_model
 
-        if self.process.wait() != 0 or not self.weights.is_file():
+        failed = self.process.wait() != 0 or not self.weights.is_file()
+        torch.set_num_threads(self._threads)  # the export's checks have the machine to themselves
+        if failed:
             raise RuntimeError(f"the refit (trained in a process of its own) failed with exit code {self.process.returncode}; "
                                "its log is above")  # fmt: skip
         net = build_network(arch, n_classes)
@@ -498,9 +502,10 @@ class RefitBeside:
         return net.eval()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
+        if self.process.poll() is None:  # the evaluation failed: the refit is of no use
             self.process.kill()
             self.process.wait()
+        torch.set_num_threads(self._threads)
         self._dir.cleanup()
 
 
@@ -555,11 +560,7 @@ def main(argv: list[str] | None = None) -> int:
                      data.clips + (others.clips if others else []))  # fmt: skip
     leaks = leakage.check(pooled, Features(base), held_out, ds.root)
     refit = args.save and (args.refit or args.cv)  # whatever the evaluation finds: it is not judged by its own score
-    beside = None
-    if refit and not args.gpu:
-        threads = torch.get_num_threads()
-        beside = RefitBeside(argv, threads=max(1, threads - threads // 2))
-        torch.set_num_threads(max(1, threads // 2))
+    beside = RefitBeside(argv) if refit and not args.gpu else None
     try:
         ev = evaluate(args, start, features, ds, data, others)
         metrics = summary(ev, ds.labels)
@@ -587,11 +588,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if refit:
             log.info("refit on every fold: %d clips%s", len(data.waves), " (trained beside the evaluation)" if beside else "")
-            if beside:
-                net = beside.result(start.arch, len(ds.labels))
-                torch.set_num_threads(threads)  # the export's checks have the machine to themselves
-            else:
-                net = fit(args, start, features, data, ds.labels, others)
+            net = beside.result(start.arch, len(ds.labels)) if beside else fit(args, start, features, data, ds.labels, others)
             when = "beside" if beside else "after"
             shipped = f"trained on every fold ({', '.join(map(str, ds.folds))}) {when} the evaluation, same recipe and seed"
             # Its calibration is the evaluated networks': how often it answers "unknown" at it to the

@@ -108,6 +108,7 @@ DEFAULTS = dict(
     speed=0.0,  # speed perturbation: resample by up to +-this fraction (0 = off)
     outliers=0.25,  # outlier exposure: generated non-class clips, this share of the training set (0 = off)
     outlier_dir=None,  # outlier exposure with real recordings of none of the classes, when the user has them
+    background=0.0,  # with outlier_dir: chance of mixing one of its training recordings under a class clip
     outlier_dir_share=0.25,  # of those, this many per training clip in each epoch, drawn afresh (an epoch's cost does not grow with the folder)
     valid_fold=None,  # held-out fold; None = the data set's first (ESC-50: 1, shipped ESC-10: 2)
     refit=True,  # ship a network trained on every fold, with the score of one measured without valid_fold
@@ -138,6 +139,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--outlier-dir", type=Path, default=d["outlier_dir"], help="outlier exposure with your own recordings of none of the classes (any audio files under this directory, any length): trained on with a uniform target beside the generated ones; those dealt to the held-out fold are kept out of training and measure how often the model says unknown to them")
     p.add_argument("--outlier-dir-share", type=float, default=d["outlier_dir_share"], help="with --outlier-dir: each epoch trains on at most this many of its recordings per training clip, drawn afresh every epoch, so a large folder costs no more per epoch than a small one (default %(default)s; all of them when the folder holds fewer)")
     p.add_argument("--group-pattern", metavar="REGEX", default=d["group_pattern"], help="folder only: which files are cut from one recording; searched in each file's path below its class folder without the suffix (take3/kettle_01), the first capture group (else the whole match) names the recording, e.g. '^(.+?)_[0-9]+$'; files it does not match fall to the built-in rules: a subfolder of the class folder, ESC-50 names <fold>-<source id>-<take>[-<class id>], UrbanSound8K names <fsID>-<class id>-<occurrence>-<slice>, numbered names <stem>_NN, -NN, ' NN', .NN, ' (N)', _partN (when a class has two such stems or more besides its own name: dog_01 .. dog_40 are separate recordings), else a recording of its own. No recording is split between training and held-out clips")
+    p.add_argument("--background", type=float, default=d["background"], help="with --outlier-dir: the chance that a training clip of a class has one of the folder's training recordings mixed under it, 5-25 dB below it (default %(default)s = off)")
     p.add_argument("--valid-fold", type=int, default=d["valid_fold"], help="fold held out for evaluation and calibration (default: the data set's first fold)")
     p.add_argument("--cv", action="store_true", help="cross-validate: hold out every fold in turn, report mean and spread, calibrate on all held-out predictions")
     p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=d["refit"], help="after the evaluation, train once more on every fold and ship that network with the evaluated one's score and calibration; --no-refit ships the evaluated network (default: refit; always with --cv)")
@@ -159,6 +161,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         a.data_dir = defaults[a.dataset]
     if a.init_from and a.pretrained:
         p.error("--init-from and --pretrained both choose the starting weights: give one")
+    if a.background and not a.outlier_dir:
+        p.error("--background mixes --outlier-dir's recordings under the clips: give --outlier-dir")
     if a.outlier_dir_share < 0:
         p.error("--outlier-dir-share is a number of recordings per training clip: 0 or more")
     if a.cv and a.valid_fold is not None:
@@ -282,9 +286,11 @@ def fit(args: argparse.Namespace, start: Start, features: Features, data: Decode
     """Train a network on `data` (and the recordings of none of the classes in `others`) with the
     recipe in `args`; returns it on the CPU in eval mode."""
     set_seed(args.seed, reproducible=True)
-    augment = replace(AugmentSettings() if args.specaugment else AugmentSettings.off(), speed=args.speed)
+    augment = replace(AugmentSettings() if args.specaugment else AugmentSettings.off(), speed=args.speed,
+                      background_prob=args.background)
     generated = outlier_waves(args, features, labels, len(data.waves))
-    train_ds = ClipDataset(data.waves + generated, data.targets + [OUTLIER] * len(generated), features, augment)
+    train_ds = ClipDataset(data.waves + generated, data.targets + [OUTLIER] * len(generated), features, augment,
+                           backgrounds=others.waves if others else ())
     cbs = [NoValidation()] + ([MixUp(args.mixup)] if args.mixup > 0 else [])
     if others and others.waves:
         recordings = ClipDataset(others.waves, [OUTLIER] * len(others.waves), features, augment)

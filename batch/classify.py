@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"labels kept per file or window, 1-{MAX_TOP_K} (default {DEFAULT_TOP_K}, with --timeline "
                         f"{DEFAULT_TIMELINE_TOP_K}: the HTTP defaults)")
     p.add_argument("--min-confidence", type=float, default=None,
-                   help='label "unknown" below this top probability, 0-1 (default: the model\'s threshold)')
+                   help='label "unknown" below this top probability, 0-1 (default: the model\'s own rule)')
     p.add_argument("--engine", choices=ENGINES, default="auto",
                    help="inference engine, chosen per worker by select_engine as in serving (default %(default)s)")
     p.add_argument("--threads-per-task", type=int, default=1,

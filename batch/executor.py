@@ -141,8 +141,8 @@ def classify_partition(spec: JobSpec, batches: Iterator[pd.DataFrame]) -> Iterat
             rows.append(row)
         for start in range(0, len(ready), spec.batch_size):
             chunk = ready[start : start + spec.batch_size]
-            probs = clf.forward(np.stack([x for _, _, x in chunk]))
-            for (i, audio, _), p in zip(chunk, probs, strict=True):
+            z = clf.forward(np.stack([x for _, _, x in chunk]))
+            for (i, audio, _), p in zip(chunk, z, strict=True):
                 c = clf.classification(audio, p, opts)
                 rows[i].update(duration_s=c.duration_s, sample_rate=c.sample_rate, label=c.label, top=_top(c.top))
         yield pd.DataFrame(rows, columns=CLASSIFY_COLUMNS)

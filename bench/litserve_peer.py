@@ -58,8 +58,8 @@ class SoundAPI(ls.LitAPI):
         return output
 
     def encode_response(self, output):
-        audio, probs = output
-        return self.core.classification(audio, probs, self.options).model_dump()
+        audio, z = output
+        return self.core.classification(audio, z, self.options).model_dump()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -202,8 +202,8 @@ def pipeline_cpu(core: Classifier, data: bytes, seconds: float, batch: int = PIP
 
     def one_batch() -> int:
         prepared = [core.prepare(data) for _ in range(batch)]
-        probs = core.forward(np.stack([x for _, x in prepared]))
-        return len([core.classification(a, p, opts) for (a, _), p in zip(prepared, probs, strict=True)])
+        z = core.forward(np.stack([x for _, x in prepared]))
+        return len([core.classification(a, row, opts) for (a, _), row in zip(prepared, z, strict=True)])
 
     one_batch()
     clips, cpu, start = 0, time.process_time(), time.perf_counter()

@@ -26,7 +26,6 @@ import sys
 from dataclasses import replace
 
 import numpy as np
-from scipy.special import softmax
 
 from soundclassifier.features import Features, FeatureSettings
 from training.augment import ClipDataset
@@ -68,38 +67,37 @@ def main(argv: list[str]) -> int:
         others = left_out_clips if own.real_outliers else None
         ev = evaluate(args, start_from(None, labels, args.arch), features, ds, data, others)
         cal = calibrate(ev.logits, ev.targets, "held-out fold")
-        t, threshold = cal["temperature"], cal["threshold"]
         unseen = decode_clips([c for c in full.clips if c.label == held], [held], features)
         unseen_ds = ClipDataset(unseen.waves, unseen.targets, features, None)
         z = predict_logits(ev.networks[0], unseen_ds)  # the measured network's answers to the unseen class
-        top = softmax(z / t, axis=1).argmax(1)
+        top = z.argmax(1)
         row = {
             "held_out_class": held,
             "accuracy": float((ev.logits.argmax(1) == ev.targets).mean()),
-            "in_set_with_unknown": accuracy_with_unknown(softmax(ev.logits / t, axis=1), ev.targets, threshold),
-            "unknown_rate": float(unknown_mask(z, t, threshold).mean()),
-            "threshold": threshold,
+            "in_set_with_unknown": accuracy_with_unknown(ev.logits, ev.targets, cal),
+            "unknown_rate": float(unknown_mask(z, cal).mean()),
+            "threshold": cal["threshold"],
             "taken_for": max(set(top), key=list(top).count),
             "outlier_classes": left_out[1:],
         }
         if own.outlier_classes:  # their fold-2 clips: unheard recordings of the kinds --real-outliers shows
             _, unheard = left_out_clips.split(ds, ev.folds[0])
             z_unheard = predict_logits(ev.networks[0], ClipDataset(unheard.waves, unheard.targets, features, None))
-            row["unknown_rate_outlier_classes_fold2"] = float(unknown_mask(z_unheard, t, threshold).mean())
+            row["unknown_rate_outlier_classes_fold2"] = float(unknown_mask(z_unheard, cal).mean())
         row["taken_for"] = labels[row["taken_for"]]
         if args.refit:
             refit = fit(args, start_from(None, labels, args.arch), features, data, labels, others)
-            row["unknown_rate_refit"] = float(unknown_mask(predict_logits(refit, unseen_ds), t, threshold).mean())
+            row["unknown_rate_refit"] = float(unknown_mask(predict_logits(refit, unseen_ds), cal).mean())
         if own.ensemble:
             other = copy.copy(args)
             other.seed = args.seed + 1
             ev2 = evaluate(other, start_from(None, labels, args.arch), features, ds, data, others)
             zv = (ev.logits + ev2.logits) / 2
-            cal = calibrate(zv, ev.targets, "held-out fold")
+            cal2 = calibrate(zv, ev.targets, "held-out fold")
             zu = (z + predict_logits(ev2.networks[0], unseen_ds)) / 2
             row["accuracy_ensemble"] = float((zv.argmax(1) == ev.targets).mean())
-            row["in_set_with_unknown_ensemble"] = accuracy_with_unknown(softmax(zv / cal["temperature"], axis=1), ev.targets, cal["threshold"])
-            row["unknown_rate_ensemble"] = float(unknown_mask(zu, cal["temperature"], cal["threshold"]).mean())
+            row["in_set_with_unknown_ensemble"] = accuracy_with_unknown(zv, ev.targets, cal2)
+            row["unknown_rate_ensemble"] = float(unknown_mask(zu, cal2).mean())
         rows.append(row)
         print("HOLDOUT", row, flush=True)
     print_means("HOLDOUT", rows)

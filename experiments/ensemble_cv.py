@@ -34,7 +34,7 @@ def main(paths: list[str]) -> int:
     for i, t in enumerate(sorted(set(folds))):
         mine = folds == t
         cal = calibrate(z[~mine], y[~mine], "other folds")
-        rows.append(judge(z[mine], y[mine], oos[i], cal["temperature"], cal["threshold"]))
+        rows.append(judge(z[mine], y[mine], oos[i], cal))
         print(f"fold {t}: accuracy {rows[-1][0]:.4f} in-set with unknown {rows[-1][1]:.4f} out-of-set unknown {rows[-1][2]:.3f}")
     m = np.mean(rows, axis=0)
     print(f"mean: accuracy {m[0]:.4f} in-set with unknown {m[1]:.3f} out-of-set unknown {m[2]:.3f}")

@@ -21,8 +21,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from scipy.special import softmax
-
 from experiments.class_holdout import print_means
 from soundclassifier.features import Features, FeatureSettings
 from training.augment import ClipDataset
@@ -58,17 +56,16 @@ def main(argv: list[str]) -> int:
         unheard = decode_clips([c for c in recordings if kind(c.path) == held], ds.labels, features)
         ev = evaluate(args, start_from(None, ds.labels, args.arch), features, ds, data, others)
         cal = calibrate(ev.logits, ev.targets, "held-out fold")
-        t, threshold = cal["temperature"], cal["threshold"]
         z = predict_logits(ev.networks[0], ClipDataset(unheard.waves, unheard.targets, features, None))
-        top = softmax(z / t, axis=1).argmax(1)
+        top = z.argmax(1)
         row = {
             "held_out_kind": held,
             "recordings": len(unheard.waves),
             "accuracy": float((ev.logits.argmax(1) == ev.targets).mean()),
-            "in_set_with_unknown": accuracy_with_unknown(softmax(ev.logits / t, axis=1), ev.targets, threshold),
-            "unknown_rate_kind_never_heard": float(unknown_mask(z, t, threshold).mean()),
-            "unknown_rate_heard_kinds_fold2": float(unknown_mask(ev.others_logits, t, threshold).mean()),
-            "threshold": threshold,
+            "in_set_with_unknown": accuracy_with_unknown(ev.logits, ev.targets, cal),
+            "unknown_rate_kind_never_heard": float(unknown_mask(z, cal).mean()),
+            "unknown_rate_heard_kinds_fold2": float(unknown_mask(ev.others_logits, cal).mean()),
+            "threshold": cal["threshold"],
             "taken_for": ds.labels[max(set(top), key=list(top).count)],
         }
         rows.append(row)

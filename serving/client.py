@@ -9,10 +9,11 @@
 recorder that writes it (arecord, `ffmpeg -f pulse -i default -ac 1 -f s16le -`, sox) is a live
 source; the client itself needs no audio library.
 
-Each file's line: its duration, the service's label, and the top labels. Below the model's
-threshold the label is "unknown", and the line names the best guess and the threshold it missed
-(`unknown (best guess clock_tick 62.3%, below the 63% threshold)`): the client sends no
-min_confidence, so the threshold is the model's stored one, read once from POST /info.
+Each file's line: its duration, the service's label, and the top labels. When the model's rule
+says "unknown", the line names the best guess and why it was not taken (`unknown (best guess
+clock_tick 62.3%, unlike the sounds the model was trained on)`, or for models stored before that
+rule, `..., below the 63% threshold`): the client sends no min_confidence, so the rule is the
+model's stored one, read once from POST /info.
 
 Exit code 0 when every file was classified (or the stream ended normally), 1 when any file was
 refused (its reason is printed), 2 when the service could not be reached or answered with a
@@ -33,25 +34,33 @@ import numpy as np
 import soundfile as sf
 
 FRAME_S = 0.1  # audio per WebSocket message when streaming a file
-UNKNOWN = "unknown"  # the service's label below the threshold (soundclassifier.predictions.UNKNOWN)
+UNKNOWN = "unknown"  # the service's label for a clip its rule rejects (soundclassifier.predictions.UNKNOWN)
 
 
-def verdict(body: dict, threshold: float | None) -> str:
+def verdict(body: dict, rule: tuple[str, float] | None) -> str:
     """The label of one /classify answer as a person should read it: "unknown" with its best guess
-    and the threshold that guess missed (None: not known)."""
+    and why it was not taken, by the model's rule (score, threshold; None: not known)."""
     if body["label"] != UNKNOWN:
         return body["label"]
     best = body["top"][0]
-    missed = "the model's threshold" if threshold is None else f"the {round(100 * threshold, 1):g}% threshold"
-    return f"{UNKNOWN} (best guess {best['label']} {best['probability']:.1%}, below {missed})"
+    if rule is not None and rule[0] == "familiarity":
+        why = "unlike the sounds the model was trained on"
+    else:
+        why = "below the model's threshold" if rule is None else f"below the {round(100 * rule[1], 1):g}% threshold"
+    return f"{UNKNOWN} (best guess {best['label']} {best['probability']:.1%}, {why})"
 
 
-def stored_threshold(client: httpx.Client) -> float | None:
-    """The model's stored min_confidence (POST /info), which applies when a request gives none."""
+def stored_rule(client: httpx.Client) -> tuple[str, float] | None:
+    """The model's rule for "unknown" (POST /info: its score and threshold), which applies when a
+    request gives no min_confidence."""
     try:
         r = client.post("/info")
-        return float(r.json()["min_confidence"]) if r.status_code == 200 else None
-    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        if r.status_code != 200:
+            return None
+        info = r.json()
+        score = info["calibration"].get("unknown_score", "probability")
+        return score, float(info["calibration"]["threshold"] if score == "familiarity" else info["min_confidence"])
+    except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
@@ -75,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if not a.files:
         p.error("give audio files to classify, or --listen FILE")
 
-    refused, threshold, asked = 0, None, False  # the threshold is asked for at the first "unknown"
+    refused, rule, asked = 0, None, False  # the rule is asked for at the first "unknown"
     width = max(len(str(f)) for f in a.files)
     with httpx.Client(base_url=a.url, timeout=a.timeout) as client:
         for path in a.files:
@@ -100,9 +109,9 @@ def main(argv: list[str] | None = None) -> int:
                 refused += 1
                 continue
             if body["label"] == UNKNOWN and not asked:
-                threshold, asked = stored_threshold(client), True
+                rule, asked = stored_rule(client), True
             top = "  ".join(f"{t['label']} {t['probability']:6.1%}" for t in body["top"])
-            print(f"{str(path):<{width}}  {body['duration_s']:6.2f} s  {verdict(body, threshold):<14}  {top}")
+            print(f"{str(path):<{width}}  {body['duration_s']:6.2f} s  {verdict(body, rule):<14}  {top}")
     return 1 if refused else 0
 
 

@@ -270,12 +270,13 @@ def model_panel():
             ),
             id="model-card",
             # For page.js: when to ask for a timeline, the size limit to quote on a cut-off upload, the
-            # rate to listen at (the model's: the server then has nothing to resample) and the threshold of
+            # rate to listen at (the model's: the server then has nothing to resample) and the rule of
             # "unknown" (the page sends no min_confidence of its own).
             data_clip_seconds=f"{fs['clip_seconds']:g}",
             data_sample_rate=str(fs["sample_rate"]),
             data_max_upload_mb=f"{info.limits.get('max_upload_mb', 0):g}",
             data_min_confidence=f"{info.min_confidence:g}",
+            data_unknown_score=str(info.calibration.get("unknown_score", "probability")),
         ),
     )
 

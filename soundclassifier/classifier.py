@@ -1,8 +1,8 @@
 """The synchronous core: one model and its engine, from bytes to typed results.
 
     prepare(bytes)  -> (AudioInfo, features)    decode + validate + log-mel, per clip
-    forward(batch)  -> probabilities            one engine call for a stacked batch
-    classification(...) / timeline(...)         typed results
+    forward(batch)  -> calibrated logits        one engine call for a stacked batch
+    classification(...) / timeline(...)         typed results (probabilities, "unknown" by the model's rule)
 
 `soundclassifier.pipeline.Pipeline` runs these steps for the service's front doors (threads,
 shared batches, metrics); the Spark executor, scripts and benchmarks call them directly. Either
@@ -23,6 +23,8 @@ from soundclassifier.predictions import (
     Classification,
     Timeline,
     TimelineWindow,
+    UnknownRule,
+    familiarity,
     label_of,
     merge_spans,
     softmax,
@@ -43,10 +45,12 @@ class Classifier:
         self.labels = model.labels
         self.tag = model.tag
         # Calibration measured on held-out clips at training time (absent on older models): the
-        # logits' temperature, and the threshold below which the answer is "unknown".
+        # logits' temperature, and the rule by which a clip is "unknown".
         calibration = model.metadata.get("calibration") or {}
         self.temperature = float(calibration.get("temperature", 1.0))
-        self.default_min_confidence = float(calibration.get("threshold", 0.0))
+        self.rule = UnknownRule.stored(calibration)
+        # /info's min_confidence: the probability threshold that applies when a request gives none.
+        self.default_min_confidence = max(0.0, self.rule.threshold) if self.rule.score == "probability" else 0.0
 
     # --- arguments ------------------------------------------------------------------------------
 
@@ -59,8 +63,9 @@ class Classifier:
     def listen_options(self, **values) -> ListenOptions:
         return validate_options(ListenOptions, values, window_s=self.settings.clip_seconds)
 
-    def min_confidence(self, opts: ClassifyOptions) -> float:
-        return self.default_min_confidence if opts.min_confidence is None else opts.min_confidence
+    def unknown_rule(self, opts: ClassifyOptions) -> UnknownRule:
+        """The model's rule, or the request's min_confidence on the top probability instead."""
+        return self.rule if opts.min_confidence is None else UnknownRule("probability", opts.min_confidence)
 
     # --- steps ----------------------------------------------------------------------------------
 
@@ -74,29 +79,30 @@ class Classifier:
         return clip.info(), np.asarray(x)
 
     def forward(self, batch: np.ndarray, wide: bool = True) -> np.ndarray:
-        """Calibrated probabilities (n, n_classes) for a stacked batch (n, 1, n_mels, frames);
-        `wide`: one engine call on all its threads (nothing else needs the cores now), else shared
-        streams."""
-        return softmax(self.engine(batch, wide=wide), self.temperature).astype(np.float32)
+        """Calibrated logits (logits / temperature; n, n_classes) for a stacked batch (n, 1,
+        n_mels, frames); `wide`: one engine call on all its threads (nothing else needs the cores
+        now), else shared streams. Their softmax is the probabilities a client sees."""
+        return (np.asarray(self.engine(batch, wide=wide), np.float32) / np.float32(self.temperature))
 
-    def classification(self, audio: AudioInfo, probs: np.ndarray, opts: ClassifyOptions) -> Classification:
-        top = top_k(probs, self.labels, opts.top_k)
+    def classification(self, audio: AudioInfo, z: np.ndarray, opts: ClassifyOptions) -> Classification:
+        """One clip's answer from its calibrated logits `z` (n_classes,)."""
+        top = top_k(softmax(z), self.labels, opts.top_k)
         return Classification(
             model=self.tag,
             duration_s=round(audio.duration, 4),
             sample_rate=audio.sample_rate,
-            label=label_of(top, self.min_confidence(opts)),
+            label=label_of(top, float(familiarity(z)), self.unknown_rule(opts)),
             top=top,
         )
 
-    def windows(self, spans: list[Span], probs: np.ndarray, opts: TimelineOptions) -> list[TimelineWindow]:
-        """Timeline windows (a recording's, or a live stream's) from their spans and probabilities."""
-        threshold = self.min_confidence(opts)
+    def windows(self, spans: list[Span], z: np.ndarray, opts: TimelineOptions) -> list[TimelineWindow]:
+        """Timeline windows (a recording's, or a live stream's) from their spans and calibrated logits."""
+        rule = self.unknown_rule(opts)
         windows = []
-        for (start, end), p in zip(spans, probs, strict=True):
-            top = top_k(p, self.labels, opts.top_k)
+        for (start, end), row in zip(spans, z, strict=True):
+            top = top_k(softmax(row), self.labels, opts.top_k)
             windows.append(TimelineWindow(start_s=round(start, 4), end_s=round(end, 4),
-                                          label=label_of(top, threshold), top=top))
+                                          label=label_of(top, float(familiarity(row)), rule), top=top))
         return windows
 
     # --- unbatched conveniences (scripts, tests, the Spark executor) ----------------------------
@@ -147,8 +153,8 @@ class TimelineJob:
         if spans:
             yield spans, np.stack(inputs)
 
-    def add(self, spans: list[Span], probs: np.ndarray) -> None:
-        self.windows.extend(self.classifier.windows(spans, probs, self.opts))
+    def add(self, spans: list[Span], z: np.ndarray) -> None:
+        self.windows.extend(self.classifier.windows(spans, z, self.opts))
 
     def result(self) -> Timeline:
         return Timeline(

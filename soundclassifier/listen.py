@@ -27,8 +27,8 @@ few samples it holds, by its frames: past the first FREE_FRAMES they must carry
 SOUND_LISTEN_MIN_FRAME_MS of audio on average (2-byte frames would otherwise buy hours of a core
 for one stream).
 
-Events: each window's probabilities, optionally smoothed (per-class median over `smoothing`
-windows centred on it), give the window a label; when that label changes, an "end" event closes
+Events: each window's probabilities and familiarity, optionally smoothed (per-class median, and
+the familiarities' median, over `smoothing` windows centred on it), give the window a label; when that label changes, an "end" event closes
 the previous label and a "start" event opens the new one ("unknown" is no event). A window stands
 for the hop-long stretch around its centre ([start + (window - hop) / 2, start + (window + hop)
 / 2), the first from 0 and the last to the end of the audio), so an event's times estimate where
@@ -49,7 +49,7 @@ from soundclassifier.audio import Audio, pcm16_to_float32
 from soundclassifier.config import LISTEN_FREE_FRAMES as FREE_FRAMES
 from soundclassifier.errors import AudioError, ErrorKind, IdleError, LimitExceededError
 from soundclassifier.options import ListenOptions
-from soundclassifier.predictions import UNKNOWN, TimelineWindow, label_of, top_k
+from soundclassifier.predictions import UNKNOWN, TimelineWindow, familiarity, label_of, softmax, top_k
 
 if TYPE_CHECKING:
     from soundclassifier.classifier import Classifier
@@ -221,12 +221,12 @@ class ListenSession:
     async def _answer(self, spans: list[Span], inputs: np.ndarray | None) -> list[Message]:
         if inputs is None:
             return []
-        probs = await self._forward(inputs)
+        z = await self._forward(inputs)
         self._count(len(spans), 0.0)
         messages: list[Message] = []
-        for window, p in zip(self.classifier.windows(spans, probs, self.opts), probs, strict=True):
+        for window, row in zip(self.classifier.windows(spans, z, self.opts), z, strict=True):
             messages.append(window)
-            messages.extend(self._events.add(window.start_s, p))
+            messages.extend(self._events.add(window.start_s, row))
         return messages
 
 
@@ -234,17 +234,18 @@ class _Events:
     """Labels of windows, smoothed, turned into start / end events (see the module docstring)."""
 
     def __init__(self, classifier, opts: ListenOptions, window_s: float):
-        self.labels, self.threshold = classifier.labels, classifier.min_confidence(opts)
+        self.labels, self.rule = classifier.labels, classifier.unknown_rule(opts)
         self.before = (opts.smoothing - 1) // 2  # windows before the centre in a median
         self.after = opts.smoothing - 1 - self.before
         self.hop, self.window_s = opts.hop_s, window_s
-        self.recent: deque[np.ndarray] = deque(maxlen=opts.smoothing)
+        self.recent: deque[tuple[np.ndarray, float]] = deque(maxlen=opts.smoothing)  # (probabilities, familiarity)
         self.starts: deque[float] = deque(maxlen=self.after + 1)  # start_s of windows not yet decided
         self.current, self.since = UNKNOWN, 0.0
         self.decided = 0
 
-    def add(self, start_s: float, probs: np.ndarray) -> list[ListenEvent]:
-        self.recent.append(probs)
+    def add(self, start_s: float, z: np.ndarray) -> list[ListenEvent]:
+        """The events a window's calibrated logits `z` settle (its own or an earlier window's)."""
+        self.recent.append((softmax(z), float(familiarity(z))))
         self.starts.append(start_s)
         if len(self.starts) <= self.after:  # the centre window still waits for its later neighbours
             return []
@@ -261,9 +262,10 @@ class _Events:
         self.current = UNKNOWN
         return events
 
-    def _decide(self, start_s: float, probs: list[np.ndarray]) -> list[ListenEvent]:
-        smoothed = probs[0] if len(probs) == 1 else np.median(np.stack(probs), axis=0)
-        label = label_of(top_k(smoothed, self.labels, 1), self.threshold)
+    def _decide(self, start_s: float, recent: list[tuple[np.ndarray, float]]) -> list[ListenEvent]:
+        probs, fam = recent[0] if len(recent) == 1 else (np.median(np.stack([p for p, _ in recent]), axis=0),
+                                                          float(np.median([f for _, f in recent])))
+        label = label_of(top_k(probs, self.labels, 1), fam, self.rule)
         # The stretch this window stands for begins here (the first one at the stream's start).
         at = 0.0 if self.decided == 0 else round(start_s + (self.window_s - self.hop) / 2, 4)
         self.decided += 1

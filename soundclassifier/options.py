@@ -25,8 +25,8 @@ MAX_SMOOTHING = 25
 TopK = Annotated[int, Field(ge=1, le=MAX_TOP_K, description="how many labels to return")]
 MinConfidence = Annotated[
     float,
-    Field(ge=0.0, le=1.0, description='answer "unknown" when the top probability is below this '
-          "(default: the threshold stored with the model)"),
+    Field(ge=0.0, le=1.0, description='answer "unknown" when the top probability is below this, instead of '
+          "the model's own rule (default: that rule, stored with the model: unknown when a clip is unlike its classes)"),
 ]
 HopS = Annotated[
     float,

@@ -261,9 +261,9 @@ class Pipeline:
 
     async def _classify(self, source: Source, opts: ClassifyOptions, endpoint: str) -> Classification:
         audio, x = await self._decode(self.classifier.prepare, source, self.settings.clip_limits)
-        probs = await self._forward(x[None])
+        z = await self._forward(x[None])
         self.hooks.clips(endpoint, 1, audio.duration)
-        return self.classifier.classification(audio, probs[0], opts)
+        return self.classifier.classification(audio, z[0], opts)
 
     async def _decode(self, fn: Callable[..., T], *args) -> T:
         try:

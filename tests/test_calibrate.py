@@ -1,4 +1,4 @@
-"""Calibration: temperature scaling, expected calibration error, the "unknown" threshold."""
+"""Calibration: temperature scaling, expected calibration error, the rule for "unknown"."""
 
 from __future__ import annotations
 
@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
+from soundclassifier.predictions import UnknownRule, familiarity
 from training.calibrate import (
-    MAX_THRESHOLD,
     MIN_TEMPERATURE,
     accuracy_with_unknown,
-    answered,
     calibrate,
     choose_threshold,
     ece,
     fit_temperature,
     nll,
+    unknown_mask,
 )
 
 
@@ -55,39 +55,64 @@ def test_ece_by_hand():
 
 def test_threshold_keeps_the_share_of_correct_answers_it_promises():
     rng = np.random.default_rng(1)
-    probs = softmax(rng.normal(0, 3, (500, 10)), axis=1)
-    targets = np.where(rng.random(500) < 0.8, probs.argmax(axis=1), rng.integers(0, 10, 500))
-    correct = probs.argmax(axis=1) == targets
+    logits = rng.normal(0, 3, (500, 10))
+    targets = np.where(rng.random(500) < 0.8, logits.argmax(axis=1), rng.integers(0, 10, 500))
+    correct = logits.argmax(axis=1) == targets
+    score = familiarity(logits)
     for keep in (0.5, 0.9, 0.95, 1.0):
-        t = choose_threshold(probs, targets, keep_correct=keep)
-        kept = answered(probs, t)[correct].mean()
-        assert kept >= keep
+        t = choose_threshold(score, correct, keep_correct=keep)
+        assert (score >= t)[correct].mean() >= keep
         # the largest such threshold: a little higher and fewer are kept
-        assert answered(probs, t + 2e-4)[correct].mean() < keep or t + 2e-4 > probs.max()
-    assert choose_threshold(probs, targets, keep_correct=1.0) <= probs.max(axis=1)[correct].min()
+        assert (score >= t + 2e-4)[correct].mean() < keep
+    assert choose_threshold(score, correct, keep_correct=1.0) <= score[correct].min()
+    assert choose_threshold(score, correct, ceiling=0.5) <= 0.5
+    assert choose_threshold(score, np.zeros(500, bool)) == -np.inf  # none right: nothing is "unknown"
+
+
+def test_familiarity_is_the_log_of_the_summed_exponentials_whatever_their_scale():
+    z = np.array([[1000.0, 999.0, -5.0], [-3.0, -3.0, -3.0]])  # no overflow, no -inf
+    np.testing.assert_allclose(familiarity(z), [1000 + np.log(1 + np.exp(-1) + np.exp(-1005)), -3 + np.log(3)])
+    # a clip that drives every class weakly is less familiar than one that drives one strongly,
+    # even where its top probability is higher
+    weak, strong = np.array([[2.0, -4.0, -4.0]]), np.array([[6.0, 5.0, 4.0]])
+    assert softmax(weak, axis=1).max() > softmax(strong, axis=1).max()
+    assert familiarity(weak)[0] < familiarity(strong)[0]
+
+
+def test_the_stored_rule_decides_unknown_by_its_own_score():
+    z = np.array([[2.0, -4.0, -4.0], [6.0, 5.0, 4.0]])
+    by_familiarity = UnknownRule.stored({"unknown_score": "familiarity", "threshold": 4.0})
+    by_probability = UnknownRule.stored({"threshold": 0.9})  # a model stored before unknown_score
+    assert by_familiarity.unknown_mask(z).tolist() == [True, False]
+    assert by_probability.unknown_mask(z).tolist() == [False, True]
+    assert not UnknownRule.stored({}).unknown_mask(z).any()  # no calibration: never "unknown"
+    assert not UnknownRule.stored({"unknown_score": "familiarity"}).unknown_mask(z).any()
 
 
 def test_accuracy_with_unknown_counts_unknown_as_wrong():
-    probs = np.array([[0.9, 0.1], [0.55, 0.45], [0.2, 0.8], [0.7, 0.3]])
+    logits = np.array([[3.0, 0.0], [0.2, 0.0], [0.0, 3.0], [3.0, 0.0]])
     targets = np.array([0, 0, 1, 1])  # the last one is answered wrongly
-    assert accuracy_with_unknown(probs, targets, 0.0) == 0.75
-    assert accuracy_with_unknown(probs, targets, 0.6) == 0.5  # 0.55 becomes "unknown"
-    assert accuracy_with_unknown(probs, targets, 0.95) == 0.0
+    cal = {"temperature": 1.0, "unknown_score": "familiarity"}
+    assert accuracy_with_unknown(logits, targets, {**cal, "threshold": -10.0}) == 0.75
+    assert accuracy_with_unknown(logits, targets, {**cal, "threshold": 1.0}) == 0.5  # [0.2, 0] becomes "unknown"
+    assert accuracy_with_unknown(logits, targets, {**cal, "threshold": 10.0}) == 0.0
+    assert accuracy_with_unknown(logits * 4, targets, {**cal, "temperature": 4.0, "threshold": 1.0}) == 0.5
 
 
 def test_calibrate_writes_the_shape_serving_reads():
     logits, targets = sampled(2.0, n=800)
     logits = logits * 3  # an overconfident network: true temperature 6
     cal = calibrate(logits, targets, "temperature scaling on held-out fold 1")
-    assert set(cal) == {"temperature", "ece_before", "ece_after", "threshold", "n", "method"}
-    assert isinstance(cal["n"], int) and cal["n"] == 800
+    assert set(cal) == {"temperature", "ece_before", "ece_after", "unknown_score", "threshold", "n", "method"}
+    assert isinstance(cal["n"], int) and cal["n"] == 800 and cal["unknown_score"] == "familiarity"
     assert all(isinstance(cal[k], float) for k in ("temperature", "ece_before", "ece_after", "threshold"))
     assert cal["method"] == "temperature scaling on held-out fold 1"
     assert cal["temperature"] == pytest.approx(6.0, rel=0.15)
     assert cal["ece_after"] < cal["ece_before"] / 3
-    assert 0.0 < cal["threshold"] < 1.0
-    # the threshold is the rule applied to the temperature-scaled probabilities it will meet
-    assert cal["threshold"] == choose_threshold(softmax(logits / cal["temperature"], axis=1), targets)
+    # the threshold is the rule applied to the familiarity of the temperature-scaled logits it will meet
+    correct = logits.argmax(axis=1) == targets
+    assert cal["threshold"] == choose_threshold(familiarity(logits / cal["temperature"]), correct)
+    assert unknown_mask(logits, cal)[correct].mean() <= 0.05
 
 
 def test_ece_after_is_measured_on_clips_the_temperature_was_not_fitted_on():
@@ -132,8 +157,7 @@ def test_held_out_clips_all_right_do_not_sharpen_to_certainty():
     assert nll(logits, targets, 0.1) < nll(logits, targets, 0.5)  # the NLL alone wants T -> 0
     cal = calibrate(logits, targets, "m")
     assert cal["temperature"] == pytest.approx(MIN_TEMPERATURE, rel=1e-3)
-    assert cal["threshold"] <= MAX_THRESHOLD < 1.0
     # an answer with a clear but not overwhelming margin can still be "unknown"
     doubtful = np.zeros((1, 10))
     doubtful[0, 0] = 2.0
-    assert not answered(softmax(doubtful / cal["temperature"], axis=1), cal["threshold"])[0]
+    assert unknown_mask(doubtful, cal)[0]

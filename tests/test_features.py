@@ -400,7 +400,7 @@ def test_classifier_output_does_not_depend_on_the_batch(loaded_model):
         together = clf.forward(np.stack(batch))
         np.testing.assert_allclose(together[0], alone, atol=1e-5)
     assert alone.shape == (len(loaded_model.labels),)
-    assert float(alone.sum()) == pytest.approx(1.0, abs=1e-5)
+    assert np.isfinite(alone).all()  # calibrated logits: their softmax is what a client sees
 
 
 def test_silence_gives_finite_all_zero_features():

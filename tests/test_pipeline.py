@@ -13,7 +13,7 @@ from soundclassifier.config import Settings
 from soundclassifier.engine import TorchEngine
 from soundclassifier.errors import InvalidArgumentError, LimitExceededError, OverloadedError
 from soundclassifier.pipeline import Pipeline
-from soundclassifier.predictions import UNKNOWN, softmax
+from soundclassifier.predictions import UNKNOWN, familiarity, softmax
 from testkit import audiofiles as af
 
 REPORT = {"chosen": "torch/fp32", "clips_per_second": 100.0, "tried": {}}
@@ -90,16 +90,34 @@ def test_min_confidence_turns_a_weak_answer_into_unknown(loaded_model):
 def test_the_stored_calibration_sets_the_temperature_and_the_default_threshold(loaded_model):
     clip = af.wav_sine(freq=700.0, seconds=2.0)
     plain = pipeline(loaded_model, calibration={})
-    calibrated = pipeline(loaded_model, calibration={"temperature": 3.0, "threshold": 0.99})
+    calibrated = pipeline(loaded_model, calibration={"temperature": 3.0, "threshold": 0.99})  # stored before unknown_score
     for p in (plain, calibrated):
         p.batcher.open.set()
     _, x = plain.classifier.prepare(clip)
     logits = plain.classifier.engine(x[None])
-    np.testing.assert_allclose(calibrated.classifier.forward(x[None]), softmax(logits, 3.0), rtol=1e-5)
+    np.testing.assert_allclose(calibrated.classifier.forward(x[None]), logits / 3.0, rtol=1e-5)
     answer = asyncio.run(calibrated.classify(clip, top_k=50))
+    np.testing.assert_allclose([s.probability for s in answer.top], np.sort(softmax(logits, 3.0)[0])[::-1], rtol=1e-5)
     assert max(s.probability for s in answer.top) < 0.99 and answer.label == UNKNOWN  # the stored threshold
     assert calibrated.describe().min_confidence == 0.99 and plain.describe().min_confidence == 0.0
     assert asyncio.run(calibrated.classify(clip, min_confidence=0.0)).label == answer.top[0].label
+
+
+def test_the_stored_familiarity_rule_decides_unknown_unless_the_request_sets_min_confidence(loaded_model):
+    clip = af.wav_sine(freq=700.0, seconds=2.0)
+    plain = pipeline(loaded_model, calibration={"temperature": 2.0})
+    plain.batcher.open.set()
+    _, x = plain.classifier.prepare(clip)
+    known = float(familiarity(plain.classifier.forward(x[None]))[0])
+    for threshold, label_is_unknown in ((known + 0.01, True), (known - 0.01, False)):
+        p = pipeline(loaded_model, calibration={"temperature": 2.0, "unknown_score": "familiarity", "threshold": threshold})
+        p.batcher.open.set()
+        answer = asyncio.run(p.classify(clip))
+        assert (answer.label == UNKNOWN) == label_is_unknown, (threshold, known, answer)
+        assert p.describe().min_confidence == 0.0  # no probability threshold unless a request gives one
+        # a request's min_confidence replaces the model's rule with one on the top probability
+        assert asyncio.run(p.classify(clip, min_confidence=0.0)).label == answer.top[0].label
+        assert asyncio.run(p.classify(clip, min_confidence=1.0)).label == UNKNOWN
 
 
 def test_a_pipeline_warms_its_engine_for_the_largest_batch_beside_serving(loaded_model):

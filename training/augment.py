@@ -5,7 +5,6 @@ The feature step is the core's `Features` (the same code serving runs); augmenta
     waveform -> [train: speed change (tempo and pitch together, as a tape played faster or slower);
                  random window of a long clip, a short clip at a random place in the window, a
                  clip of exactly the window's length shifted circularly;
-                 another recording (of none of the classes) mixed under the clip at a random SNR;
                  additive noise at a random SNR]
              -> Features.fit_window -> Features.spectrogram
              -> [train: SpecAugment frequency and time masks]
@@ -34,8 +33,6 @@ class AugmentSettings:
     shift: bool = True  # random time shift / crop: events occur anywhere in a clip
     noise_prob: float = 0.5  # chance of mixing white noise in at an SNR drawn from noise_snr_db
     noise_snr_db: tuple[float, float] = (10.0, 40.0)
-    background_prob: float = 0.0  # chance of mixing one of `backgrounds` under a class clip
-    background_snr_db: tuple[float, float] = (5.0, 25.0)  # the clip this many dB above it
     freq_masks: int = 2  # SpecAugment (Park et al. 2019): masks of up to freq_mask_bins bands
     freq_mask_bins: int = 16
     time_masks: int = 2  # ... and of up to this share of the window's frames (24 of a 5 s window's 216):
@@ -43,7 +40,7 @@ class AugmentSettings:
 
     @classmethod
     def off(cls) -> AugmentSettings:
-        return cls(speed=0.0, shift=False, noise_prob=0.0, freq_masks=0, time_masks=0, background_prob=0.0)
+        return cls(speed=0.0, shift=False, noise_prob=0.0, freq_masks=0, time_masks=0)
 
 
 class ClipDataset(torch.utils.data.Dataset):
@@ -55,12 +52,8 @@ class ClipDataset(torch.utils.data.Dataset):
         targets: list[int],
         features: Features,
         augment: AugmentSettings | None = None,
-        backgrounds: list[np.ndarray] = (),
     ):
-        """`backgrounds`: recordings of none of the classes that `augment.background_prob` mixes
-        under the class clips (targets >= 0); never the held-out fold's."""
         self.waves, self.targets, self.features, self.augment = waves, targets, features, augment
-        self.backgrounds = list(backgrounds)
         if augment is not None:
             self.freq_mask = torchaudio.transforms.FrequencyMasking(augment.freq_mask_bins)
             frames = features.settings.frames
@@ -88,8 +81,6 @@ class ClipDataset(torch.utils.data.Dataset):
             window = self.features.fit_window(wave)
             if a.shift:
                 window = np.roll(window, int(torch.randint(0, n, ())))
-        if self.backgrounds and self.targets[i] >= 0 and a.background_prob > 0 and torch.rand(()) < a.background_prob:
-            window = self._under(window, a.background_snr_db)
         if a.noise_prob > 0 and torch.rand(()) < a.noise_prob:
             lo, hi = a.noise_snr_db
             snr = lo + (hi - lo) * float(torch.rand(()))
@@ -102,23 +93,6 @@ class ClipDataset(torch.utils.data.Dataset):
         for _ in range(a.time_masks):
             spec = self.time_mask(spec)
         return spec, self.targets[i]
-
-    def _under(self, window: np.ndarray, snr_db: tuple[float, float]) -> np.ndarray:
-        """`window` with a random stretch of a random background recording (looped when shorter)
-        mixed in `snr_db` below it, as a class sound is heard in a street, a room, over speech."""
-        back = self.backgrounds[int(torch.randint(0, len(self.backgrounds), ()))]
-        n = len(window)
-        if len(back) < n:
-            back = np.tile(back, -(-n // max(len(back), 1)))
-        start = int(torch.randint(0, len(back) - n + 1, ()))
-        back = back[start : start + n]
-        lo, hi = snr_db
-        snr = lo + (hi - lo) * float(torch.rand(()))
-        power = float(np.mean(np.square(window, dtype=np.float64)))
-        back_power = float(np.mean(np.square(back, dtype=np.float64)))
-        if power < 1e-10 or back_power < 1e-10:  # silence either way: nothing to mix at an SNR
-            return window
-        return window + back * np.float32(np.sqrt(power / back_power / 10 ** (snr / 10)))
 
 
 def speed_change(wave: np.ndarray, factor: float) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Confidence that means something: temperature scaling, calibration error, a threshold for "unknown".
+"""Confidence that means something: temperature scaling, calibration error, the rule for "unknown".
 
 All three are fitted on held-out logits (clips the network was not trained on):
 
@@ -7,12 +7,15 @@ All three are fitted on held-out logits (clips the network was not trained on):
                   scalar, so the predicted class never changes, only how sure the model says it is.
     ECE           expected calibration error over 15 equal-width confidence bins: the mean gap
                   between confidence and accuracy, weighted by how many clips fall in each bin.
-    threshold     the recommended `min_confidence`: the largest calibrated top probability that
-                  still answers at least `KEEP_CORRECT` of the held-out clips the model gets right
-                  (the rest of them, and everything below, become "unknown"), at most 0.999. The rule looks only
-                  at in-set clips, so it carries over to any data set; how often sounds from none of
-                  the classes get "unknown" at that threshold is measured separately
-                  (training.outofset) and reported, not tuned for.
+    threshold     on the clip's familiarity (soundclassifier.predictions.familiarity: log-sum-exp of
+                  the calibrated logits; `unknown_score`): the largest value that still answers at
+                  least `KEEP_CORRECT` of the held-out clips the model gets right (the rest of them,
+                  and everything below, become "unknown"). The rule looks only at in-set clips, so
+                  it carries over to any data set; how often sounds from none of the classes get
+                  "unknown" at that threshold is measured separately (training.outofset, and the
+                  --outlier-dir recordings held out) and reported, not tuned for. Models stored
+                  before `unknown_score` hold a threshold on the top probability instead, which
+                  serving still applies (soundclassifier.predictions.UnknownRule).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
+from soundclassifier.predictions import UnknownRule, familiarity
+
 ECE_BINS = 15
 KEEP_CORRECT = 0.95  # share of held-out clips answered correctly that keep their answer at the threshold
 MIN_TEMPERATURE = 0.5
@@ -31,7 +36,7 @@ would sharpen every answer, unknown sounds included, to certainty (a set of shor
 T = 0.028 and a threshold of 1.0). The floor allows at most twice the network's own sharpness;
 the networks trained here needed 0.7-0.9 on ESC-10 (mixup leaves them slightly under-confident)."""
 LOG_T_BOUNDS = (float(np.log(MIN_TEMPERATURE)), 4.0)  # up to T = 55, far beyond any network here
-MAX_THRESHOLD = 0.999  # above it, whether an answer stands depends on float rounding (softmax saturates)
+UNKNOWN_SCORE = "familiarity"  # what the stored threshold applies to (UnknownRule.score)
 
 
 def nll(logits: np.ndarray, targets: np.ndarray, temperature: float = 1.0) -> float:
@@ -65,33 +70,29 @@ def ece(probs: np.ndarray, targets: np.ndarray, bins: int = ECE_BINS) -> float:
     return float(total)
 
 
-def choose_threshold(probs: np.ndarray, targets: np.ndarray, keep_correct: float = KEEP_CORRECT) -> float:
-    """The largest t with at least `keep_correct` of the correctly classified clips at top probability >= t."""
-    probs, targets = np.asarray(probs), np.asarray(targets)
-    conf = probs.max(axis=1)
-    right = np.sort(conf[probs.argmax(axis=1) == targets])
+def choose_threshold(scores: np.ndarray, correct: np.ndarray, keep_correct: float = KEEP_CORRECT,
+                     ceiling: float = math.inf) -> float:
+    """The largest t (at most `ceiling`) with at least `keep_correct` of the correctly classified
+    clips at score >= t; -inf when none is correct (nothing is "unknown")."""
+    right = np.sort(np.asarray(scores)[np.asarray(correct, bool)])
     if len(right) == 0:
-        return 0.0
+        return -math.inf
     # Sorted ascending, dropping the k lowest keeps len - k; the threshold is the lowest one kept.
     k = int(np.floor(len(right) * (1 - keep_correct) + 1e-9))
-    return min(MAX_THRESHOLD, math.floor(float(right[k]) * 1e4) / 1e4)  # rounded down: the kept clips stay kept
+    return min(ceiling, math.floor(float(right[k]) * 1e4) / 1e4)  # rounded down: the kept clips stay kept
 
 
-def answered(probs: np.ndarray, threshold: float) -> np.ndarray:
-    """True where the top probability reaches the threshold (serving answers a label, not "unknown")."""
-    return np.asarray(probs).max(axis=1) >= threshold
-
-
-def unknown_mask(logits: np.ndarray, temperature: float, threshold: float) -> np.ndarray:
-    """True where serving answers "unknown": the top of softmax(logits / temperature) is below the threshold."""
-    return ~answered(softmax(np.asarray(logits) / temperature, axis=1), threshold)
+def unknown_mask(logits: np.ndarray, calibration: dict) -> np.ndarray:
+    """True where serving answers "unknown" to these logits with a model's stored calibration."""
+    return UnknownRule.stored(calibration).unknown_mask(np.asarray(logits, np.float64) / calibration["temperature"])
 
 
 def calibrate(logits: np.ndarray, targets: np.ndarray, method: str, groups: np.ndarray | None = None) -> dict:
     """The `calibration` entry of a model's metadata, fitted on held-out logits.
 
-    Serving computes softmax(logits / temperature) and answers "unknown" when the top probability is
-    below `min_confidence` (default: `threshold`). `method` says where the held-out logits came from.
+    Serving computes softmax(logits / temperature) and answers "unknown" when the familiarity of
+    logits / temperature is below `threshold` (or, if the request gives `min_confidence`, the top
+    probability below that). `method` says where the held-out logits came from.
     `temperature` and `threshold` are fitted on all of them; `ece_after` is measured by cross-fitting
     over `groups` (each group's clips scaled by a temperature fitted on the other groups), so it is
     not flattered by judging the temperature on the clips it was fitted to. Without groups, on halves.
@@ -104,17 +105,20 @@ def calibrate(logits: np.ndarray, targets: np.ndarray, method: str, groups: np.n
         inside = groups == g
         t_other = fit_temperature(logits[~inside], targets[~inside]) if (~inside).any() else t
         cross_fitted[inside] = softmax(logits[inside] / t_other, axis=1)
+    threshold = choose_threshold(familiarity(logits / t), logits.argmax(axis=1) == targets)
     return {
         "temperature": round(t, 4),
         "ece_before": round(ece(softmax(logits, axis=1), targets), 4),
         "ece_after": round(ece(cross_fitted, targets), 4),
-        "threshold": choose_threshold(softmax(logits / t, axis=1), targets),
+        "unknown_score": UNKNOWN_SCORE,
+        # no held-out clip right: no threshold, nothing "unknown" (metadata holds no infinity)
+        **({"threshold": threshold} if math.isfinite(threshold) else {}),
         "n": int(len(targets)),
         "method": method,
     }
 
 
-def accuracy_with_unknown(probs: np.ndarray, targets: np.ndarray, threshold: float) -> float:
-    """In-set accuracy when an answer below the threshold ("unknown") counts as wrong."""
-    probs = np.asarray(probs)
-    return float(((probs.argmax(axis=1) == np.asarray(targets)) & answered(probs, threshold)).mean())
+def accuracy_with_unknown(logits: np.ndarray, targets: np.ndarray, calibration: dict) -> float:
+    """In-set accuracy when an answer of "unknown" (by the stored rule) counts as wrong."""
+    logits = np.asarray(logits)
+    return float(((logits.argmax(axis=1) == np.asarray(targets)) & ~unknown_mask(logits, calibration)).mean())

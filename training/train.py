@@ -65,7 +65,6 @@ from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.torch_core import set_seed
 from fastcore.basics import noop
-from scipy.special import softmax
 from torch.utils.data import ConcatDataset, Subset
 
 from soundclassifier.audio import as_audio
@@ -76,7 +75,7 @@ from soundclassifier.store import METRICS_FILE, save_model, write_json
 from soundclassifier.store import summary as engines_summary
 from training import leakage, outofset
 from training.augment import AugmentSettings, ClipDataset
-from training.calibrate import accuracy_with_unknown, answered, calibrate, unknown_mask
+from training.calibrate import accuracy_with_unknown, calibrate, unknown_mask
 from training.datasets import (
     DATASETS,
     OUTLIER,
@@ -108,7 +107,6 @@ DEFAULTS = dict(
     speed=0.0,  # speed perturbation: resample by up to +-this fraction (0 = off)
     outliers=0.25,  # outlier exposure: generated non-class clips, this share of the training set (0 = off)
     outlier_dir=None,  # outlier exposure with real recordings of none of the classes, when the user has them
-    background=0.0,  # with outlier_dir: chance of mixing one of its training recordings under a class clip
     outlier_dir_share=0.25,  # of those, this many per training clip in each epoch, drawn afresh (an epoch's cost does not grow with the folder)
     valid_fold=None,  # held-out fold; None = the data set's first (ESC-50: 1, shipped ESC-10: 2)
     refit=True,  # ship a network trained on every fold, with the score of one measured without valid_fold
@@ -139,7 +137,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--outlier-dir", type=Path, default=d["outlier_dir"], help="outlier exposure with your own recordings of none of the classes (any audio files under this directory, any length): trained on with a uniform target beside the generated ones; those dealt to the held-out fold are kept out of training and measure how often the model says unknown to them")
     p.add_argument("--outlier-dir-share", type=float, default=d["outlier_dir_share"], help="with --outlier-dir: each epoch trains on at most this many of its recordings per training clip, drawn afresh every epoch, so a large folder costs no more per epoch than a small one (default %(default)s; all of them when the folder holds fewer)")
     p.add_argument("--group-pattern", metavar="REGEX", default=d["group_pattern"], help="folder only: which files are cut from one recording; searched in each file's path below its class folder without the suffix (take3/kettle_01), the first capture group (else the whole match) names the recording, e.g. '^(.+?)_[0-9]+$'; files it does not match fall to the built-in rules: a subfolder of the class folder, ESC-50 names <fold>-<source id>-<take>[-<class id>], UrbanSound8K names <fsID>-<class id>-<occurrence>-<slice>, numbered names <stem>_NN, -NN, ' NN', .NN, ' (N)', _partN (when a class has two such stems or more besides its own name: dog_01 .. dog_40 are separate recordings), else a recording of its own. No recording is split between training and held-out clips")
-    p.add_argument("--background", type=float, default=d["background"], help="with --outlier-dir: the chance that a training clip of a class has one of the folder's training recordings mixed under it, 5-25 dB below it (default %(default)s = off)")
     p.add_argument("--valid-fold", type=int, default=d["valid_fold"], help="fold held out for evaluation and calibration (default: the data set's first fold)")
     p.add_argument("--cv", action="store_true", help="cross-validate: hold out every fold in turn, report mean and spread, calibrate on all held-out predictions")
     p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=d["refit"], help="after the evaluation, train once more on every fold and ship that network with the evaluated one's score and calibration; --no-refit ships the evaluated network (default: refit; always with --cv)")
@@ -161,8 +158,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         a.data_dir = defaults[a.dataset]
     if a.init_from and a.pretrained:
         p.error("--init-from and --pretrained both choose the starting weights: give one")
-    if a.background and not a.outlier_dir:
-        p.error("--background mixes --outlier-dir's recordings under the clips: give --outlier-dir")
     if a.outlier_dir_share < 0:
         p.error("--outlier-dir-share is a number of recordings per training clip: 0 or more")
     if a.cv and a.valid_fold is not None:
@@ -286,11 +281,9 @@ def fit(args: argparse.Namespace, start: Start, features: Features, data: Decode
     """Train a network on `data` (and the recordings of none of the classes in `others`) with the
     recipe in `args`; returns it on the CPU in eval mode."""
     set_seed(args.seed, reproducible=True)
-    augment = replace(AugmentSettings() if args.specaugment else AugmentSettings.off(), speed=args.speed,
-                      background_prob=args.background)
+    augment = replace(AugmentSettings() if args.specaugment else AugmentSettings.off(), speed=args.speed)
     generated = outlier_waves(args, features, labels, len(data.waves))
-    train_ds = ClipDataset(data.waves + generated, data.targets + [OUTLIER] * len(generated), features, augment,
-                           backgrounds=others.waves if others else ())
+    train_ds = ClipDataset(data.waves + generated, data.targets + [OUTLIER] * len(generated), features, augment)
     cbs = [NoValidation()] + ([MixUp(args.mixup)] if args.mixup > 0 else [])
     if others and others.waves:
         recordings = ClipDataset(others.waves, [OUTLIER] * len(others.waves), features, augment)
@@ -407,31 +400,30 @@ def open_set_logits(networks: list[torch.nn.Module], features: Features, labels:
     return [kind.split(":")[0] for kind, _ in made], np.stack([predict_logits(net, items) for net in networks])
 
 
-def open_set_report(kinds: list[str], logits: np.ndarray, ev: Evaluation, temperature: float, threshold: float,
+def open_set_report(kinds: list[str], logits: np.ndarray, ev: Evaluation, calibration: dict,
                     others: Decoded | None = None) -> dict:  # fmt: skip
-    """How often those sounds get "unknown" at the threshold (averaged over the evaluated networks),
+    """How often those sounds get "unknown" by the stored rule (averaged over the evaluated networks),
     beside the in-set accuracy with "unknown" counted wrong; with --outlier-dir, also how often the
     held-out share of the user's recordings of none of the classes does."""
-    unknown = np.mean([unknown_mask(z, temperature, threshold) for z in logits], axis=0)
+    unknown = np.mean([unknown_mask(z, calibration) for z in logits], axis=0)
     by_kind = {k: round(float(unknown[[i for i, kind in enumerate(kinds) if kind == k]].mean()), 4)
                for k in sorted(set(kinds))}  # fmt: skip
-    in_set = softmax(ev.logits / temperature, axis=1)
     return {
         "n": len(kinds),
         "unknown_rate": round(float(unknown.mean()), 4),
         "unknown_rate_by_kind": by_kind,
-        "in_set_accuracy_with_unknown": round(accuracy_with_unknown(in_set, ev.targets, threshold), 4),
-        "in_set_unknown_rate": round(float(1 - answered(in_set, threshold).mean()), 4),
+        "in_set_accuracy_with_unknown": round(accuracy_with_unknown(ev.logits, ev.targets, calibration), 4),
+        "in_set_unknown_rate": round(float(unknown_mask(ev.logits, calibration).mean()), 4),
         "source": "training.outofset, generated offline: silence, noise, tones, speech-like babble, music, "
         "synthetic classes not among the labels; with --outliers, training saw other clips of the kinds "
         f"{', '.join(outofset.OUTLIER_KINDS)}, never speech or music",
-        **({"recordings": recordings_report(others, ev, temperature, threshold)} if others else {}),
+        **({"recordings": recordings_report(others, ev, calibration)} if others else {}),
     }
 
 
-def recordings_report(others: Decoded, ev: Evaluation, temperature: float, threshold: float) -> dict:
+def recordings_report(others: Decoded, ev: Evaluation, calibration: dict) -> dict:
     held_out = 0 if ev.others_logits is None else len(ev.others_logits)
-    rate = None if ev.others_logits is None else round(float(unknown_mask(ev.others_logits, temperature, threshold).mean()), 4)
+    rate = None if ev.others_logits is None else round(float(unknown_mask(ev.others_logits, calibration).mean()), 4)
     return {
         "n": len(others.waves),
         "n_held_out": held_out,
@@ -576,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"temperature scaling on held-out fold {ev.folds[0]}")  # fmt: skip
         calibration = calibrate(ev.logits, ev.targets, method, groups=groups)
         kinds, oos_logits = open_set_logits(ev.networks, features, ds.labels)
-        open_set = open_set_report(kinds, oos_logits, ev, calibration["temperature"], calibration["threshold"], others)
+        open_set = open_set_report(kinds, oos_logits, ev, calibration, others)
         if args.predictions:
             np.savez_compressed(args.predictions, labels=np.array(ds.labels), logits=ev.logits, targets=ev.targets,
                                 folds=ev.fold_of, open_set_kinds=np.array(kinds), open_set_logits=oos_logits,
@@ -600,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
             # Its calibration is the evaluated networks': how often it answers "unknown" at it to the
             # same out-of-set sounds (generated, so none of them was trained on) shows whether it carries over.
             _, z = open_set_logits([net], features, ds.labels)
-            shipped_unknown = float(unknown_mask(z[0], calibration["temperature"], calibration["threshold"]).mean())
+            shipped_unknown = float(unknown_mask(z[0], calibration).mean())
             open_set["shipped_network_unknown_rate"] = round(shipped_unknown, 4)
             print(f"shipped network: unknown on {shipped_unknown:.1%} of the out-of-set sounds at the stored threshold")
         else:

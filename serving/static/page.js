@@ -29,13 +29,17 @@ function percentShort(p) {
   return `${Number((100 * p).toFixed(1))}%`;
 }
 
-// The probability beside a label. Below the model's threshold the service answers "unknown", and
-// the top probability is its best guess's, not "unknown"'s: "unknown 62.3%" read as "62% sure it is
-// unknown", so the best guess and the threshold it missed are named. The page sends no
-// min_confidence, so the threshold applied is the model's stored one, which the model panel carries.
+// The probability beside a label. When the model's rule says "unknown", the top probability is its
+// best guess's, not "unknown"'s: "unknown 62.3%" read as "62% sure it is unknown", so the best guess
+// is named, and why it was not taken: the clip is unlike the sounds the model was trained on (the
+// rule of models trained since familiarity existed), or the guess missed the probability threshold
+// (older models). The page sends no min_confidence: the rule is the model's, which the panel carries.
 function verdictDetail(label, best) {
   if (!best) return "";
   if (label !== "unknown") return percent(best.probability);
+  const card = $("model-card");
+  if (card && card.dataset.unknownScore === "familiarity")
+    return `(best guess ${best.label} ${percent(best.probability)}, unlike the sounds the model was trained on)`;
   const threshold = modelSetting("minConfidence");
   return `(best guess ${best.label} ${percent(best.probability)}, below the ` +
     (threshold === null ? "model's threshold)" : `${percentShort(threshold)} threshold)`);

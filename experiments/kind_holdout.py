@@ -8,8 +8,9 @@ vehicles). Its own report says how often "unknown" answers unheard recordings of
 held-out fold's share). A deployment also hears kinds the folder does not hold. For each kind k this
 trains the default recipe's measured network (folds 3-5 of the shipped ESC-10 clips, measured and
 calibrated on fold 2, as `make train` does) with every other kind as the outlier recordings, then
-classifies every recording of k, a kind it never heard: the share answered "unknown" at the stored
-threshold. Each line also gives the fold-2 accuracy, the in-set accuracy with "unknown" counted
+classifies every recording of k, a kind it never heard: the share answered "unknown" by the stored
+rule (familiarity), and, from the same network, by the rule of models stored before it (the top
+probability, keeping the same share of right answers). Each line also gives the fold-2 accuracy, the in-set accuracy with "unknown" counted
 wrong, and the "unknown" rate on the held-out fold's recordings of the kinds it did hear. One line
 per kind, then the means, to stdout; docs/training-recipe.md records them. The recipe flags are
 training.train's (--seed, --outliers, ...).
@@ -23,8 +24,9 @@ from pathlib import Path
 
 from experiments.class_holdout import print_means
 from soundclassifier.features import Features, FeatureSettings
+from soundclassifier.predictions import softmax
 from training.augment import ClipDataset
-from training.calibrate import accuracy_with_unknown, calibrate, unknown_mask
+from training.calibrate import accuracy_with_unknown, calibrate, choose_threshold, unknown_mask
 from training.datasets import SHIPPED_ESC10, choose_clip_seconds, decode_clips, load_dataset, outliers
 from training.evaluate import predict_logits
 from training.train import evaluate, parse_args
@@ -56,6 +58,10 @@ def main(argv: list[str]) -> int:
         unheard = decode_clips([c for c in recordings if kind(c.path) == held], ds.labels, features)
         ev = evaluate(args, start_from(None, ds.labels, args.arch), features, ds, data, others)
         cal = calibrate(ev.logits, ev.targets, "held-out fold")
+        # The rule models stored before familiarity: the same share of right answers kept, by top probability.
+        right = ev.logits.argmax(1) == ev.targets
+        by_probability = {"temperature": cal["temperature"],
+                          "threshold": choose_threshold(softmax(ev.logits / cal["temperature"]).max(1), right)}
         z = predict_logits(ev.networks[0], ClipDataset(unheard.waves, unheard.targets, features, None))
         top = z.argmax(1)
         row = {
@@ -65,6 +71,8 @@ def main(argv: list[str]) -> int:
             "in_set_with_unknown": accuracy_with_unknown(ev.logits, ev.targets, cal),
             "unknown_rate_kind_never_heard": float(unknown_mask(z, cal).mean()),
             "unknown_rate_heard_kinds_fold2": float(unknown_mask(ev.others_logits, cal).mean()),
+            "unknown_rate_kind_never_heard_by_probability": float(unknown_mask(z, by_probability).mean()),
+            "unknown_rate_heard_kinds_fold2_by_probability": float(unknown_mask(ev.others_logits, by_probability).mean()),
             "threshold": cal["threshold"],
             "taken_for": ds.labels[max(set(top), key=list(top).count)],
         }

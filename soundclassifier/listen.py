@@ -79,7 +79,7 @@ class ListenSession:
         opts: the client's options, validated.
         release: called once when the session closes.
         prepare: `await prepare(fn, *args)` runs CPU work (cutting windows, features) off the event loop.
-        forward: `await forward(inputs)`: probabilities for model inputs, through the shared batcher.
+        forward: `await forward(inputs)`: calibrated logits for model inputs, through the shared batcher.
         count: `count(windows, audio_seconds)`: what the stream classified, for the metrics.
     """
 

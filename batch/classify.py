@@ -10,7 +10,7 @@
     python -m batch.classify --help                                              # every flag
 
 One row per file: path, model, engine, duration_s, sample_rate, label (the top label, or "unknown"
-below --min-confidence), top (array of {label, probability}, best first) and error ({kind, detail}, null when fine). With --timeline: one row per window (window,
+by the model's rule, or with --min-confidence below that top probability), top (array of {label, probability}, best first) and error ({kind, detail}, null when fine). With --timeline: one row per window (window,
 start_s, end_s, top), the windows of HTTP /timeline; a failed file gets one row with its error.
 A bad file (empty, not audio, truncated, unreadable, too large or long) never fails the job: its
 row says why, with the kinds of the HTTP API (empty, not_audio, corrupt, unsupported, too_long,

@@ -76,7 +76,7 @@ def main(argv: list[str]) -> int:
             "accuracy": float((ev.logits.argmax(1) == ev.targets).mean()),
             "in_set_with_unknown": accuracy_with_unknown(ev.logits, ev.targets, cal),
             "unknown_rate": float(unknown_mask(z, cal).mean()),
-            "threshold": cal["threshold"],
+            "threshold": cal.get("familiarity_threshold"),
             "taken_for": max(set(top), key=list(top).count),
             "outlier_classes": left_out[1:],
         }

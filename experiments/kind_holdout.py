@@ -73,7 +73,7 @@ def main(argv: list[str]) -> int:
             "unknown_rate_heard_kinds_fold2": float(unknown_mask(ev.others_logits, cal).mean()),
             "unknown_rate_kind_never_heard_by_probability": float(unknown_mask(z, by_probability).mean()),
             "unknown_rate_heard_kinds_fold2_by_probability": float(unknown_mask(ev.others_logits, by_probability).mean()),
-            "threshold": cal["threshold"],
+            "threshold": cal.get("familiarity_threshold"),
             "taken_for": ds.labels[max(set(top), key=list(top).count)],
         }
         rows.append(row)

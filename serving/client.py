@@ -57,10 +57,9 @@ def stored_rule(client: httpx.Client) -> tuple[str, float] | None:
         r = client.post("/info")
         if r.status_code != 200:
             return None
-        info = r.json()
-        score = info["calibration"].get("unknown_score", "probability")
-        return score, float(info["calibration"]["threshold"] if score == "familiarity" else info["min_confidence"])
-    except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
+        rule = r.json()["unknown_rule"]
+        return str(rule["score"]), float(rule["threshold"])
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
         return None
 
 

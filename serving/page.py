@@ -276,7 +276,7 @@ def model_panel():
             data_sample_rate=str(fs["sample_rate"]),
             data_max_upload_mb=f"{info.limits.get('max_upload_mb', 0):g}",
             data_min_confidence=f"{info.min_confidence:g}",
-            data_unknown_score=str(info.calibration.get("unknown_score", "probability")),
+            data_unknown_score=info.unknown_rule.score,
         ),
     )
 

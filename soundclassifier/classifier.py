@@ -65,7 +65,7 @@ class Classifier:
 
     def unknown_rule(self, opts: ClassifyOptions) -> UnknownRule:
         """The model's rule, or the request's min_confidence on the top probability instead."""
-        return self.rule if opts.min_confidence is None else UnknownRule("probability", opts.min_confidence)
+        return self.rule if opts.min_confidence is None else UnknownRule(score="probability", threshold=opts.min_confidence)
 
     # --- steps ----------------------------------------------------------------------------------
 
@@ -130,7 +130,7 @@ class Classifier:
 
 class TimelineJob:
     """A timeline in progress: pull `chunks()` of windows with their model inputs, push
-    probabilities back with `add`, then take `result()`. Callers choose how to run the forward
+    their calibrated logits back with `add`, then take `result()`. Callers choose how to run the forward
     passes (directly, or through the service's batcher); memory holds one chunk at a time."""
 
     def __init__(self, classifier: Classifier, stream: Stream, hop_s: float, opts: TimelineOptions,

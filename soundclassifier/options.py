@@ -63,14 +63,15 @@ class TimelineOptions(ClassifyOptions):
 class ListenOptions(TimelineOptions):
     """What a client may ask of a live stream (WebSocket /listen, gRPC Listen): the PCM it sends,
     and the timeline's arguments. `smoothing` N: events follow the per-class median of the
-    probabilities of N windows centred on each window (1: each window's own label)."""
+    probabilities, and the median familiarity, of N windows centred on each window (1: each
+    window's own label)."""
 
     sample_rate: Annotated[
         int, Field(ge=MIN_LISTEN_RATE, le=MAX_LISTEN_RATE, description="Hz of the 16-bit mono PCM the client sends")
     ]
     hop_s: HopS = DEFAULT_LISTEN_HOP_S
     smoothing: Annotated[
-        int, Field(ge=1, le=MAX_SMOOTHING, description="windows whose median probabilities decide events (1 = none)")
+        int, Field(ge=1, le=MAX_SMOOTHING, description="windows whose median probabilities (and familiarity) decide events (1 = none)")
     ] = 1
 
 

@@ -221,6 +221,7 @@ class Pipeline:
             engines_tried=self.engine_report.get("tried", {}),
             calibration=meta.get("calibration", {}),
             min_confidence=clf.default_min_confidence,
+            unknown_rule=clf.rule,
             max_batch_size=s.max_batch_size,
             max_latency_ms=s.max_latency_ms,
             threads={"engine": clf.engine.threads, "streams": clf.engine.streams,

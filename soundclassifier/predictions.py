@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class LabelScore(BaseModel):
@@ -23,7 +22,7 @@ class Classification(BaseModel):
     duration_s: float = Field(description="length of the uploaded audio in seconds")
     sample_rate: int = Field(description="sample rate of the uploaded audio in Hz")
     label: str = Field(description=f'the top label, or "{UNKNOWN}" when the clip is unlike the model\'s classes '
-                       "(its stored rule) or its top probability is below the request\'s min_confidence")
+                       "(its stored rule, /info unknown_rule) or its top probability is below the request\'s min_confidence")
     top: list[LabelScore] = Field(description="most probable labels, best first")
 
 
@@ -59,6 +58,36 @@ class Timeline(BaseModel):
     )
 
 
+class UnknownRule(BaseModel):
+    """When the answer is "unknown": the clip's `score` below `threshold` (or not a number).
+
+    score "familiarity": `familiarity` of the calibrated logits, the rule training stores
+          (calibration.familiarity_threshold, fitted on held-out clips: training/calibrate.py);
+    score "probability": the top calibrated probability: models stored before familiarity
+          (calibration.threshold), and any request that gives min_confidence."""
+
+    model_config = ConfigDict(frozen=True)
+    score: Literal["familiarity", "probability"] = Field("probability", description="what the threshold applies to")
+    threshold: float = Field(0.0, description='a clip whose score is below this is "unknown"')
+
+    @classmethod
+    def stored(cls, calibration: dict) -> UnknownRule:
+        """The rule in a model's `calibration` metadata (none stored: never "unknown"). The
+        familiarity threshold has a key of its own, so code that knows only `threshold` (a
+        probability) finds none in a newer model rather than misreading it."""
+        if "familiarity_threshold" in calibration:
+            return cls(score="familiarity", threshold=float(calibration["familiarity_threshold"]))
+        return cls(score="probability", threshold=float(calibration.get("threshold", 0.0)))
+
+    def unknown(self, top_probability: np.ndarray | float, familiarity: np.ndarray | float) -> np.ndarray:
+        score = np.asarray(familiarity if self.score == "familiarity" else top_probability)
+        return ~(score >= self.threshold)  # NaN is "unknown" too
+
+    def unknown_mask(self, scaled_logits: np.ndarray) -> np.ndarray:
+        """True for each row of logits / temperature that is answered "unknown"."""
+        return self.unknown(softmax(scaled_logits).max(axis=-1), familiarity(scaled_logits))
+
+
 class ModelInfo(BaseModel):
     model: str
     labels: list[str]
@@ -70,7 +99,8 @@ class ModelInfo(BaseModel):
     engines_tried: dict
     calibration: dict = Field(description="temperature and calibration error measured on held-out clips, if any")
     min_confidence: float = Field(description="the top-probability threshold used when a request gives no "
-                                  "min_confidence (0 when the model's rule is on familiarity: calibration.unknown_score)")
+                                  "min_confidence (0 when the model's rule is on familiarity: unknown_rule)")
+    unknown_rule: UnknownRule = Field(description='when the model answers "unknown" to a request that gives no min_confidence')
     max_batch_size: int
     max_latency_ms: int
     threads: dict[str, int] = Field(
@@ -106,31 +136,6 @@ def familiarity(scaled_logits: np.ndarray) -> np.ndarray:
     z = np.asarray(scaled_logits, np.float64)
     top = z.max(axis=-1)
     return top + np.log(np.exp(z - top[..., None]).sum(axis=-1))
-
-
-@dataclass(frozen=True)
-class UnknownRule:
-    """When the answer is "unknown": the clip's `score` below `threshold`.
-
-    score "familiarity": `familiarity` of the calibrated logits, the rule training stores
-          (calibration.unknown_score; threshold fitted on held-out clips, training/calibrate.py);
-    score "probability": the top calibrated probability: models stored before that field, and
-          any request that gives min_confidence (a threshold a person can read)."""
-
-    score: Literal["familiarity", "probability"] = "probability"
-    threshold: float = 0.0
-
-    @classmethod
-    def stored(cls, calibration: dict) -> UnknownRule:
-        """The rule in a model's `calibration` metadata (no threshold stored: never "unknown")."""
-        return cls(calibration.get("unknown_score", "probability"), float(calibration.get("threshold", -np.inf)))
-
-    def unknown(self, top_probability: np.ndarray | float, familiarity: np.ndarray | float) -> np.ndarray | bool:
-        return (familiarity if self.score == "familiarity" else top_probability) < self.threshold
-
-    def unknown_mask(self, scaled_logits: np.ndarray) -> np.ndarray:
-        """True for each row of logits / temperature that is answered "unknown"."""
-        return self.unknown(softmax(scaled_logits).max(axis=-1), familiarity(scaled_logits))
 
 
 def label_of(top: list[LabelScore], familiarity: float, rule: UnknownRule) -> str:

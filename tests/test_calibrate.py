@@ -81,37 +81,37 @@ def test_familiarity_is_the_log_of_the_summed_exponentials_whatever_their_scale(
 
 def test_the_stored_rule_decides_unknown_by_its_own_score():
     z = np.array([[2.0, -4.0, -4.0], [6.0, 5.0, 4.0]])
-    by_familiarity = UnknownRule.stored({"unknown_score": "familiarity", "threshold": 4.0})
-    by_probability = UnknownRule.stored({"threshold": 0.9})  # a model stored before unknown_score
+    by_familiarity = UnknownRule.stored({"familiarity_threshold": 4.0})
+    by_probability = UnknownRule.stored({"threshold": 0.9})  # a model stored before familiarity
     assert by_familiarity.unknown_mask(z).tolist() == [True, False]
     assert by_probability.unknown_mask(z).tolist() == [False, True]
     assert not UnknownRule.stored({}).unknown_mask(z).any()  # no calibration: never "unknown"
-    assert not UnknownRule.stored({"unknown_score": "familiarity"}).unknown_mask(z).any()
+    assert by_familiarity.unknown_mask(np.array([[np.nan, 0.0, 0.0]])).all()  # not a number: "unknown"
 
 
 def test_accuracy_with_unknown_counts_unknown_as_wrong():
     logits = np.array([[3.0, 0.0], [0.2, 0.0], [0.0, 3.0], [3.0, 0.0]])
     targets = np.array([0, 0, 1, 1])  # the last one is answered wrongly
-    cal = {"temperature": 1.0, "unknown_score": "familiarity"}
-    assert accuracy_with_unknown(logits, targets, {**cal, "threshold": -10.0}) == 0.75
-    assert accuracy_with_unknown(logits, targets, {**cal, "threshold": 1.0}) == 0.5  # [0.2, 0] becomes "unknown"
-    assert accuracy_with_unknown(logits, targets, {**cal, "threshold": 10.0}) == 0.0
-    assert accuracy_with_unknown(logits * 4, targets, {**cal, "temperature": 4.0, "threshold": 1.0}) == 0.5
+    cal = {"temperature": 1.0}
+    assert accuracy_with_unknown(logits, targets, {**cal, "familiarity_threshold": -10.0}) == 0.75
+    assert accuracy_with_unknown(logits, targets, {**cal, "familiarity_threshold": 1.0}) == 0.5  # [0.2, 0] is "unknown"
+    assert accuracy_with_unknown(logits, targets, {**cal, "familiarity_threshold": 10.0}) == 0.0
+    assert accuracy_with_unknown(logits * 4, targets, {"temperature": 4.0, "familiarity_threshold": 1.0}) == 0.5
 
 
 def test_calibrate_writes_the_shape_serving_reads():
     logits, targets = sampled(2.0, n=800)
     logits = logits * 3  # an overconfident network: true temperature 6
     cal = calibrate(logits, targets, "temperature scaling on held-out fold 1")
-    assert set(cal) == {"temperature", "ece_before", "ece_after", "unknown_score", "threshold", "n", "method"}
-    assert isinstance(cal["n"], int) and cal["n"] == 800 and cal["unknown_score"] == "familiarity"
-    assert all(isinstance(cal[k], float) for k in ("temperature", "ece_before", "ece_after", "threshold"))
+    assert set(cal) == {"temperature", "ece_before", "ece_after", "familiarity_threshold", "n", "method"}
+    assert isinstance(cal["n"], int) and cal["n"] == 800
+    assert all(isinstance(cal[k], float) for k in ("temperature", "ece_before", "ece_after", "familiarity_threshold"))
     assert cal["method"] == "temperature scaling on held-out fold 1"
     assert cal["temperature"] == pytest.approx(6.0, rel=0.15)
     assert cal["ece_after"] < cal["ece_before"] / 3
     # the threshold is the rule applied to the familiarity of the temperature-scaled logits it will meet
     correct = logits.argmax(axis=1) == targets
-    assert cal["threshold"] == choose_threshold(familiarity(logits / cal["temperature"]), correct)
+    assert cal["familiarity_threshold"] == choose_threshold(familiarity(logits / cal["temperature"]), correct)
     assert unknown_mask(logits, cal)[correct].mean() <= 0.05
 
 
@@ -123,7 +123,7 @@ def test_ece_after_is_measured_on_clips_the_temperature_was_not_fitted_on():
     assert by_group["ece_after"] != pytest.approx(in_sample, abs=1e-6)
     # groups change only ece_after: the temperature and the threshold are fitted on every clip
     halves = calibrate(logits, targets, "m")
-    assert (halves["temperature"], halves["threshold"]) == (by_group["temperature"], by_group["threshold"])
+    assert (halves["temperature"], halves["familiarity_threshold"]) == (by_group["temperature"], by_group["familiarity_threshold"])
 
 
 # --- outlier exposure: the loss that teaches "none of these" --------------------------------------

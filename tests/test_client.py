@@ -35,7 +35,7 @@ def test_table_line_of_an_unknown_sound_says_why(served, unknown_sound, tmp_path
     path = tmp_path / name
     path.write_bytes(data)
     info = httpx.post(f"{served.base_url}/info", timeout=30).json()
-    assert info["calibration"]["unknown_score"] == "familiarity"  # what training stores now
+    assert info["unknown_rule"]["score"] == "familiarity"  # what training stores now
     best = answer["top"][0]
     run = subprocess.run([sys.executable, "-m", "serving.client", "--url", served.base_url, "--top-k", "2", str(path)],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip

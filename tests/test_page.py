@@ -196,7 +196,7 @@ def test_upload_shows_label_bars_spectrogram_and_timeline(page, served, http):
 
 def test_unknown_names_the_best_guess_and_why_it_was_not_taken(page, served, http, unknown_sound):
     name, data, answer = unknown_sound  # the service answers "unknown" to it
-    assert http.post("/info").json()["calibration"]["unknown_score"] == "familiarity"
+    assert http.post("/info").json()["unknown_rule"]["score"] == "familiarity"
     best = answer["top"][0]
     open_page(page, served)
     choose(page, name, data)
@@ -252,7 +252,7 @@ def test_microphone_recording_is_sent_as_wav_and_classified(page, served, http):
 def known_sound(synthetic_dir, http, tmp_path_factory) -> tuple[str, Path]:
     """(label, 16-bit WAV) of a 5 s synthetic clip that the served model labels right at every hop
     of its own loop (Chromium loops the capture file and the page starts listening at any point of
-    it), as /timeline answers three loops of it with the page's hop and default threshold."""
+    it), as /timeline answers three loops of it with the page's hop and the model's rule."""
     with (synthetic_dir / "meta" / "esc50.csv").open() as f:
         rows = list(csv.DictReader(f))
     for row in rows:

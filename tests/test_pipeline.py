@@ -90,7 +90,7 @@ def test_min_confidence_turns_a_weak_answer_into_unknown(loaded_model):
 def test_the_stored_calibration_sets_the_temperature_and_the_default_threshold(loaded_model):
     clip = af.wav_sine(freq=700.0, seconds=2.0)
     plain = pipeline(loaded_model, calibration={})
-    calibrated = pipeline(loaded_model, calibration={"temperature": 3.0, "threshold": 0.99})  # stored before unknown_score
+    calibrated = pipeline(loaded_model, calibration={"temperature": 3.0, "threshold": 0.99})  # stored before familiarity
     for p in (plain, calibrated):
         p.batcher.open.set()
     _, x = plain.classifier.prepare(clip)
@@ -100,6 +100,7 @@ def test_the_stored_calibration_sets_the_temperature_and_the_default_threshold(l
     np.testing.assert_allclose([s.probability for s in answer.top], np.sort(softmax(logits, 3.0)[0])[::-1], rtol=1e-5)
     assert max(s.probability for s in answer.top) < 0.99 and answer.label == UNKNOWN  # the stored threshold
     assert calibrated.describe().min_confidence == 0.99 and plain.describe().min_confidence == 0.0
+    assert calibrated.describe().unknown_rule.score == "probability"
     assert asyncio.run(calibrated.classify(clip, min_confidence=0.0)).label == answer.top[0].label
 
 
@@ -110,11 +111,12 @@ def test_the_stored_familiarity_rule_decides_unknown_unless_the_request_sets_min
     _, x = plain.classifier.prepare(clip)
     known = float(familiarity(plain.classifier.forward(x[None]))[0])
     for threshold, label_is_unknown in ((known + 0.01, True), (known - 0.01, False)):
-        p = pipeline(loaded_model, calibration={"temperature": 2.0, "unknown_score": "familiarity", "threshold": threshold})
+        p = pipeline(loaded_model, calibration={"temperature": 2.0, "familiarity_threshold": threshold})
         p.batcher.open.set()
         answer = asyncio.run(p.classify(clip))
         assert (answer.label == UNKNOWN) == label_is_unknown, (threshold, known, answer)
         assert p.describe().min_confidence == 0.0  # no probability threshold unless a request gives one
+        assert p.describe().unknown_rule.score == "familiarity" and p.describe().unknown_rule.threshold == threshold
         # a request's min_confidence replaces the model's rule with one on the top probability
         assert asyncio.run(p.classify(clip, min_confidence=0.0)).label == answer.top[0].label
         assert asyncio.run(p.classify(clip, min_confidence=1.0)).label == UNKNOWN

@@ -67,9 +67,9 @@ def test_saved_entry_has_weights_reports_and_metadata(tiny_model_tag, synthetic_
     assert ev["estimate"] == meta["metrics"]["estimate"] == want
     # calibration, in exactly the shape serving reads
     cal = meta["calibration"]
-    assert set(cal) == {"temperature", "ece_before", "ece_after", "unknown_score", "threshold", "n", "method"}
+    assert set(cal) == {"temperature", "ece_before", "ece_after", "familiarity_threshold", "n", "method"}
     assert cal["temperature"] > 0 and 0 <= cal["ece_before"] <= 1 and 0 <= cal["ece_after"] <= 1
-    assert cal["unknown_score"] == "familiarity" and isinstance(cal["threshold"], float)
+    assert isinstance(cal["familiarity_threshold"], float)
     assert cal["n"] == 20 and "held-out fold 1" in cal["method"]
     opened = meta["open_set"]
     assert opened["n"] > 0 and 0 <= opened["unknown_rate"] <= 1

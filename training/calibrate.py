@@ -7,15 +7,16 @@ All three are fitted on held-out logits (clips the network was not trained on):
                   scalar, so the predicted class never changes, only how sure the model says it is.
     ECE           expected calibration error over 15 equal-width confidence bins: the mean gap
                   between confidence and accuracy, weighted by how many clips fall in each bin.
-    threshold     on the clip's familiarity (soundclassifier.predictions.familiarity: log-sum-exp of
-                  the calibrated logits; `unknown_score`): the largest value that still answers at
+    familiarity_threshold
+                  on the clip's familiarity (soundclassifier.predictions.familiarity: log-sum-exp of
+                  the calibrated logits): the largest value that still answers at
                   least `KEEP_CORRECT` of the held-out clips the model gets right (the rest of them,
                   and everything below, become "unknown"). The rule looks only at in-set clips, so
                   it carries over to any data set; how often sounds from none of the classes get
                   "unknown" at that threshold is measured separately (training.outofset, and the
                   --outlier-dir recordings held out) and reported, not tuned for. Models stored
-                  before `unknown_score` hold a threshold on the top probability instead, which
-                  serving still applies (soundclassifier.predictions.UnknownRule).
+                  before it hold `threshold`, on the top probability, which serving still applies
+                  (soundclassifier.predictions.UnknownRule).
 """
 
 from __future__ import annotations
@@ -33,10 +34,9 @@ KEEP_CORRECT = 0.95  # share of held-out clips answered correctly that keep thei
 MIN_TEMPERATURE = 0.5
 """When every held-out clip is right and well separated, the NLL keeps falling as T -> 0: the fit
 would sharpen every answer, unknown sounds included, to certainty (a set of short words gave
-T = 0.028 and a threshold of 1.0). The floor allows at most twice the network's own sharpness;
+T = 0.028 and a top-probability threshold of 1.0). The floor allows at most twice the network's own sharpness;
 the networks trained here needed 0.7-0.9 on ESC-10 (mixup leaves them slightly under-confident)."""
 LOG_T_BOUNDS = (float(np.log(MIN_TEMPERATURE)), 4.0)  # up to T = 55, far beyond any network here
-UNKNOWN_SCORE = "familiarity"  # what the stored threshold applies to (UnknownRule.score)
 
 
 def nll(logits: np.ndarray, targets: np.ndarray, temperature: float = 1.0) -> float:
@@ -91,15 +91,15 @@ def calibrate(logits: np.ndarray, targets: np.ndarray, method: str, groups: np.n
     """The `calibration` entry of a model's metadata, fitted on held-out logits.
 
     Serving computes softmax(logits / temperature) and answers "unknown" when the familiarity of
-    logits / temperature is below `threshold` (or, if the request gives `min_confidence`, the top
-    probability below that). `method` says where the held-out logits came from.
-    `temperature` and `threshold` are fitted on all of them; `ece_after` is measured by cross-fitting
+    logits / temperature is below `familiarity_threshold` (or, if the request gives `min_confidence`,
+    the top probability below that). `method` says where the held-out logits came from.
+    `temperature` and `familiarity_threshold` are fitted on all of them; `ece_after` is measured by cross-fitting
     over `groups` (each group's clips scaled by a temperature fitted on the other groups), so it is
     not flattered by judging the temperature on the clips it was fitted to. Without groups, on halves.
     """
     logits, targets = np.asarray(logits, np.float64), np.asarray(targets)
     groups = np.arange(len(targets)) % 2 if groups is None else np.asarray(groups)
-    t = fit_temperature(logits, targets)
+    t = round(fit_temperature(logits, targets), 4)  # as stored, so the threshold is fitted to what serving divides by
     cross_fitted = np.empty_like(logits)
     for g in np.unique(groups):
         inside = groups == g
@@ -107,12 +107,11 @@ def calibrate(logits: np.ndarray, targets: np.ndarray, method: str, groups: np.n
         cross_fitted[inside] = softmax(logits[inside] / t_other, axis=1)
     threshold = choose_threshold(familiarity(logits / t), logits.argmax(axis=1) == targets)
     return {
-        "temperature": round(t, 4),
+        "temperature": t,
         "ece_before": round(ece(softmax(logits, axis=1), targets), 4),
         "ece_after": round(ece(cross_fitted, targets), 4),
-        "unknown_score": UNKNOWN_SCORE,
         # no held-out clip right: no threshold, nothing "unknown" (metadata holds no infinity)
-        **({"threshold": threshold} if math.isfinite(threshold) else {}),
+        **({"familiarity_threshold": threshold} if math.isfinite(threshold) else {}),
         "n": int(len(targets)),
         "method": method,
     }

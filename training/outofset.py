@@ -9,7 +9,7 @@ Kinds (each clip draws its own level, pitch, timing):
     synthetic:<c>  classes of the project's synthetic set (siren, car horn, drilling, ...) whose
                    name is not a label of the model
 
-The unknown rate at the recommended threshold goes into the model's metadata; nothing is tuned to
+The unknown rate by the stored rule goes into the model's metadata; nothing is tuned to
 it. With --outliers, training also sees clips of some kinds (OUTLIER_KINDS, another seed) with a
 uniform target (outlier exposure), and never speech or music, so the rates on those two kinds say
 whether what it learned carries over to sounds it was not shown. All of them are crude stand-ins

@@ -11,7 +11,7 @@
     python -m training.train --outlier-dir other_sounds/      # recordings of none of the classes
 
 How a model is made: train on every fold but one (--valid-fold, default the data set's first),
-measure it on that fold and fit its calibration there (temperature, recommended min_confidence);
+measure it on that fold and fit its calibration there (temperature, the familiarity threshold of "unknown");
 and train once more, same recipe and seed, on every fold and ship that network with the measured
 one's score and calibration (the refit: a third more data for ESC-10's four folds, about 3 points of
 accuracy, and the borrowed threshold answered "unknown" as well or better; docs/training-recipe.md).

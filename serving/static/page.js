@@ -121,7 +121,7 @@ async function problem(answer) {
 
 function renderResult(result) {
   const [best] = result.top;
-  // The service's answer: the top label, or "unknown" below the model's confidence threshold.
+  // The service's answer: the top label, or "unknown" by the model's rule.
   $("top-label").textContent = result.label ?? best.label;
   $("top-probability").textContent = verdictDetail(result.label ?? best.label, best);
   const bars = $("bars");

@@ -240,6 +240,17 @@ def test_outlier_dir_recordings_are_trained_on_and_their_held_out_share_measured
     assert load_model(tag).labels == ["beep", "hum"]  # the recordings are no class
 
 
+def test_an_outlier_dir_with_none_dealt_to_the_held_out_fold_still_saves(tmp_path, layouts, train_model):
+    from training.datasets import outliers
+
+    root = layouts["folder"](tmp_path / "sounds", {"beep": 5, "hum": 5})
+    other = layouts["folder"](tmp_path / "other", {"kitchen": 1})
+    assert not any(c.fold == 1 for c in outliers(other, [1, 2, 3, 4, 5]))  # its one recording trains
+    tag = train_model(["--dataset", "folder", "--data-dir", str(root), "--outlier-dir", str(other), *TINY])
+    recordings = load_model(tag).metadata["open_set"]["recordings"]
+    assert recordings["n"] == 1 and recordings["n_held_out"] == 0 and "unknown_rate" not in recordings
+
+
 def test_outlier_recordings_teach_the_network_to_doubt_their_kind(tmp_path, layouts):
     """The same recipe with and without --outlier-dir's recordings: unheard recordings of their kind
     get flatter probabilities from the network that was shown the others."""

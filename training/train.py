@@ -423,11 +423,14 @@ def open_set_report(kinds: list[str], logits: np.ndarray, ev: Evaluation, calibr
 
 def recordings_report(others: Decoded, ev: Evaluation, calibration: dict) -> dict:
     held_out = 0 if ev.others_logits is None else len(ev.others_logits)
-    rate = None if ev.others_logits is None else round(float(unknown_mask(ev.others_logits, calibration).mean()), 4)
+    # Of the held-out ones: what an unheard recording of their kinds gets. None held out (a folder of
+    # a few recordings, all dealt to training folds): no rate (BentoML's metadata refuses None).
+    rate = {} if ev.others_logits is None else {
+        "unknown_rate": round(float(unknown_mask(ev.others_logits, calibration).mean()), 4)}
     return {
         "n": len(others.waves),
         "n_held_out": held_out,
-        "unknown_rate": rate,  # of the held-out ones: what an unheard recording of their kinds gets
+        **rate,
         "source": f"--outlier-dir: {len(others.waves)} recordings of none of the classes, dealt into the folds; "
         f"the {held_out} of the held-out fold(s) were not trained on and give unknown_rate",
     }

@@ -10,8 +10,9 @@ trains the default recipe's measured network (folds 3-5 of the shipped ESC-10 cl
 calibrated on fold 2, as `make train` does) with every other kind as the outlier recordings, then
 classifies every recording of k, a kind it never heard: the share answered "unknown" by the stored
 rule (familiarity), and, from the same network, by the rule of models stored before it (the top
-probability, keeping the same share of right answers). Each line also gives the fold-2 accuracy, the in-set accuracy with "unknown" counted
-wrong, and the "unknown" rate on the held-out fold's recordings of the kinds it did hear. One line
+probability, keeping the same share of right answers). Each line also gives the fold-2 accuracy,
+the in-set accuracy with "unknown" counted wrong, and the "unknown" rate on the held-out fold's
+recordings of the kinds it did hear. One line
 per kind, then the means, to stdout; docs/training-recipe.md records them. The recipe flags are
 training.train's (--seed, --outliers, ...).
 """

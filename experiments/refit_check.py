@@ -40,10 +40,6 @@ def judge(z: np.ndarray, y: np.ndarray, oos: np.ndarray, cal: dict) -> tuple:
     return float((z.argmax(1) == y).mean()), accuracy_with_unknown(z, y, cal), float(unknown_mask(oos, cal).mean())
 
 
-def calibration(z: np.ndarray, y: np.ndarray) -> dict:
-    return calibrate(z, y, "")
-
-
 def main(argv: list[str]) -> int:
     n_runs = next((i for i, a in enumerate(argv) if not a.endswith(".npz")), len(argv))
     cvs = [np.load(p) for p in argv[:n_runs]]
@@ -77,14 +73,14 @@ def main(argv: list[str]) -> int:
         a_oos = list(train.open_set_logits(nets, features, ds.labels)[1])  # one set of clips for every A
         judged = {}
         for k in range(len(cvs)):
-            cal = calibration(a_c[k], yc)
+            cal = calibrate(a_c[k], yc, "")
             name = f" (seed {args.seed + k})" if len(cvs) > 1 else ""
             judged["A" + name] = judge(a_t[k], y, a_oos[k], cal)
             judged["B (refit, borrowed calibration)" + name] = judge(b_t[k], y, b_oos[k], cal)
             if len(cvs) > 1:
                 judged["A+B, A's calibration" + name] = judge((a_t[k] + b_t[k]) / 2, y, (a_oos[k] + b_oos[k]) / 2, cal)
         if len(cvs) > 1:
-            cal = calibration(np.mean(a_c, axis=0), yc)
+            cal = calibrate(np.mean(a_c, axis=0), yc, "")
             judged[f"{len(cvs)} As, calibrated as one"] = judge(np.mean(a_t, axis=0), y, np.mean(a_oos, axis=0), cal)
             judged[f"{len(cvs)} Bs, the As' calibration"] = judge(np.mean(b_t, axis=0), y, np.mean(b_oos, axis=0), cal)
         print(f"test fold {t} (calibrated on {c}): accuracy / in-set with unknown / out-of-set unknown")

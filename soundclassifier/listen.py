@@ -28,11 +28,12 @@ SOUND_LISTEN_MIN_FRAME_MS of audio on average (2-byte frames would otherwise buy
 for one stream).
 
 Events: each window's probabilities and familiarity, optionally smoothed (per-class median, and
-the familiarities' median, over `smoothing` windows centred on it), give the window a label; when that label changes, an "end" event closes
-the previous label and a "start" event opens the new one ("unknown" is no event). A window stands
-for the hop-long stretch around its centre ([start + (window - hop) / 2, start + (window + hop)
-/ 2), the first from 0 and the last to the end of the audio), so an event's times estimate where
-the sound began and ended, not where the first window touching it began.
+the familiarities' median, over `smoothing` windows centred on it), give the window a label; when
+that label changes, an "end" event closes the previous label and a "start" event opens the new one
+("unknown" is no event). A window stands for the hop-long stretch around its centre ([start +
+(window - hop) / 2, start + (window + hop) / 2), the first from 0 and the last to the end of the
+audio), so an event's times estimate where the sound began and ended, not where the first window
+touching it began.
 """
 
 from __future__ import annotations

@@ -70,16 +70,15 @@ def ece(probs: np.ndarray, targets: np.ndarray, bins: int = ECE_BINS) -> float:
     return float(total)
 
 
-def choose_threshold(scores: np.ndarray, correct: np.ndarray, keep_correct: float = KEEP_CORRECT,
-                     ceiling: float = math.inf) -> float:
-    """The largest t (at most `ceiling`) with at least `keep_correct` of the correctly classified
-    clips at score >= t; -inf when none is correct (nothing is "unknown")."""
+def choose_threshold(scores: np.ndarray, correct: np.ndarray, keep_correct: float = KEEP_CORRECT) -> float:
+    """The largest t with at least `keep_correct` of the correctly classified clips at score >= t;
+    -inf when none is correct (nothing is "unknown")."""
     right = np.sort(np.asarray(scores)[np.asarray(correct, bool)])
     if len(right) == 0:
         return -math.inf
     # Sorted ascending, dropping the k lowest keeps len - k; the threshold is the lowest one kept.
     k = int(np.floor(len(right) * (1 - keep_correct) + 1e-9))
-    return min(ceiling, math.floor(float(right[k]) * 1e4) / 1e4)  # rounded down: the kept clips stay kept
+    return math.floor(float(right[k]) * 1e4) / 1e4  # rounded down: the kept clips stay kept
 
 
 def unknown_mask(logits: np.ndarray, calibration: dict) -> np.ndarray:

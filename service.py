@@ -5,8 +5,10 @@
 Each worker process (one per core by default: `Settings.layout`) opens one pipeline
 (soundclassifier/pipeline.py: decode + features -> adaptive batcher -> engine -> typed results)
 and every front door adapts it: the routes below, gRPC (serving/grpc_server.py), the page
-(serving/page.py) and live streams (WebSocket /listen: serving/listen.py). Uploads pass the upload guard (serving/http_guard.py) before BentoML parses
-them; client errors become answers in serving/errors.py.
+(serving/page.py) and live streams (WebSocket /listen: serving/listen.py). Uploads are parsed
+and checked once, by the upload guard (serving/http_guard.py), and the upload door
+(serving/door.py) calls the routes below with that form, as BentoML's endpoint would; client
+errors become answers in serving/errors.py.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ with bentoml.importing():
     from starlette.responses import Response
 
     from serving.batching import AdaptiveBatcher
+    from serving.door import UploadDoor
     from serving.edge import CancelOnDisconnect, edge_limits, install
     from serving.errors import http_answer
     from serving.grpc_server import start_grpc_server
@@ -157,6 +160,7 @@ class SoundClassifier:
 
 SoundClassifier.add_asgi_middleware(CancelOnDisconnect)  # work for a client that has gone stops
 SoundClassifier.add_asgi_middleware(UploadGuard, rules=upload_rules(SETTINGS))
+SoundClassifier.add_asgi_middleware(UploadDoor)  # answers the upload routes from the guard's parse
 # The web page (serving/page.py) at /ui, and GET / sends a person there.
 SoundClassifier.mount_asgi_app(page_app, path="/ui")
 SoundClassifier.mount_asgi_app(front_door, path="/")

@@ -5,9 +5,9 @@
 Everything a /classify request costs before decoding, taken from service.py rather than copied:
 importing it installs the edge (uvicorn's guarded protocol, the request deadline) as the service
 does; `HttpFloor` takes `SoundClassifier`'s BentoML configuration (workers, traffic timeout) and
-its ASGI middlewares in their order (the disconnect watcher, the upload guard with its rules), and
-its route takes the same argument types (`service.AudioFile`: the AudioUpload that takes the
-spooled file). BentoML adds its own middlewares (tracing, metrics, access log) to both alike. The
+its ASGI middlewares in their order (the disconnect watcher, the upload guard with its rules, the
+upload door that calls this module's route with the guard's form), and its route takes the same
+argument types (`service.AudioFile`: the AudioUpload that takes the spooled file). BentoML adds its own middlewares (tracing, metrics, access log) to both alike. The
 answer is a constant of the route's own type. Left out: `SoundClassifier.__init__` (the model, the
 pipeline) and the mounted apps (the page, /listen), which /classify never reaches.
 """

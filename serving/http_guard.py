@@ -1,32 +1,27 @@
-"""ASGI middleware that checks uploads before BentoML parses them.
+"""ASGI middleware that reads and checks an upload's form before anything else sees it.
 
 BentoML answers a malformed multipart body with 500, buffers uploads of any size, and, for a file
-field sent as text, downloads the URL it contains. This guard runs first on the upload routes and
-turns each of those into a clear 4xx:
+field sent as text, downloads the URL it contains. This guard runs first on the upload routes, parses
+the form itself with starlette's multipart parser (files spooled in memory up to 1 MB, on disk beyond,
+as starlette spools them) and turns each of those into a clear 4xx:
     415  the body is not multipart/form-data
     413  the body exceeds the route's size limit (checked on Content-Length and while reading)
     400  the multipart body is malformed, a required file field is missing, or was sent as text,
          a text field is not one of the route's arguments or its value is out of bounds (checked
          by the core's own rules, soundclassifier.options: BentoML `json.loads` every text field
          and answered a 5000-digit number or deeply nested brackets with 500), or a file's name
-         is longer than MAX_FILENAME_BYTES (BentoML puts it in a temporary file's name)
-The body passes through to BentoML unchanged as it arrives; the guard parses each piece before
-BentoML gets it (starlette's own multipart parser, the one BentoML runs next, so it refuses exactly
-what would make BentoML fail) and checks the whole form before handing over the last piece. It keeps
-only the form's shape, never the file contents: an upload is held once, by BentoML (a copy of its
-own would put a long /timeline recording on disk twice). BentoML then answers as declared.
+         is longer than MAX_FILENAME_BYTES
+A form that passes goes on in the scope (`scope[FORM]`), its body read, to the upload door
+(serving/door.py), which answers from it: the upload is parsed once and held once. Its files are
+closed when the app behind returns.
 """
 
 from __future__ import annotations
 
-import codecs
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-import python_multipart as multipart
-from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import parse_options_header
 from starlette.datastructures import FormData, Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
@@ -65,12 +60,16 @@ def upload_rules(settings: Settings) -> dict[str, UploadRule | NoArgumentsRule]:
         "/classify": UploadRule(clip, ClassifyOptions),
         "/spectrogram": UploadRule(clip),
         # Each file is within SOUND_MAX_UPLOAD_MB (the pipeline checks it), the whole request within 8
-        # of them rather than SOUND_MAX_BATCH_FILES x: BentoML spools the whole body before a file is
+        # of them rather than SOUND_MAX_BATCH_FILES x: the whole body is spooled before a file is
         # decoded, and 32 x 50 MB would be 1.6 GB held by one request. SOUND_MAX_UPLOAD_MB says so.
         "/classify_batch": UploadRule(int(8 * settings.max_upload_mb * _MB), ClassifyOptions),
         "/timeline": UploadRule(int(settings.max_timeline_upload_mb * _MB) + _MB, TimelineOptions),
         "/info": NoArgumentsRule(),
     }
+
+
+FORM = "sound_classifier.form"
+"""The scope key under which the guard hands the parsed form (starlette's FormData) to the app."""
 
 
 class UploadGuard:
@@ -95,42 +94,40 @@ class UploadGuard:
         if declared is not None and declared.isdigit() and int(declared) > rule.max_bytes:
             await _reject(send, 413, "too_large", _too_large(int(declared), rule.max_bytes), close=True)
             return
-        try:
-            form = _FormShape(headers)
-        except MultiPartException as e:
-            await _reject(send, 400, "bad_request", _malformed(e), close=True)
-            return
-        size = 0
+        await self._parse_and_call(scope, receive, send, rule, headers)
 
-        async def checked() -> dict:
-            """The client's next piece of body, once the form so far (all of it, with the last
-            piece) is known to be one BentoML will take."""
-            nonlocal size
-            message = await receive()
-            if message["type"] != "http.request":
-                raise _Answered  # the client left mid-body: nobody to answer, nothing to parse
-            chunk, last = message.get("body", b""), not message.get("more_body", False)
-            size += len(chunk)
-            if size > rule.max_bytes:
-                await _reject(send, 413, "too_large", _too_large(size, rule.max_bytes), close=True)
-                raise _Answered
-            try:
-                form.feed(chunk)
-                problem = _form_problem(form.finish(), rule) if last else None
-            except MultiPartException as e:
-                await _reject(send, 400, "bad_request", _malformed(e), close=not last)
-                raise _Answered from None
+    async def _parse_and_call(self, scope: Scope, receive: Receive, send: Send, rule: UploadRule,
+                              headers: Headers) -> None:
+        size, read_all = 0, False
+
+        async def body() -> AsyncIterator[bytes]:
+            nonlocal size, read_all
+            while not read_all:
+                message = await receive()
+                if message["type"] != "http.request":
+                    raise _Answered  # the client left mid-body
+                chunk, read_all = message.get("body", b""), not message.get("more_body", False)
+                size += len(chunk)
+                if size > rule.max_bytes:
+                    await _reject(send, 413, "too_large", _too_large(size, rule.max_bytes), close=True)
+                    raise _Answered
+                yield chunk
+
+        try:
+            form = await MultiPartParser(headers, body()).parse()
+        except _Answered:
+            return
+        except MultiPartException as e:  # the parser has closed the files it opened
+            await _reject(send, 400, "bad_request", _malformed(e), close=not read_all)
+            return
+        try:
+            problem = _form_problem(form, rule)
             if problem:
                 await _reject(send, 400, "bad_request", problem)
-                raise _Answered
-            return message
-
-        try:
-            await self.app(scope, checked, send)
-        except _Answered:
-            pass
+                return
+            await self.app({**scope, FORM: form}, receive, send)
         finally:
-            form.close()
+            await form.close()
 
     async def _no_arguments(self, scope: Scope, receive: Receive, send: Send, rule: NoArgumentsRule,
                             headers: Headers) -> None:
@@ -160,69 +157,14 @@ class UploadGuard:
 
 
 class _Answered(BaseException):
-    """Raised out of the app's `receive()` once the guard has answered (or the client has left):
-    it unwinds BentoML's form parsing (which closes its temporary files) up to the guard. A
-    BaseException, so that no handler on the way turns it into a 500 and a logged traceback of
-    its own, as BentoML does with a ClientDisconnect."""
-
-
-class _FormShape(MultiPartParser):
-    """starlette's multipart parser (the one BentoML runs next, same callbacks and limits), fed
-    the body a piece at a time as it passes to BentoML, and keeping only the form's shape: file
-    contents are not copied. So the body is held once, by BentoML (a long recording for /timeline
-    on disk once, not also here), and it is still refused before BentoML sees its last piece."""
-
-    def __init__(self, headers: Headers):
-        super().__init__(headers, stream=None)
-        # As MultiPartParser.parse() sets up its parser (starlette 1.x), minus the reading loop.
-        _, params = parse_options_header(headers["Content-Type"])
-        charset = params.get(b"charset", "utf-8")
-        charset = charset.decode("latin-1") if isinstance(charset, bytes) else charset
-        try:
-            self._charset = codecs.lookup(charset).name
-        except LookupError:
-            self._charset = "latin-1"
-        if b"boundary" not in params:
-            raise MultiPartException("Missing boundary in multipart.")
-        callbacks = {
-            "on_part_begin": self.on_part_begin,
-            "on_part_data": self.on_part_data,
-            "on_part_end": self.on_part_end,
-            "on_header_field": self.on_header_field,
-            "on_header_value": self.on_header_value,
-            "on_header_end": self.on_header_end,
-            "on_headers_finished": self.on_headers_finished,
-            "on_end": self.on_end,
-        }
-        try:  # a boundary over 256 bytes is refused here
-            self._parser = multipart.MultipartParser(params[b"boundary"], callbacks)
-        except FormParserError as e:
-            raise MultiPartException(f"Invalid multipart data: {e}.") from e
-
-    def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._current_part.file is None:  # text fields: kept, and size-checked as usual
-            super().on_part_data(data, start, end)
-
-    def feed(self, chunk: bytes) -> None:
-        try:
-            self._parser.write(chunk)
-        except FormParserError as e:
-            raise MultiPartException("Invalid multipart data.") from e
-
-    def finish(self) -> FormData:
-        try:
-            self._parser.finalize()
-        except FormParserError as e:
-            raise MultiPartException("Invalid multipart data.") from e
-        return FormData(self.items)
-
-    def close(self) -> None:
-        for file in self._files_to_close_on_error:  # empty: their contents were never written
-            file.close()
+    """Raised out of the body the parser reads once the guard has answered (or the client has
+    left): it unwinds starlette's parser (which closes the files it opened) up to the guard. A
+    BaseException, so that the parser does not take it for a malformed body."""
 
 
 def _malformed(e: MultiPartException) -> str:
-    return f"The multipart body is malformed ({e.message})."
+    cause = f": {e.__cause__}" if e.__cause__ is not None else ""  # python-multipart's own words
+    return f"The multipart body is malformed ({e.message.rstrip('.')}{cause})."
 
 
 def _form_problem(form: FormData, rule: UploadRule) -> str | None:

@@ -431,12 +431,13 @@ def test_the_http_floor_is_wired_as_the_service_is():
     """Its configuration and middlewares are service.py's own objects, not a copy that can drift."""
     import service
     from bench import floor_service
+    from serving.door import UploadDoor
     from serving.edge import CancelOnDisconnect
     from serving.http_guard import UploadGuard
 
     assert floor_service.HttpFloor.config == service.SoundClassifier.config
     assert floor_service.HttpFloor.middlewares == service.SoundClassifier.middlewares
-    assert [m for m, _ in floor_service.HttpFloor.middlewares] == [CancelOnDisconnect, UploadGuard]
+    assert [m for m, _ in floor_service.HttpFloor.middlewares] == [CancelOnDisconnect, UploadGuard, UploadDoor]
 
 
 @pytest.mark.slow

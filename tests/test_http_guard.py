@@ -1,7 +1,7 @@
 """The upload guard (serving/http_guard.py) in front of a small starlette app, in this process.
 
 The served tests (test_service.py) check what clients see; these check the guard's hand-over on its
-own: which requests reach the app behind it, and unchanged.
+own: which requests reach the app behind it, and with what form.
 """
 
 from __future__ import annotations
@@ -13,20 +13,20 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from serving.http_guard import MAX_FILENAME_BYTES, UploadGuard, UploadRule
+from serving.http_guard import FORM, MAX_FILENAME_BYTES, UploadGuard, UploadRule
 from soundclassifier.options import ClassifyOptions
 
 AUDIO = bytes(range(256)) * 1000  # any bytes: the guard does not decode them
 
 
 class Behind:
-    """The app behind the guard (BentoML in service.py): records what reached it."""
+    """The app behind the guard (the upload door in service.py): records what reached it."""
 
     def __init__(self):
         self.seen: list[dict] = []
 
     async def endpoint(self, request: Request) -> Response:
-        form = await request.form()
+        form = request.scope[FORM]  # parsed by the guard; the body is read
         upload = form["audio"]
         self.seen.append({"audio": await upload.read(), "filename": upload.filename, "top_k": form.get("top_k")})
         return JSONResponse({"answered_by": "app"})
@@ -102,47 +102,22 @@ def test_a_route_without_arguments_takes_no_body_or_an_empty_json_object():
     assert client.post("/info", content=b" " * (64 << 20), headers={"content-type": "application/json"}).status_code == 413
 
 
-def test_the_body_passes_piece_by_piece_and_the_last_piece_only_once_the_form_is_checked():
-    """The guard holds no copy of an upload (issue 18: disk <= 1x the upload): each piece reaches
-    the app as it arrives; only the last waits for the whole form's check, and a bad field found
-    there stops the app before it has the whole body."""
-    import asyncio
+def test_the_app_gets_the_parsed_form_and_its_files_are_closed_when_it_returns():
+    """One parse per request: the app reads the form the guard parsed (a spooled file, on disk past
+    1 MB as starlette spools it), and the guard closes it once the app is done, so what a request
+    took on disk comes back."""
+    kept = []
 
-    import httpx
+    async def app(scope, receive, send) -> None:
+        upload = scope[FORM]["audio"]
+        kept.append(upload.file)
+        assert upload.file.read() == AUDIO * 5 and upload.file._rolled  # past 1 MB: a file on disk
+        await JSONResponse({"answered_by": "app"})(scope, receive, send)
 
-    async def run(fields: dict) -> tuple[list[int], list[dict], list[int]]:
-        request = httpx.Request("POST", "http://x/classify", files={"audio": ("clip.wav", AUDIO)}, data=fields)
-        body = request.read()
-        pieces = [body[i:i + 10_000] for i in range(0, len(body), 10_000)]
-        given, reached, sent = [], [], []
-
-        async def receive() -> dict:
-            i = len(given)
-            given.append(i)
-            return {"type": "http.request", "body": pieces[i], "more_body": i < len(pieces) - 1}
-
-        async def app(scope, receive_, send_) -> None:
-            while True:
-                message = await receive_()
-                reached.append(len(given))  # how many pieces the client had given when this one arrived
-                if not message["more_body"]:
-                    break
-            await send_({"type": "http.response.start", "status": 200, "headers": []})
-            await send_({"type": "http.response.body", "body": b"app"})
-
-        async def send(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                sent.append(message["status"])
-
-        scope = {"type": "http", "method": "POST", "path": "/classify",
-                 "headers": [(k.lower().encode(), v.encode()) for k, v in request.headers.items()]}
-        await UploadGuard(app, rules={"/classify": UploadRule(1 << 20, ClassifyOptions)})(scope, receive, send)
-        return reached, sent, pieces
-
-    reached, sent, pieces = asyncio.run(run({"top_k": "3"}))
-    assert len(pieces) > 20 and reached == list(range(1, len(pieces) + 1)) and sent == [200]
-    reached, sent, pieces = asyncio.run(run({"top_k": "51"}))
-    assert reached == list(range(1, len(pieces))) and sent == [400]  # all but the last piece
+    client = TestClient(UploadGuard(app, rules={"/classify": UploadRule(8 << 20, ClassifyOptions)}))
+    r = client.post("/classify", files={"audio": ("clip.wav", AUDIO * 5)}, data={"top_k": "3"})
+    assert r.json() == {"answered_by": "app"}
+    assert len(kept) == 1 and kept[0].closed
 
 
 def test_a_boundary_the_parser_refuses_is_a_400():

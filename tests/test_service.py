@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import struct
 import subprocess
 import sys
@@ -431,6 +432,25 @@ def test_metrics(http, info):
                      for s in samples["bentoml_service_request_total"]
                      if s.labels["http_response_code"].startswith("5") and s.value > 0]
     assert server_errors == []
+
+
+def test_the_upload_door_answers_as_bentomls_endpoint_did(http, served):
+    """The upload routes are answered by serving/door.py from the guard's one parse, behind
+    BentoML's outer middlewares: the answer keeps BentoML's headers, the request is counted in its
+    request metrics and logged in its access log, and a form its input model refuses is BentoML's 400."""
+    before = metric_samples(http)
+    r = post_audio(http, "/classify", clip(3), top_k=2)
+    assert r.status_code == 200 and len(r.json()["top"]) == 2
+    assert r.headers["server"] == "BentoML Service/sound_classifier"
+    request_id = r.headers["x-bentoml-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{16}", request_id)
+    after = metric_samples(http)
+    grown = metric_total(after, "bentoml_service_request_total", endpoint="/classify", http_response_code="200") - \
+        metric_total(before, "bentoml_service_request_total", endpoint="/classify", http_response_code="200")
+    assert grown == 1
+    # The access log line names the route and status, and the same id as the answer's header.
+    assert any("path=/classify" in line and "status=200" in line and f"span={request_id}" in line
+               for line in served.log().splitlines())
 
 
 # --- probes and the API description -------------------------------------------------------------

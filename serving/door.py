@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from typing import Any
 
 import bentoml
@@ -27,6 +28,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from serving.http_guard import FORM
+
+log = logging.getLogger("sound_classifier")
 
 
 class _ParsedRequest(Request):
@@ -70,10 +73,15 @@ class UploadDoor:
                                      "detail": e.errors(include_context=False, include_input=False)},
                                     status_code=400)
         else:
-            call = getattr(instance, name).local
-            output = await call(**{k: getattr(arguments, k) for k in type(arguments).model_fields})
-            response = output if isinstance(output, Response) else await method.output_spec.to_http_response(
-                output, self.serde)
+            try:
+                call = getattr(instance, name).local
+                output = await call(**{k: getattr(arguments, k) for k in type(arguments).model_fields})
+                response = output if isinstance(output, Response) else await method.output_spec.to_http_response(
+                    output, self.serde)
+            except Exception:  # a bug: BentoML's logged 500, not a dropped connection
+                log.exception("Exception on %s [POST]", scope["path"])
+                response = JSONResponse({"error": "An unexpected error has occurred, please check the server log."},
+                                        status_code=500)
         # BentoML's own headers: the service, and the request's id (its tracing span's, as in the access log).
         response.headers["Server"] = f"BentoML Service/{service.name}"
         if trace_context.request_id is not None:

@@ -284,3 +284,23 @@ def test_bentoml_dispatcher_is_what_the_adapter_expects():
     for name in ("o_a", "o_b", "o_stat"):
         assert hasattr(dispatcher.optimizer, name), f"Optimizer has no '{name}' any more"
     assert len(dispatcher._queue) == 0  # read as "is anything queued" by the adapter
+
+
+def test_a_few_stalled_passes_do_not_bend_the_latency_model():
+    """Passes that waited for the engine's threads behind a large upload's decoding (a lone clip
+    taking 2 s) must not turn the model into "nothing a clip, seconds a pass", which refused every
+    request queued behind a pass (make bench's hostile burst)."""
+    from serving.batching import _ClipLatency
+
+    model = _ClipLatency(max_latency=5.0, seconds_per_clip=0.001)
+    rng = np.random.default_rng(0)
+    for i in range(60):
+        clips = int(rng.integers(1, 17))
+        duration = 0.001 * clips + 0.002
+        if i % 6 == 0:  # one pass in six stalled, a lone clip held up for two seconds
+            clips, duration = 1, 2.0
+        model.clips = clips
+        model.log_outbound(1, wait=0.0, duration=duration)
+        model.trigger_refresh()
+    assert model.o_a >= 0.001  # never below the engine's own time for a clip
+    assert model.seconds(16, 1) < 0.1  # a full batch's estimate stays near its 18 ms, not seconds

@@ -7,9 +7,10 @@ importing it installs the edge (uvicorn's guarded protocol, the request deadline
 does; `HttpFloor` takes `SoundClassifier`'s BentoML configuration (workers, traffic timeout) and
 its ASGI middlewares in their order (the disconnect watcher, the upload guard with its rules, the
 upload door that calls this module's route with the guard's form), and its route takes the same
-argument types (`service.AudioFile`: the AudioUpload that takes the spooled file). BentoML adds its own middlewares (tracing, metrics, access log) to both alike. The
-answer is a constant of the route's own type. Left out: `SoundClassifier.__init__` (the model, the
-pipeline) and the mounted apps (the page, /listen), which /classify never reaches.
+argument types (`service.AudioFile`: the AudioUpload that takes the spooled file). BentoML adds
+its own middlewares (tracing, metrics, access log) to both alike. The answer is a constant of the
+route's own type. Left out: `SoundClassifier.__init__` (the model, the pipeline) and the mounted
+apps (the page, /listen), which /classify never reaches.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ Two changes to its policy (`_ClipDispatcher`), each for a failure measured here:
   chunks, it charges every later request a whole chunk's time: after 16 chunks of 16 windows
   (130 ms each), 19 of a burst of 64 single clips (8 ms each, 0.5 s to drain) were refused under a
   3 s budget (tests/test_batching.py::test_a_burst_after_timelines_is_not_refused). Here the model
-  is fitted over clips, and a request is refused when *its own* expected wait (what it has waited,
+  is fitted over clips, robustly (`_ClipLatency`: a few passes stalled behind a large upload's
+  decoding no longer bend it into refusing everything queued), and a request is refused when *its own* expected wait (what it has waited,
   the rest of the running pass, then the batches ahead of it and its own) would pass
   `max_latency_ms`, at once rather than after waiting; BentoML refuses the oldest request while
   the whole queue's estimate is over the budget. Refusals are logged with the estimate.
@@ -83,7 +84,7 @@ class _ClipLatency(Optimizer):
             return
         clips, durations, _ = (np.array(column, dtype=float) for column in zip(*self.o_stat, strict=True))
         a = self.min_a
-        if len(set(clips.tolist())) > 1:  # a slope needs passes of different sizes
+        if np.ptp(clips) > 0:  # a slope needs passes of different sizes
             a = max(a, float(np.polyfit(clips, durations, 1)[0]))
         self.o_a, self.o_b = a, max(0.0, float(np.median(durations - a * clips)))
 

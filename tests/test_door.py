@@ -72,3 +72,29 @@ def test_a_failing_method_is_bentomls_logged_500_and_its_upload_is_closed(echo, 
     assert r.json() == {"error": "An unexpected error has occurred, please check the server log."}
     assert "a bug in the route" in caplog.text
     assert instance.files[0].closed
+
+
+def test_bentoml_internals_are_what_the_door_expects(echo):
+    """serving/door.py leans on BentoML internals; a BentoML upgrade that changes any of them must
+    fail here, by name, rather than as a 500 or a wrong answer in a served request."""
+    import inspect
+
+    from _bentoml_impl.serde import MultipartSerde
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.context import trace_context
+
+    _, instance, _ = echo
+    assert bentoml.get_current_service() is instance
+    service = instance.bento_service
+    assert service.name == "Echo" and "classify" in service.apis, "Service.apis / .name changed"
+    method = service.apis["classify"]
+    for name in ("route", "ctx_param", "batchable", "func", "input_spec", "output_spec"):
+        assert hasattr(method, name), f"APIMethod has no '{name}' any more"
+    assert callable(getattr(instance.classify, "local", None)), "a bound API method has no .local any more"
+    assert list(inspect.signature(method.input_spec.from_http_request).parameters) == ["request", "serde"]
+    assert list(inspect.signature(method.output_spec.to_http_response).parameters) == ["obj", "serde"]
+    assert {"audio", "top_k"} <= set(method.input_spec.model_fields), "the input spec is not a pydantic model of the arguments"
+    assert callable(MultipartSerde().parse_request), "MultipartSerde.parse_request is gone"
+    assert "span_id" in BentoMLContainer.logging_formatting.get(), "the log format has no span_id any more"
+    assert isinstance(BentoMLContainer.http.cors.enabled.get(), bool)
+    assert hasattr(trace_context, "request_id"), "trace_context has no request_id any more"

@@ -241,8 +241,8 @@ class Pipeline:
     def _warm(self) -> None:
         # The batcher hands the engine at most max_batch_size clips a pass (a timeline chunk is split).
         started = time.perf_counter()
-        if shapes := self.classifier.engine.warm(self.classifier.model.samples, self.settings.max_batch_size):
-            log.info("engine warmed for %d batch shapes in %.2f s", shapes, time.perf_counter() - started)
+        shapes = self.classifier.engine.warm(self.classifier.model.samples, self.settings.max_batch_size)
+        log.info("engine warmed for %d batch shapes in %.2f s", shapes, time.perf_counter() - started)
 
     # --- the steps ------------------------------------------------------------------------------
 

@@ -171,6 +171,14 @@ class ServedService:
             f"bentoml serve {self.target} not ready after {self.start_timeout_s:.0f} s ({last}):\n{self.log_tail()}"
         )
 
+    def wait_for_log(self, text: str, count: int = 1, timeout_s: float = 120.0) -> None:
+        """Wait until the server's log holds `text` at least `count` times (e.g. once per worker)."""
+        deadline = time.monotonic() + timeout_s
+        while (seen := self.log().count(text)) < count:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise TimeoutError(f"{text!r} logged {seen} of {count} times:\n{self.log_tail()}")
+            time.sleep(0.1)
+
     def stop(self) -> None:
         """Ctrl-C the server's process group, then kill it if it is still there after 15 s."""
         proc = self.process

@@ -19,10 +19,11 @@ Two changes to its policy (`_ClipDispatcher`), each for a failure measured here:
   (130 ms each), 19 of a burst of 64 single clips (8 ms each, 0.5 s to drain) were refused under a
   3 s budget (tests/test_batching.py::test_a_burst_after_timelines_is_not_refused). Here the model
   is fitted over clips, robustly (`_ClipLatency`: a few passes stalled behind a large upload's
-  decoding no longer bend it into refusing everything queued), and a request is refused when *its own* expected wait (what it has waited,
-  the rest of the running pass, then the batches ahead of it and its own) would pass
-  `max_latency_ms`, at once rather than after waiting; BentoML refuses the oldest request while
-  the whole queue's estimate is over the budget. Refusals are logged with the estimate.
+  decoding no longer bend it into refusing everything queued), and a request is refused when *its
+  own* expected wait (what it has waited, the rest of the running pass, then the batches ahead of
+  it and its own) would pass `max_latency_ms`, at once rather than after waiting; BentoML refuses
+  the oldest request while the whole queue's estimate is over the budget. Refusals are logged with
+  the estimate.
 - BentoML holds a batch back while the queue is younger than the *average wait of recent
   batches*, and that average feeds on itself: after a burst of load, a lone request waited 200 ms
   for partners that never came (engine time 5 ms). Here a batch leaves as soon as the engine is

@@ -250,6 +250,7 @@ def layouts():
 def served(tiny_model_tag):
     """`bentoml serve service:SoundClassifier` on the tiny model, HTTP and gRPC, with small limits (60 s, 5 MB)
     so the too-long and too-large answers can be tested with small files."""
+    from soundclassifier.config import Settings
     from testkit.server import ServedService, free_port
 
     with ServedService(
@@ -260,6 +261,9 @@ def served(tiny_model_tag):
         env={"SOUND_MAX_CLIP_SECONDS": "60", "SOUND_MAX_UPLOAD_MB": "5",
              "MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_MMAP_THRESHOLD_": "131072"},
     ) as server:
+        # Every worker warmed: a worker measures its engine's batch shapes after /readyz answers, so
+        # a baseline taken before then (test_hostile.py's RSS) grew 25-35% with no request's help.
+        server.wait_for_log("engine warmed for", count=Settings().layout()[0])
         yield server
 
 

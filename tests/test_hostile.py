@@ -58,9 +58,6 @@ def noisy_flac(seconds: int, rate: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def http(served):
-    # Every worker warmed (a worker measures its engine's batch shapes after /readyz answers; the
-    # RSS baseline below taken during that grew 25-35% by the module's end with no request's help).
-    served.wait_for_log("engine warmed for", count=Settings().layout()[0])
     with httpx.Client(base_url=served.base_url, timeout=120) as client:
         client.post("/classify", files={"audio": ("warm.wav", af.wav_sine(seconds=5.0))}).raise_for_status()
         yield client

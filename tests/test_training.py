@@ -185,6 +185,39 @@ def test_train_on_urbansound8k_layout(tmp_path, layouts, train_model):
     _check_round_trip(tag, list(classes.values()), "urbansound8k", next((root / "audio" / "fold1").iterdir()))
 
 
+def test_spectrogram_settings_from_the_command_line_travel_with_the_model(tmp_path, layouts, train_model):
+    labels = ["dog", "rooster", "rain"]
+    root = layouts["esc50"](tmp_path / "ESC-50-master", labels)
+    tag = train_model(["--dataset", "esc50", "--data-dir", str(root), "--no-refit", *TINY,
+                       "--feature", "n_mels=48", "--feature", "sample_rate=16000", "--feature", "f_max=8000"])  # fmt: skip
+    meta = load_model(tag).metadata
+    assert {k: meta["feature_settings"][k] for k in ("n_mels", "sample_rate", "f_max")} == {
+        "n_mels": 48, "sample_rate": 16000, "f_max": 8000.0}  # fmt: skip
+    assert meta["input_shape"] == [1, 48, round(0.75 * 16000) // 512 + 1]
+    assert meta["engines"]["results"]["openvino/fp32"]["accepted"]
+    _check_round_trip(tag, labels, "esc50", next((root / "audio").iterdir()))
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--feature", "n_mel=64"], "n_mel: Extra inputs are not permitted"),
+        (["--feature", "n_mels=many"], "n_mels: Input should be a valid integer"),
+        (["--feature", "sample_rate=16000"], "f_max must be <= sample_rate / 2"),
+        (["--feature", "n_mels"], "expected NAME=VALUE"),
+        (["--feature", "clip_seconds=2"], "clip_seconds"),
+        (["--feature", "n_mels=64", "--init-from", "sound-resnet:latest"], "drop --feature"),
+    ],
+)
+def test_a_spectrogram_setting_the_model_cannot_have_is_refused_before_training(flags, message, capsys):
+    from training.train import feature_settings, parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(flags)
+    assert message in capsys.readouterr().err
+    assert feature_settings(["n_mels=64", " hop_length = 256"]) == FeatureSettings(n_mels=64, hop_length=256)
+
+
 def test_unreadable_file_is_skipped_and_reported(tmp_path, layouts, train_model):
     root = layouts["folder"](tmp_path / "sounds", {"beep": 5, "hum": 5, "hiss": 5})
     broken = root / "hum" / "broken.wav"

@@ -33,8 +33,8 @@ class AugmentSettings:
     shift: bool = True  # random time shift / crop: events occur anywhere in a clip
     noise_prob: float = 0.5  # chance of mixing white noise in at an SNR drawn from noise_snr_db
     noise_snr_db: tuple[float, float] = (10.0, 40.0)
-    freq_masks: int = 2  # SpecAugment (Park et al. 2019): masks of up to freq_mask_bins bands
-    freq_mask_bins: int = 16
+    freq_masks: int = 2  # SpecAugment (Park et al. 2019): masks of up to this share of the mel bands
+    freq_mask_share: float = 16 / 128  # (16 of 128), so a model with fewer bands is masked alike
     time_masks: int = 2  # ... and of up to this share of the window's frames (24 of a 5 s window's 216):
     time_mask_share: float = 24 / 216  # a share, so a 0.75 s window is not masked whole
 
@@ -55,7 +55,8 @@ class ClipDataset(torch.utils.data.Dataset):
     ):
         self.waves, self.targets, self.features, self.augment = waves, targets, features, augment
         if augment is not None:
-            self.freq_mask = torchaudio.transforms.FrequencyMasking(augment.freq_mask_bins)
+            bands = features.settings.n_mels
+            self.freq_mask = torchaudio.transforms.FrequencyMasking(max(1, round(augment.freq_mask_share * bands)))
             frames = features.settings.frames
             self.time_mask = torchaudio.transforms.TimeMasking(max(1, round(augment.time_mask_share * frames)))
 

@@ -65,6 +65,7 @@ from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.torch_core import set_seed
 from fastcore.basics import noop
+from pydantic import ValidationError
 from torch.utils.data import ConcatDataset, Subset
 
 from soundclassifier.audio import as_audio
@@ -149,6 +150,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-save", dest="save", action="store_false", help="evaluate only; do not write to the model store")
     p.add_argument("--gpu", action="store_true", help="train on the GPU when there is one (default: CPU)")
     p.add_argument("--fit-all-to", type=Path, default=None, help=argparse.SUPPRESS)  # RefitBeside's child: the refit only, weights to this file
+    p.add_argument("--feature", metavar="NAME=VALUE", action="append", default=[], help="a spectrogram setting other than the default, stored with the model (repeatable): any field of soundclassifier.features.FeatureSettings, e.g. --feature n_mels=64; clip_seconds has its own flag")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="CPU training precision; auto = bf16 autocast where the CPU has native bf16 (2.5x faster here) and the input is at least 33 frames wide, else fp32")
     a = p.parse_args(argv)
     if a.data_dir is None:
@@ -162,7 +164,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--outlier-dir-share is a number of recordings per training clip: 0 or more")
     if a.cv and a.valid_fold is not None:
         p.error("--cv holds out every fold in turn: drop --valid-fold")
+    try:
+        feature_settings(a.feature)  # refused here, before any decoding
+    except ValueError as e:
+        p.error(f"--feature: {e}")
+    if a.feature and a.init_from:
+        p.error("--init-from trains on the stored model's spectrogram settings: drop --feature")
     return a
+
+
+def feature_settings(pairs: list[str]) -> FeatureSettings:
+    """FeatureSettings from NAME=VALUE strings over the defaults; pydantic checks names and values."""
+    values = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or name == "clip_seconds":
+            raise ValueError(f"expected NAME=VALUE with NAME a spectrogram setting other than clip_seconds, got {pair!r}")
+        values[name.strip()] = value.strip()
+    try:
+        return FeatureSettings.model_validate(values)
+    except ValidationError as e:
+        raise ValueError(" ".join(f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}" for err in e.errors())) from None
 
 
 BF16_MIN_FRAMES = 33
@@ -525,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("%d recordings (no recording on both sides of a split), found by %s; per class: %s", recordings["n"],
              recordings["how"], ", ".join(f"{lab} {n}" for lab, n in recordings["per_class"].items()))  # fmt: skip
     start = start_from(args.init_from, ds.labels, args.arch)
-    base = start.settings or FeatureSettings()
+    base = start.settings or feature_settings(args.feature)
     # Decoding and resampling depend on the sample rate only; the window is chosen from what was read.
     data = decode_clips(ds.clips, ds.labels, Features(base))
     if not data.waves:

@@ -284,34 +284,50 @@ def test_an_outlier_dir_with_none_dealt_to_the_held_out_fold_still_saves(tmp_pat
     assert recordings["n"] == 1 and recordings["n_held_out"] == 0 and "unknown_rate" not in recordings
 
 
-def test_outlier_recordings_teach_the_network_to_doubt_their_kind(tmp_path, layouts):
-    """The same recipe with and without --outlier-dir's recordings: unheard recordings of their kind
-    get flatter probabilities from the network that was shown the others."""
+def test_outlier_recordings_teach_the_network_to_doubt_their_kind(tmp_path):
+    """The same recipe with and without --outlier-dir's recordings: both tell their two classes
+    apart, and recordings of the outliers' kind that neither heard get nearer-even odds from the
+    network that was shown the others (at these settings 0.56 against 0.81 with fp32 training, 0.61
+    against 0.79 with bf16; a test on classes no network could learn passed or failed with that
+    arithmetic)."""
+    from soundclassifier.audio import decode
     from training.augment import ClipDataset
     from training.datasets import decode_clips, load_dataset, outliers
     from training.evaluate import predict_logits
     from training.train import fit, parse_args
     from training.transfer import start_from
 
-    root = layouts["folder"](tmp_path / "sounds", {"beep": 10, "hum": 10})  # tones in noise
-    other = tmp_path / "other" / "kitchen"  # a kind of its own: noise without a tone (the folder
-    other.mkdir(parents=True)  # builder's third class would be the same tones again, other seeds)
+    root = tmp_path / "sounds"  # two classes a network can learn: a high and a low tone in faint noise
+    for label, freq in (("beep", 1200.0), ("hum", 150.0)):
+        (root / label).mkdir(parents=True)
+        for k in range(10):
+            tone = af.sine(freq * (1 + 0.02 * k), 0.5) + af.noise(0.5, amplitude=0.05, seed=k)
+            (root / label / f"{label}_{k:02d}.wav").write_bytes(af.encode(tone))
+    other = tmp_path / "other" / "kitchen"  # a kind of its own: noise without a tone
+    other.mkdir(parents=True)
     for k in range(15):
         (other / f"kitchen_{k:02d}.wav").write_bytes(af.wav_noise(0.5, seed=500 + k))
     other = other.parent
     ds = load_dataset("folder", root)
-    args = parse_args(["--dataset", "folder", "--data-dir", str(root), "--outliers", "0", "--epochs", "8", "--batch-size", "8"])
+    # Every recording every epoch, in batches of 4: about 60 steps.
+    args = parse_args(["--dataset", "folder", "--data-dir", str(root), "--outliers", "0", "--epochs", "8",
+                       "--batch-size", "4", "--outlier-dir-share", "1"])  # fmt: skip
     features = Features(FeatureSettings(clip_seconds=0.75))
     data = decode_clips(ds.clips, ds.labels, features)
     others = decode_clips(outliers(other, ds.folds), ds.labels, features)
     shown, unheard = others.split(ds, 1)
     assert set(shown.targets) == set(unheard.targets) == {-1} and len(unheard.waves) == 3
-    items = ClipDataset(unheard.waves, unheard.targets, features, None)
-    confidence = {}
+    fresh = [features.waveform(decode(af.wav_noise(0.5, seed=900 + k))) for k in range(12)]  # never in the folder
+    doubt = {}
     for name, given in (("without", None), ("with", shown)):
         net = fit(args, start_from(None, ds.labels, args.arch), features, data, ds.labels, given)
-        confidence[name] = float(torch.softmax(torch.from_numpy(predict_logits(net, items)), 1).max(1).values.mean())
-    assert confidence["with"] < confidence["without"] - 0.2, confidence
+        def top(waves: list[np.ndarray], net=net) -> torch.return_types.max:
+            return torch.softmax(torch.from_numpy(predict_logits(net, ClipDataset(waves, [0] * len(waves), features, None))), 1).max(1)
+
+        classes = top(data.waves)
+        assert classes.indices.tolist() == data.targets and float(classes.values.mean()) > 0.8, (name, classes)
+        doubt[name] = float(top(unheard.waves + fresh).values.mean())  # 0.5: even odds
+    assert doubt["with"] < doubt["without"] - 0.1, doubt
 
 
 def test_each_epoch_draws_its_share_of_the_outlier_recordings_afresh(tmp_path, layouts, monkeypatch):

@@ -84,7 +84,12 @@ def validate_options(kind: type[Options], values: dict, window_s: float | None =
     try:
         return kind.model_validate(given, context={"window_s": window_s})
     except ValidationError as e:
-        raise InvalidArgumentError("; ".join(_describe(err) for err in e.errors())) from None
+        raise InvalidArgumentError(describe(e)) from None
+
+
+def describe(error: ValidationError) -> str:
+    """A pydantic error in a user's words: `field: message` per problem, joined by "; "."""
+    return "; ".join(_describe(err) for err in error.errors())
 
 
 def _describe(err: dict) -> str:

@@ -206,6 +206,7 @@ def test_spectrogram_settings_from_the_command_line_travel_with_the_model(tmp_pa
         (["--feature", "sample_rate=16000"], "f_max must be <= sample_rate / 2"),
         (["--feature", "n_mels"], "expected NAME=VALUE"),
         (["--feature", "clip_seconds=2"], "clip_seconds"),
+        (["--feature", " clip_seconds = 2"], "clip_seconds"),
         (["--feature", "n_mels=64", "--init-from", "sound-resnet:latest"], "drop --feature"),
     ],
 )
@@ -318,15 +319,16 @@ def test_outlier_recordings_teach_the_network_to_doubt_their_kind(tmp_path):
     shown, unheard = others.split(ds, 1)
     assert set(shown.targets) == set(unheard.targets) == {-1} and len(unheard.waves) == 3
     fresh = [features.waveform(decode(af.wav_noise(0.5, seed=900 + k))) for k in range(12)]  # never in the folder
+
+    def top(net: torch.nn.Module, waves: list[np.ndarray]) -> torch.return_types.max:
+        return torch.softmax(torch.from_numpy(predict_logits(net, ClipDataset(waves, [0] * len(waves), features, None))), 1).max(1)
+
     doubt = {}
     for name, given in (("without", None), ("with", shown)):
         net = fit(args, start_from(None, ds.labels, args.arch), features, data, ds.labels, given)
-        def top(waves: list[np.ndarray], net=net) -> torch.return_types.max:
-            return torch.softmax(torch.from_numpy(predict_logits(net, ClipDataset(waves, [0] * len(waves), features, None))), 1).max(1)
-
-        classes = top(data.waves)
+        classes = top(net, data.waves)
         assert classes.indices.tolist() == data.targets and float(classes.values.mean()) > 0.8, (name, classes)
-        doubt[name] = float(top(unheard.waves + fresh).values.mean())  # 0.5: even odds
+        doubt[name] = float(top(net, unheard.waves + fresh).values.mean())  # 0.5: even odds
     assert doubt["with"] < doubt["without"] - 0.1, doubt
 
 

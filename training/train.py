@@ -72,6 +72,7 @@ from soundclassifier.audio import as_audio
 from soundclassifier.features import Features, FeatureSettings
 from soundclassifier.hardware import cpu_has_bf16
 from soundclassifier.network import ARCHS, DEFAULT_ARCH, build_network, load_pretrained
+from soundclassifier.options import describe
 from soundclassifier.store import METRICS_FILE, save_model, write_json
 from soundclassifier.store import summary as engines_summary
 from training import leakage, outofset
@@ -177,14 +178,14 @@ def feature_settings(pairs: list[str]) -> FeatureSettings:
     """FeatureSettings from NAME=VALUE strings over the defaults; pydantic checks names and values."""
     values = {}
     for pair in pairs:
-        name, sep, value = pair.partition("=")
+        name, sep, value = (part.strip() for part in pair.partition("="))
         if not sep or name == "clip_seconds":
             raise ValueError(f"expected NAME=VALUE with NAME a spectrogram setting other than clip_seconds, got {pair!r}")
-        values[name.strip()] = value.strip()
+        values[name] = value
     try:
         return FeatureSettings.model_validate(values)
     except ValidationError as e:
-        raise ValueError(" ".join(f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}" for err in e.errors())) from None
+        raise ValueError(describe(e)) from None
 
 
 BF16_MIN_FRAMES = 33

@@ -168,13 +168,14 @@ def _require_fp32_agreement(report: dict) -> None:
 
 
 def summary(report: dict) -> str:
-    """One line per engine for logs and the training output."""
+    """One part per engine the report covers, for logs and the training output."""
     parts = []
-    for label in ENGINES:
-        e = report["results"].get(label, {})
+    for label in (label for label in ENGINES if label in report["results"]):
+        e = report["results"][label]
         figures = ", ".join(f"{k} {e[k]:.4g}" for k in ("top1_agreement", "max_prob_diff", "accuracy",
                                                           "clips_per_second") if k in e)  # fmt: skip
-        parts.append(f"{label}: {'accepted' if e.get('accepted') else 'refused'} ({figures}; {e.get('reason')})")
+        said = "; ".join(x for x in (figures, e.get("reason")) if x)
+        parts.append(f"{label}: {'accepted' if e.get('accepted') else 'refused'} ({said})")
     return "; ".join(parts)
 
 

@@ -23,6 +23,7 @@ from soundclassifier.export import INT8_ATTEMPTS, MIN_TOP1_AGREEMENT, PROB_TOLER
 from soundclassifier.hardware import cpu_has_bf16
 from soundclassifier.loading import SpeedCache, preference, select_engine
 from soundclassifier.predictions import softmax
+from soundclassifier.store import summary
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -140,6 +141,16 @@ def test_the_acceptance_rules():
     assert check_engine(Altered("fp32"), reference, logits, None) == {
         "top1_agreement": 1.0, "max_prob_diff": 0.0, "accepted": True, "reason": "agrees with PyTorch fp32"}
 
+
+
+def test_the_report_summary_says_only_what_the_report_holds():
+    """The training output's engine line: an engine never measured says why, with no empty figures."""
+    line = summary({"results": {
+        "openvino/int8": {"accepted": True, "top1_agreement": 1.0, "reason": "agrees with PyTorch fp32"},
+        "openvino/bf16": {"accepted": False, "reason": "not checked: this CPU has no native bf16"},
+    }})  # fmt: skip
+    assert line == ("openvino/int8: accepted (top1_agreement 1; agrees with PyTorch fp32); "
+                    "openvino/bf16: refused (not checked: this CPU has no native bf16)")  # fmt: skip
 
 # --- serve time: choose once, compile one -------------------------------------------------------
 

@@ -60,7 +60,9 @@ test: $(VENV)/.installed
 
 # The fast tier, for the edit-test loop: tests that run in process (no server, browser, Spark job,
 # image or model training of their own; tests/conftest.py marks those); `make test` runs them all.
+# The deployment files' tests in it render them with kustomize, which system-tools.sh installs.
 test-fast: $(VENV)/.installed
+	@tests/system-tools.sh $(VENV)/bin
 	$(PY) -m pytest -m "not slow and not served and not browser and not spark and not image"
 
 # gRPC stubs are committed; tests/test_grpc.py checks they match this command's output.

@@ -12,6 +12,7 @@ not do this.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -62,9 +63,7 @@ _fit = train.fit
 
 def fit(args, start, features, data, labels, others=None):
     backgrounds = list(others.waves) if others else []
-    train.ClipDataset = lambda waves, targets, feats, augment=None: MixedClips(
-        waves, targets, feats, augment, backgrounds=backgrounds
-    )
+    train.ClipDataset = functools.partial(MixedClips, backgrounds=backgrounds)
     try:
         return _fit(args, start, features, data, labels, others)
     finally:

@@ -170,8 +170,10 @@ def _require_fp32_agreement(report: dict) -> None:
 def summary(report: dict) -> str:
     """One part per engine the report covers, for logs and the training output."""
     parts = []
-    for label in (label for label in ENGINES if label in report["results"]):
-        e = report["results"][label]
+    for label in ENGINES:
+        e = report["results"].get(label)
+        if e is None:
+            continue
         figures = ", ".join(f"{k} {e[k]:.4g}" for k in ("top1_agreement", "max_prob_diff", "accuracy",
                                                           "clips_per_second") if k in e)  # fmt: skip
         said = "; ".join(x for x in (figures, e.get("reason")) if x)

@@ -142,7 +142,6 @@ def test_the_acceptance_rules():
         "top1_agreement": 1.0, "max_prob_diff": 0.0, "accepted": True, "reason": "agrees with PyTorch fp32"}
 
 
-
 def test_the_report_summary_says_only_what_the_report_holds():
     """The training output's engine line: an engine never measured says why, with no empty figures."""
     line = summary({"results": {
@@ -151,6 +150,7 @@ def test_the_report_summary_says_only_what_the_report_holds():
     }})  # fmt: skip
     assert line == ("openvino/int8: accepted (top1_agreement 1; agrees with PyTorch fp32); "
                     "openvino/bf16: refused (not checked: this CPU has no native bf16)")  # fmt: skip
+
 
 # --- serve time: choose once, compile one -------------------------------------------------------
 

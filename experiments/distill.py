@@ -13,7 +13,7 @@ distribution being the mean of their softmax(logits / T) on the student's own ba
 mixed as it is), the student's its softmax(logits / T) (Hinton et al. 2015). The student is what
 the run reports and writes to `--predictions`; the teachers' ensemble (their mean logits) goes to
 `<predictions>.teachers.npz` and the first teacher alone to `<predictions>.teacher0.npz`, judged
-on the same clips. FOLDS (optional) holds out only those folds,
+on the same clips. FOLDS (optional; experiments/folds.py) holds out only those folds,
 so two processes share the four on two cores; `--merge` joins their files in fold order.
 Only for measuring: training.train does not distil. docs/training-recipe.md records the runs.
 """
@@ -29,6 +29,7 @@ import torch
 from fastai.callback.core import Callback
 
 import training.train as train
+from experiments import folds
 from training.evaluate import predict_logits
 
 TEACHERS = int(os.environ.get("TEACHERS", "2"))
@@ -118,9 +119,7 @@ def main(argv: list[str]) -> int:
     if argv and argv[0] == "--merge":
         merge(Path(argv[1]), [Path(p) for p in argv[2:]])
         return 0
-    if os.environ.get("FOLDS"):
-        folds = [int(f) for f in os.environ["FOLDS"].split(",")]
-        train.held_out_folds = lambda args, ds: folds
+    folds.restrict()
     train.fit, train.Learner, train.predict_logits, train.open_set_logits = fit, learner, predict, open_set
     print(f"distillation: {TEACHERS} teachers, T {T}, alpha {ALPHA}", flush=True)
     code = train.main(argv)

@@ -108,11 +108,8 @@ open_set.busy = False
 
 def merge(out: Path, parts: list[Path]) -> None:
     for suffix in ("", ".teachers", ".teacher0"):
-        runs = [np.load(p.with_suffix(suffix + ".npz") if suffix else p) for p in parts]
-        joined = {k: runs[0][k] for k in ("labels", "open_set_kinds")}
-        for k in ("logits", "targets", "folds", "open_set_logits", "outlier_dir_logits"):
-            joined[k] = np.concatenate([r[k] for r in runs])
-        np.savez_compressed(out.with_suffix(suffix + ".npz") if suffix else out, **joined)
+        folds.merge(out.with_suffix(suffix + ".npz") if suffix else out,
+                    [p.with_suffix(suffix + ".npz") if suffix else p for p in parts])  # fmt: skip
 
 
 def main(argv: list[str]) -> int:

@@ -10,6 +10,11 @@ from the repository root:
     python -m experiments.crops_tta --cv --no-save --clip-seconds 2.5   # random crops + test-time averaging
     python -m experiments.narrow --cv --no-save           # ResNet-14 at half width (WIDTH=32)
     python -m experiments.ensemble_cv a.npz b.npz         # seed ensembles from saved CV predictions
+    python -m experiments.distill --cv --no-save --outlier-dir data/other-sounds   # a student of two seeds
+    python -m experiments.background_mix --cv --no-save --outlier-dir data/other-sounds   # other sounds as background
+    python -m experiments.specaugment_strength --cv --no-save --outlier-dir data/other-sounds   # wider masks
+    FOLDS=4,5 python -m experiments.folds --cv --no-save  # one CV split across processes (--merge joins them)
+    python -m experiments.unknown_rules cv.npz            # which score decides "unknown", from saved predictions
     python -m experiments.refit_check cv.npz              # the refit against the measured network
     python -m experiments.floor                           # a request's CPU: the HTTP floor vs the service
     python -m experiments.ab before@HEAD~1 after          # paired A/B of served revisions or settings

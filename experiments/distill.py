@@ -108,8 +108,7 @@ open_set.busy = False
 
 def merge(out: Path, parts: list[Path]) -> None:
     for suffix in ("", ".teachers", ".teacher0"):
-        folds.merge(out.with_suffix(suffix + ".npz") if suffix else out,
-                    [p.with_suffix(suffix + ".npz") if suffix else p for p in parts])  # fmt: skip
+        folds.merge(out.with_suffix(suffix + ".npz"), [p.with_suffix(suffix + ".npz") for p in parts])
 
 
 def main(argv: list[str]) -> int:

@@ -24,8 +24,14 @@ def restrict() -> list[int]:
     """Make training.train's --cv hold out only the FOLDS of the environment; returns them ([] = all)."""
     folds = [int(f) for f in os.environ.get("FOLDS", "").split(",") if f]
     if folds:
-        train.held_out_folds = lambda args, ds: [f for f in ds.folds if f in folds]
+        train.held_out_folds = lambda args, ds: _known(folds, ds.folds)
     return folds
+
+
+def _known(folds: list[int], have: list[int]) -> list[int]:
+    if missing := sorted(set(folds) - set(have)):
+        raise SystemExit(f"FOLDS names folds the data set does not have: {missing} (it has {have})")
+    return [f for f in have if f in folds]
 
 
 def merge(out: Path, parts: list[Path]) -> None:
